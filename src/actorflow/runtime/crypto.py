@@ -1,0 +1,354 @@
+"""Encryption at rest of the payloads in the event log (SPEC section 6).
+
+Off unless a key is configured. When on, every encrypted value is stored as an envelope
+``{"$enc": "1.<kid>.<data>"}``:
+
+- ``1`` is the format version;
+- ``<kid>`` is :func:`key_id` of the master key that wrote it, 16 hex digits, so several master
+  keys can be readable at once and a key can be rotated without rewriting the log;
+- ``<data>`` is unpadded base64url of ``nonce (12 bytes) + ciphertext + GCM tag (16 bytes)``.
+
+The cipher is AES-256-GCM with a fresh random 96-bit nonce per value, under a per-run key
+``HKDF-SHA256(master, salt=b"actorflow payload encryption v1", info=b"actorflow run key\\x00" +
+utf8(run_id), length=32)``. The associated data,
+``utf8("actorflow/1|16:<kid>|<len>:<run id>|<len>:<event type>|<len>:<correlation id>")`` (``-``
+in place of the last field when there is no correlation id; lengths count characters), binds the
+version, the key id, the run, the event type and the correlation id, so a ciphertext copied into
+another event or another run fails to authenticate instead of decrypting to data that belongs
+elsewhere. This layout is a storage format: changing it needs a new version.
+
+This module imports nothing of the runtime except :mod:`actorflow.errors`, so tools (``actorflow
+keys``, ``actorflow log``) can use it without an event loop.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import hashlib
+import hmac
+import os
+import re
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeGuard
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from actorflow.errors import DecryptionError, SerializationError, WorkflowDefinitionError
+
+__all__ = ["ENV_VAR", "KeyRing", "generate_key", "key_id", "parse_key"]
+
+ENV_VAR = "ACTORFLOW_ENCRYPTION_KEY"
+"""The environment variable read when no key is passed; several keys are comma-separated."""
+
+KEY_SIZE = 32
+_NONCE_SIZE = 12
+_TAG_SIZE = 16
+_VERSION = "1"
+_ENVELOPE_FIELD = "$enc"
+_HKDF_SALT = b"actorflow payload encryption v1"
+_HKDF_INFO = b"actorflow run key\x00"
+_KEY_ID_LABEL = b"actorflow key id"
+_FROM_URLSAFE = bytes.maketrans(b"-_+/", b"+/-_")
+_KEY_ID = re.compile(r"[0-9a-f]{16}")
+
+
+def generate_key() -> str:
+    """Return a new random 32-byte master key as base64 text (for ``actorflow keys generate``)."""
+    return base64.b64encode(secrets.token_bytes(KEY_SIZE)).decode("ascii")
+
+
+def parse_key(value: str | bytes) -> bytes:
+    """Return the 32 raw bytes of a master key given as base64 text or as 32 raw bytes.
+
+    Raises:
+        WorkflowDefinitionError: the value is not base64 of 32 bytes, nor 32 raw bytes. The
+            message never contains the key.
+    """
+    return _parse_key(value, "the encryption key")
+
+
+def key_id(key: bytes) -> str:
+    """Return the short, stable, non-secret id of a raw master key (16 hex digits).
+
+    It is an HMAC of a fixed label under the key, so it reveals nothing about the key.
+    """
+    return hmac.new(key, _KEY_ID_LABEL, hashlib.sha256).digest()[:8].hex()
+
+
+class KeyRing:
+    """The master keys a runtime can decrypt with; the first one encrypts new values.
+
+    ``cache_size`` bounds the cache of per-run derived keys (one entry per key id and run).
+
+    Raises:
+        WorkflowDefinitionError: no key given, or a key is malformed.
+    """
+
+    __slots__ = ("_cipher", "_keys", "_primary")
+
+    def __init__(self, keys: Sequence[str | bytes], *, cache_size: int = 4096) -> None:
+        if isinstance(keys, str | bytes):
+            keys = [keys]
+        if not keys:
+            raise WorkflowDefinitionError("a KeyRing needs at least one encryption key")
+        if cache_size < 1:
+            raise WorkflowDefinitionError(f"cache_size must be at least 1, not {cache_size}")
+        self._keys: dict[str, bytes] = {}
+        for position, value in enumerate(keys, start=1):
+            raw = _parse_key(value, f"encryption key #{position}")
+            kid = key_id(raw)
+            known = self._keys.setdefault(kid, raw)
+            if not hmac.compare_digest(known, raw):
+                # 64-bit ids: a collision between distinct keys is astronomically unlikely, but
+                # silently reading one key's data with the other must still be impossible.
+                raise WorkflowDefinitionError(
+                    f"encryption key #{position} has the same key id {kid} as another key; "
+                    "generate a new key"
+                )
+        self._primary = next(iter(self._keys))
+        # HKDF per value would dominate the hot path: derive once per (key, run) and keep the
+        # AESGCM object, which holds the expanded key schedule.
+        self._cipher: Callable[[str, str], AESGCM] = functools.lru_cache(maxsize=cache_size)(
+            self._derive_cipher
+        )
+
+    @classmethod
+    def from_config(
+        cls,
+        value: str | bytes | Sequence[str | bytes] | None,
+        environ: Mapping[str, str] = os.environ,
+    ) -> KeyRing | None:
+        """Build the ring from ``Runtime(encryption_key=...)``, else from ``ACTORFLOW_ENCRYPTION_KEY``.
+
+        Returns None when neither is set (encryption off). Text may hold several comma-separated
+        keys, primary first, so a new key can be added while older ones still decrypt. An empty
+        or blank environment variable counts as unset.
+
+        Raises:
+            WorkflowDefinitionError: a key is malformed, or ``value`` is given but empty.
+        """
+        if value is None:
+            text = environ.get(ENV_VAR, "")
+            if not text.strip():
+                return None
+            keys = _split_keys(text, ENV_VAR)
+            try:
+                return cls(keys)
+            except WorkflowDefinitionError as exc:
+                # Say where the bad key came from; the message itself never holds key material.
+                raise WorkflowDefinitionError(f"{ENV_VAR}: {exc}") from None
+        if isinstance(value, str):
+            return cls(_split_keys(value, "encryption_key"))
+        if isinstance(value, bytes):
+            if not value:
+                raise WorkflowDefinitionError(_EMPTY_KEY_MESSAGE)
+            return cls([value])
+        if not value:
+            raise WorkflowDefinitionError(_EMPTY_KEY_MESSAGE)
+        return cls(value)
+
+    @property
+    def primary_key_id(self) -> str:
+        """The id of the key that encrypts new values."""
+        return self._primary
+
+    @property
+    def key_ids(self) -> tuple[str, ...]:
+        """The ids of every readable key, primary first."""
+        return tuple(self._keys)
+
+    def __repr__(self) -> str:
+        return f"KeyRing(key_ids={list(self._keys)!r})"
+
+    def encrypt(
+        self,
+        plaintext: bytes,
+        *,
+        run_id: str,
+        event_type: str,
+        correlation_id: str | None,
+        key: str | bytes | None = None,
+    ) -> dict[str, str]:
+        """Encrypt ``plaintext`` for one event of one run and return its envelope.
+
+        ``key`` overrides the primary key (``resume_hook(..., encryption_key=k)``); it must be in
+        the ring, since the run finds the key to decrypt with by its id.
+
+        Raises:
+            WorkflowDefinitionError: ``key`` is malformed or not in the ring.
+            SerializationError: the plaintext is too large for AES-GCM.
+        """
+        kid = self._primary if key is None else self._key_id_in_ring(key)
+        nonce = os.urandom(_NONCE_SIZE)
+        aad = _associated_data(kid, run_id, event_type, correlation_id)
+        try:
+            sealed = self._cipher(kid, run_id).encrypt(nonce, plaintext, aad)
+        except OverflowError as exc:
+            raise SerializationError(
+                f"a {event_type} payload of {len(plaintext)} bytes is too large to encrypt"
+            ) from exc
+        data = base64.urlsafe_b64encode(nonce + sealed).rstrip(b"=").decode("ascii")
+        return {_ENVELOPE_FIELD: f"{_VERSION}.{kid}.{data}"}
+
+    def decrypt(
+        self,
+        envelope: Mapping[str, str],
+        *,
+        run_id: str,
+        event_type: str,
+        correlation_id: str | None,
+        event_id: str,
+    ) -> bytes:
+        """Return the plaintext of an envelope written by :meth:`encrypt` for this event.
+
+        Raises:
+            DecryptionError: the envelope is malformed, its key is not in the ring, or it fails
+                authentication (tampered, moved to another event or run, or wrong key). The
+                message names the event, its type and its run.
+        """
+
+        def fail(why: str) -> DecryptionError:
+            return DecryptionError(
+                f"cannot decrypt event {event_id} ({event_type}) of run {run_id}: {why}"
+            )
+
+        if not self.is_envelope(envelope):
+            raise fail(f'not an encryption envelope (expected {{"{_ENVELOPE_FIELD}": "<text>"}})')
+        parts = envelope[_ENVELOPE_FIELD].split(".")
+        if len(parts) != 3:
+            raise fail("malformed envelope (expected <version>.<key id>.<data>)")
+        version, kid, data = parts
+        if version != _VERSION:
+            raise fail(
+                f"unsupported envelope version {version[:8]!r}; this actorflow reads "
+                f"version {_VERSION}"
+            )
+        if not _KEY_ID.fullmatch(kid):
+            raise fail("malformed envelope (bad key id)")
+        if kid not in self._keys:
+            configured = ", ".join(self._keys)
+            raise fail(
+                f"key {kid} is not configured; add it to the encryption keys "
+                f"(configured: {configured})"
+            )
+        blob = _decode_b64url(data)
+        if blob is None or len(blob) < _NONCE_SIZE + _TAG_SIZE:
+            raise fail("malformed envelope (bad data)")
+        aad = _associated_data(kid, run_id, event_type, correlation_id)
+        try:
+            return self._cipher(kid, run_id).decrypt(blob[:_NONCE_SIZE], blob[_NONCE_SIZE:], aad)
+        except InvalidTag:
+            # No chaining: InvalidTag carries nothing the message does not already say.
+            raise fail(
+                f"authentication failed under key {kid}: the data was tampered with, moved to "
+                "another event or run, or encrypted with a wrong key"
+            ) from None
+
+    @staticmethod
+    def is_envelope(value: object) -> TypeGuard[dict[str, str]]:
+        """Whether ``value`` has the shape of an envelope: a dict with exactly the key ``$enc``."""
+        return (
+            isinstance(value, dict)
+            and len(value) == 1
+            and isinstance(value.get(_ENVELOPE_FIELD), str)
+        )
+
+    def _key_id_in_ring(self, key: str | bytes) -> str:
+        raw = _parse_key(key, "the override encryption key")
+        kid = key_id(raw)
+        known = self._keys.get(kid)
+        if known is None or not hmac.compare_digest(known, raw):
+            raise WorkflowDefinitionError(
+                f"the override encryption key (id {kid}) is not one of the runtime's encryption "
+                "keys, so the run could not decrypt the payload; add it to the encryption keys "
+                f"(configured: {', '.join(self._keys)})"
+            )
+        return kid
+
+    def _derive_cipher(self, kid: str, run_id: str) -> AESGCM:
+        run_key = HKDF(
+            algorithm=hashes.SHA256(),
+            length=KEY_SIZE,
+            salt=_HKDF_SALT,
+            info=_HKDF_INFO + run_id.encode("utf-8", "surrogatepass"),
+        ).derive(self._keys[kid])
+        return AESGCM(run_key)
+
+
+_EMPTY_KEY_MESSAGE = (
+    "encryption_key is empty; pass a key (base64 of 32 bytes, see `actorflow keys generate`), "
+    f"or None to read {ENV_VAR}"
+)
+
+
+def _parse_key(value: str | bytes, what: str) -> bytes:
+    # Every error below is raised `from None`: a chained UnicodeError or binascii.Error can carry
+    # part of the key in its message or attributes, and keys must never reach logs.
+    hint = "expected base64 of 32 random bytes (make one with `actorflow keys generate`)"
+    if isinstance(value, bytes):
+        if len(value) == KEY_SIZE:
+            return value
+        try:
+            value = value.decode("ascii")
+        except UnicodeDecodeError:
+            raise WorkflowDefinitionError(
+                f"{what} is {len(value)} raw bytes, not {KEY_SIZE}; {hint}"
+            ) from None
+    elif not isinstance(value, str):
+        raise WorkflowDefinitionError(
+            f"{what} must be str or bytes, not {type(value).__name__}; {hint}"
+        )
+    text = value.strip()
+    try:
+        raw = base64.b64decode(text.encode("ascii"), validate=True)
+    except (UnicodeEncodeError, binascii.Error):
+        raw = None
+    if raw is None:
+        # Accept the URL-safe alphabet too: keys get pasted from tools that emit it.
+        raw = _decode_b64url(text.rstrip("=").replace("+", "-").replace("/", "_"))
+    if raw is None:
+        raise WorkflowDefinitionError(f"{what} is not valid base64; {hint}")
+    if len(raw) != KEY_SIZE:
+        raise WorkflowDefinitionError(f"{what} decodes to {len(raw)} bytes, not {KEY_SIZE}; {hint}")
+    return raw
+
+
+def _split_keys(text: str, source: str) -> list[str]:
+    keys = [part.strip() for part in text.split(",") if part.strip()]
+    if not keys:
+        raise WorkflowDefinitionError(
+            f"{source} holds no key; give one or more base64 keys separated by commas"
+        )
+    return keys
+
+
+def _decode_b64url(text: str) -> bytes | None:
+    """Decode unpadded base64url strictly: None unless ``text`` is the canonical encoding."""
+    if len(text) % 4 == 1:
+        return None
+    # Swap the alphabets ("+/" <-> "-_") so a standard "+" or "/" in the input is refused too.
+    try:
+        padded = (text + "=" * (-len(text) % 4)).encode("ascii").translate(_FROM_URLSAFE)
+        raw = binascii.a2b_base64(padded, strict_mode=True)
+    except (UnicodeEncodeError, binascii.Error):
+        return None
+    # The last character can carry unused low bits; a non-canonical spelling would decode to the
+    # same bytes, and a flipped character must never go unnoticed.
+    if binascii.b2a_base64(raw, newline=False) != padded:
+        return None
+    return raw
+
+
+def _associated_data(kid: str, run_id: str, event_type: str, correlation_id: str | None) -> bytes:
+    # Length-prefixed fields, so ("ab", "c") and ("a", "bc") differ, and None differs from "".
+    corr = "-" if correlation_id is None else f"{len(correlation_id)}:{correlation_id}"
+    return (
+        f"actorflow/{_VERSION}|{len(kid)}:{kid}|{len(run_id)}:{run_id}|"
+        f"{len(event_type)}:{event_type}|{corr}"
+    ).encode("utf-8", "surrogatepass")
