@@ -1,0 +1,113 @@
+"""actorflow: durable workflows for Python, as an async actor system on an append-only log.
+
+Inside a workflow::
+
+    import actorflow as af
+
+    @af.workflow
+    async def approve(order_id: str) -> str:
+        hook = af.create_hook(token=f"approval:{order_id}")
+        decision = await hook
+        return decision["verdict"]
+
+Outside, ``async with af.Runtime(workflows=[approve]) as rt`` and ``af.api`` / ``rt`` methods.
+"""
+
+from __future__ import annotations
+
+from . import api, verify
+from .errors import (
+    DecryptionError,
+    FatalError,
+    HookConflictError,
+    HookError,
+    HookNotFoundError,
+    HookPayloadError,
+    HookTimeoutError,
+    IdempotencyKeyConflictError,
+    LogCorruptedError,
+    LogFormatError,
+    LogWriteError,
+    NonDeterministicAwaitError,
+    OverloadedError,
+    ReplayDivergenceError,
+    RetryableError,
+    SerializationError,
+    StorageError,
+    WebhookSignatureError,
+    WorkflowDefinitionError,
+    WorkflowError,
+    WorkflowRunCancelledError,
+    WorkflowRunError,
+    WorkflowRunFailedError,
+    WorkflowRunNotFoundError,
+)
+from .runtime.records import Hook, Run
+from .runtime.runtime import Runtime
+from .runtime.webhook_request import Request, Response
+from .runtime.workflow import (
+    StepMetadata,
+    WorkflowMetadata,
+    create_hook,
+    create_webhook,
+    first,
+    gather,
+    get_step_metadata,
+    get_workflow_metadata,
+    now,
+    random,
+    sleep,
+    step,
+    uuid4,
+    workflow,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DecryptionError",
+    "FatalError",
+    "Hook",
+    "HookConflictError",
+    "HookError",
+    "HookNotFoundError",
+    "HookPayloadError",
+    "HookTimeoutError",
+    "IdempotencyKeyConflictError",
+    "LogCorruptedError",
+    "LogFormatError",
+    "LogWriteError",
+    "NonDeterministicAwaitError",
+    "OverloadedError",
+    "ReplayDivergenceError",
+    "Request",
+    "Response",
+    "RetryableError",
+    "Run",
+    "Runtime",
+    "SerializationError",
+    "StepMetadata",
+    "StorageError",
+    "WebhookSignatureError",
+    "WorkflowDefinitionError",
+    "WorkflowError",
+    "WorkflowMetadata",
+    "WorkflowRunCancelledError",
+    "WorkflowRunError",
+    "WorkflowRunFailedError",
+    "WorkflowRunNotFoundError",
+    "api",
+    "create_hook",
+    "create_webhook",
+    "first",
+    "gather",
+    "get_step_metadata",
+    "get_workflow_metadata",
+    "now",
+    "random",
+    "sleep",
+    "step",
+    "uuid4",
+    "verify",
+    "workflow",
+]

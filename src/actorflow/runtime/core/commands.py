@@ -1,0 +1,89 @@
+"""Commands: what the machine asks its driver (the actor) to do, each becoming one event.
+
+The driver handles each command synchronously, as the machine emits it, and answers only
+``CreateHook`` (with the id of a run that already holds the token, or ``None``). That keeps hook
+registration eager: once ``create_hook`` returns inside the workflow, the token resolves outside.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .ops import StepOptions
+
+__all__ = [
+    "CancelWait",
+    "Command",
+    "CommandSink",
+    "CompleteRun",
+    "CreateHook",
+    "CreateWait",
+    "DisposeHook",
+    "FailRun",
+    "Respond",
+    "StartStep",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class StartStep:
+    step_id: str
+    name: str
+    args: Any  # codec tree of {"args": [...], "kwargs": {...}}
+    digest: str
+    options: StepOptions
+
+
+@dataclass(frozen=True, slots=True)
+class CreateHook:
+    hook_id: str
+    token: str
+    chosen: bool  # the workflow chose the token (else it is random)
+    metadata: Any  # codec tree
+    webhook: dict[str, Any] | None  # webhook options (respond_with, verify), None for a hook
+
+
+@dataclass(frozen=True, slots=True)
+class DisposeHook:
+    hook_id: str
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class CreateWait:
+    wait_id: str
+    resume_at: float  # epoch seconds
+    purpose: str  # "sleep" or "timeout"
+
+
+@dataclass(frozen=True, slots=True)
+class CancelWait:
+    wait_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Respond:
+    hook_id: str
+    request_event_id: str
+    response: Any  # codec tree of the response data
+
+
+@dataclass(frozen=True, slots=True)
+class CompleteRun:
+    result: Any  # codec tree
+
+
+@dataclass(frozen=True, slots=True)
+class FailRun:
+    error: BaseException
+    error_tree: Any
+
+
+Command = StartStep | CreateHook | DisposeHook | CreateWait | CancelWait | Respond | CompleteRun | FailRun
+
+
+class CommandSink(Protocol):
+    def __call__(self, command: Command) -> str | None:
+        """Carry out ``command``; for ``CreateHook``, the id of the run holding the token or None."""
+        ...

@@ -1,0 +1,194 @@
+"""What workflow code awaits: the operations a workflow coroutine yields to the machine.
+
+Every actorflow primitive is an awaitable whose ``__await__`` yields exactly one operation object
+and receives its outcome. The machine recognises these objects and nothing else: anything else a
+workflow yields (an asyncio future, a trio trap) is refused with
+:class:`~actorflow.errors.NonDeterministicAwaitError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Generator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from ...errors import WorkflowDefinitionError
+
+if TYPE_CHECKING:
+    from .machine import HookState, Machine
+
+__all__ = [
+    "DISPOSED",
+    "FirstOp",
+    "GatherOp",
+    "HookHandle",
+    "HookNextOp",
+    "Op",
+    "RespondOp",
+    "SleepOp",
+    "StepCall",
+    "StepOptions",
+]
+
+T = TypeVar("T")
+
+
+class _Disposed:
+    def __repr__(self) -> str:
+        return "DISPOSED"
+
+
+#: The outcome of waiting on a hook that was disposed with nothing left in its buffer.
+DISPOSED: Any = _Disposed()
+
+
+class Op:
+    """Base of the objects a workflow coroutine yields."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        return (yield self)
+
+
+@dataclass(frozen=True, slots=True)
+class StepOptions:
+    """How a step is retried."""
+
+    max_retries: int = 3
+
+
+class StepCall(Op):
+    """One durable call of a step; issued when awaited."""
+
+    __slots__ = ("name", "args", "kwargs", "options")
+
+    def __init__(
+        self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], options: StepOptions
+    ) -> None:
+        self.name = name
+        self.args = args
+        self.kwargs = kwargs
+        self.options = options
+
+    def __repr__(self) -> str:
+        return f"<step {self.name}>"
+
+
+class SleepOp(Op):
+    """A durable timer: ``until`` is a duration or an aware datetime."""
+
+    __slots__ = ("until", "purpose")
+
+    def __init__(self, until: Any, purpose: str = "sleep") -> None:
+        self.until = until
+        self.purpose = purpose
+
+    def __repr__(self) -> str:
+        return f"<sleep {self.until!r}>"
+
+
+class HookNextOp(Op):
+    """The next payload of a hook (``DISPOSED`` once it is disposed and drained)."""
+
+    __slots__ = ("hook",)
+
+    def __init__(self, hook: HookState) -> None:
+        self.hook = hook
+
+
+class GatherOp(Op):
+    __slots__ = ("awaitables",)
+
+    def __init__(self, awaitables: tuple[Awaitable[Any], ...]) -> None:
+        self.awaitables = awaitables
+
+
+class FirstOp(Op):
+    __slots__ = ("awaitables",)
+
+    def __init__(self, awaitables: tuple[Awaitable[Any], ...]) -> None:
+        self.awaitables = awaitables
+
+
+class RespondOp(Op):
+    """A manual webhook's answer to one request (durable: never sent twice)."""
+
+    __slots__ = ("hook", "request_event_id", "response")
+
+    def __init__(self, hook: HookState, request_event_id: str, response: Any) -> None:
+        self.hook = hook
+        self.request_event_id = request_event_id
+        self.response = response
+
+
+@dataclass(eq=False)
+class HookHandle(Generic[T]):
+    """A hook as workflow code holds it: await it, iterate it, dispose it.
+
+    Created by ``af.create_hook`` inside a workflow; users never construct it.
+    """
+
+    _state: HookState
+    _machine: Machine = field(repr=False)
+
+    @property
+    def token(self) -> str:
+        """The token outside callers resume this hook with."""
+        return self._state.token
+
+    @property
+    def hook_id(self) -> str:
+        return self._state.hook_id
+
+    @property
+    def metadata(self) -> Any:
+        return self._state.metadata
+
+    def __await__(self) -> Generator[Any, Any, T]:
+        value = yield HookNextOp(self._state)
+        if value is DISPOSED:
+            raise WorkflowDefinitionError(
+                f"hook {self._state.token!r} was disposed; nothing more will arrive on it"
+            )
+        return value  # type: ignore[no-any-return]
+
+    def wait(self, timeout: Any = None) -> Awaitable[T]:
+        """The next payload; with ``timeout``, raises ``HookTimeoutError`` when it passes first.
+
+        Raises:
+            HookTimeoutError: the (durable) timeout passed before a payload arrived.
+            HookConflictError: the token was held by another live hook at creation.
+        """
+        if timeout is None:
+            return self
+        return self._machine.hook_wait_with_timeout(self, timeout)
+
+    def __aiter__(self) -> HookHandle[T]:
+        return self
+
+    def __anext__(self) -> Awaitable[T]:
+        return _HookAnext(self._state)
+
+    def dispose(self) -> None:
+        """Release the token now; later resumes get ``HookNotFoundError``."""
+        self._machine.dispose_hook(self._state)
+
+    def __enter__(self) -> HookHandle[T]:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.dispose()
+
+
+class _HookAnext(Op):
+    __slots__ = ("hook",)
+
+    def __init__(self, hook: HookState) -> None:
+        self.hook = hook
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        value = yield HookNextOp(self.hook)
+        if value is DISPOSED:
+            raise StopAsyncIteration
+        return value

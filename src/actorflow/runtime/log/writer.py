@@ -1,0 +1,214 @@
+"""Group commit: the one writer of the log.
+
+Submitting an event is synchronous: it is encoded at once (so a value that cannot be stored fails
+its caller and commits nothing) and joins the open batch. One task writes batches: while a batch
+is being written and fsynced in a worker thread, new submissions gather in the next one, so
+concurrent appends share one fsync. A batch's waiters are woken, and its events handed to
+``on_durable`` (which routes them to mailboxes, in log order), only after its fsync returned.
+
+A failed write or fsync fails the writer for good: the batch's waiters and every later submit get
+``LogWriteError``. A failed fsync is never retried: the kernel may have dropped the dirty pages,
+so a later success would prove nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+
+from ...errors import LogWriteError
+from ..core.events import Event
+from .store import EventStore, Position
+
+__all__ = ["LogWriter", "Ticket"]
+
+logger = logging.getLogger("actorflow.log")
+
+
+class _Batch:
+    __slots__ = ("events", "records", "done", "error")
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.records: list[bytes] = []
+        self.done = anyio.Event()
+        self.error: BaseException | None = None
+
+
+class Ticket:
+    """A claim on the durability of one submitted event."""
+
+    __slots__ = ("_batch",)
+
+    def __init__(self, batch: _Batch) -> None:
+        self._batch = batch
+
+    async def wait(self) -> None:
+        """Return once the event is durable (fsynced, unless durability is "none").
+
+        Raises:
+            LogWriteError: the write or fsync of its batch failed.
+        """
+        batch = self._batch
+        if not batch.done.is_set():
+            await batch.done.wait()
+        if batch.error is not None:
+            raise LogWriteError(f"the event log could not be written: {batch.error}") from (
+                batch.error
+            )
+
+    @property
+    def durable(self) -> bool:
+        return self._batch.done.is_set() and self._batch.error is None
+
+
+class LogWriter:
+    """Owns all writes to an ``EventStore``; run ``run()`` in the supervisor's task group."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        encode: Callable[[Event, bytes | str | None], bytes],
+        on_durable: Callable[[Sequence[Event]], None],
+        *,
+        max_batch: int = 4096,
+    ) -> None:
+        self._store = store
+        self._encode = encode
+        self._on_durable = on_durable
+        self._max_batch = max_batch
+        self._open = _Batch()
+        self._queue: list[_Batch] = []
+        self._in_flight: _Batch | None = None
+        self._wakeup = anyio.Event()
+        self._closing = False
+        self.failure: BaseException | None = None
+        self.appended = 0
+        self.syncs = 0
+
+    @property
+    def healthy(self) -> bool:
+        return self.failure is None
+
+    @property
+    def backlog(self) -> int:
+        """Events submitted and not yet durable."""
+        pending = len(self._open.events) + sum(len(b.events) for b in self._queue)
+        if self._in_flight is not None:
+            pending += len(self._in_flight.events)
+        return pending
+
+    def check(self) -> None:
+        """Raise if the writer can accept nothing.
+
+        Raises:
+            LogWriteError: an earlier write or fsync failed, or the writer is closed.
+        """
+        if self.failure is not None:
+            raise LogWriteError(
+                f"the event log failed earlier ({self.failure}); nothing more is accepted until "
+                "the runtime restarts and recovers from what is on disk"
+            ) from self.failure
+        if self._closing:
+            raise LogWriteError("the event log is closed")
+
+    def submit(self, event: Event, key: bytes | str | None = None) -> Ticket:
+        """Encode ``event`` (its payload under ``key`` if given) and add it to the open batch.
+
+        Never blocks.
+
+        Raises:
+            LogWriteError: the writer has failed or is closed.
+            SerializationError: the event cannot be encoded (nothing was added).
+        """
+        self.check()
+        record = self._encode(event, key)
+        batch = self._open
+        batch.events.append(event)
+        batch.records.append(record)
+        if len(batch.events) >= self._max_batch:
+            self._queue.append(batch)
+            self._open = _Batch()
+        self._wakeup.set()
+        return Ticket(batch)
+
+    def ticket_for_all(self) -> Ticket | None:
+        """A ticket that is durable once everything submitted so far is."""
+        if self._open.events:
+            return Ticket(self._open)
+        if self._queue:
+            return Ticket(self._queue[-1])
+        if self._in_flight is not None:
+            return Ticket(self._in_flight)
+        return None
+
+    async def flush(self) -> None:
+        """Wait until everything submitted so far is durable.
+
+        Raises:
+            LogWriteError: a write or fsync failed.
+        """
+        ticket = self.ticket_for_all()
+        if ticket is not None:
+            await ticket.wait()
+        elif self.failure is not None:
+            self.check()
+
+    def close(self) -> None:
+        """Stop accepting events; ``run()`` returns after writing what was submitted."""
+        self._closing = True
+        self._wakeup.set()
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Write batches until closed. Cancelling it abandons unwritten batches (unacknowledged)."""
+        task_status.started()
+        while True:
+            if not self._queue and not self._open.events:
+                if self._closing or self.failure is not None:
+                    return
+                await self._wakeup.wait()
+                self._wakeup = anyio.Event()
+                continue
+            if self._queue:
+                batch = self._queue.pop(0)
+            else:
+                batch, self._open = self._open, _Batch()
+            self._in_flight = batch
+            try:
+                positions = await anyio.to_thread.run_sync(self._write, batch.records)
+            except BaseException as exc:
+                self._fail(batch, exc)
+                if not isinstance(exc, Exception):
+                    raise
+                return
+            finally:
+                self._in_flight = None
+            for event, position in zip(batch.events, positions, strict=True):
+                event.position = position
+            self.appended += len(batch.events)
+            self.syncs += 1
+            batch.records = []
+            batch.done.set()
+            try:
+                self._on_durable(batch.events)
+            except Exception:  # a routing bug must not stop the log; the events are safe
+                logger.exception("routing durable events failed")
+
+    def _write(self, records: list[bytes]) -> list[Position]:
+        positions = self._store.append(records)
+        self._store.sync()
+        return positions
+
+    def _fail(self, batch: _Batch, exc: BaseException) -> None:
+        self.failure = exc
+        logger.error("event log write failed, the log accepts nothing more: %s", exc)
+        for failed in [batch, *self._queue, self._open]:
+            failed.error = exc
+            failed.done.set()
+        self._queue.clear()

@@ -1,0 +1,107 @@
+"""Events to log records and back, with user values encrypted when a key ring is configured.
+
+A record is the orjson array ``[event_id, run_id, type, correlation_id, created_at, data]``.
+With encryption on, each user value in ``data`` (see ``USER_VALUE_KEYS``) is replaced by an
+envelope bound to its run, event type and correlation id; ids, types, names, times and statuses
+stay readable without keys.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from ..errors import DecryptionError, SerializationError
+from .core.events import USER_VALUE_KEYS, Event
+from .crypto import KeyRing
+
+__all__ = ["Payloads"]
+
+
+class Payloads:
+    """Encodes and decodes records; the one place that encrypts and decrypts."""
+
+    __slots__ = ("keys",)
+
+    def __init__(self, keys: KeyRing | None) -> None:
+        self.keys = keys
+
+    def encode(self, event: Event, key: bytes | str | None = None) -> bytes:
+        """The record bytes of ``event``.
+
+        Raises:
+            SerializationError: the data is not JSON (a bug in the caller: values are trees).
+        """
+        data = event.data
+        if self.keys is not None:
+            data = dict(data)
+            for name in USER_VALUE_KEYS.intersection(data):
+                data[name] = self.keys.encrypt(
+                    orjson.dumps(data[name]),
+                    run_id=event.run_id,
+                    event_type=event.type,
+                    correlation_id=event.correlation_id,
+                    key=key if name == "payload" else None,
+                )
+        try:
+            return orjson.dumps(
+                [
+                    event.event_id,
+                    event.run_id,
+                    event.type,
+                    event.correlation_id,
+                    event.created_at,
+                    data,
+                ]
+            )
+        except TypeError as exc:
+            raise SerializationError(f"event {event.type} cannot be stored: {exc}") from exc
+
+    def decode(self, record: bytes, position: int = -1) -> Event:
+        """The event of a record, with user values decrypted.
+
+        Raises:
+            DecryptionError: a value cannot be decrypted (tampered, moved, missing key).
+            SerializationError: the record is not an event.
+        """
+        event = self.decode_plain(record, position)
+        self.decrypt(event)
+        return event
+
+    def decode_plain(self, record: bytes, position: int = -1) -> Event:
+        """The event of a record, user values left as stored (possibly encrypted)."""
+        try:
+            event_id, run_id, kind, corr, created_at, data = orjson.loads(record)
+        except (orjson.JSONDecodeError, ValueError, TypeError) as exc:
+            raise SerializationError(f"log record at position {position} is not an event") from exc
+        return Event(event_id, run_id, kind, corr, created_at, data, position)
+
+    def decrypt(self, event: Event) -> None:
+        """Decrypt the user values of ``event`` in place (a no-op for plain values)."""
+        data = event.data
+        for name in USER_VALUE_KEYS.intersection(data):
+            data[name] = self.value(event, data[name])
+
+    def value(self, event: Event, stored: Any) -> Any:
+        """One stored user value of ``event`` as a plain tree.
+
+        Raises:
+            DecryptionError: encrypted, and it cannot be decrypted.
+        """
+        if not KeyRing.is_envelope(stored):
+            return stored
+        if self.keys is None:
+            raise DecryptionError(
+                f"event {event.event_id} ({event.type} of run {event.run_id}) is encrypted and "
+                "no encryption key is configured; set ACTORFLOW_ENCRYPTION_KEY or "
+                "Runtime(encryption_key=...)"
+            )
+        plain = self.keys.decrypt(
+            stored,
+            run_id=event.run_id,
+            event_type=event.type,
+            correlation_id=event.correlation_id,
+            event_id=event.event_id,
+        )
+        return orjson.loads(plain)

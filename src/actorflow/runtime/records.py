@@ -1,0 +1,135 @@
+"""Records the runtime hands out: ``Hook`` (a frozen record) and ``Run`` (a handle)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ..errors import (
+    WorkflowRunCancelledError,
+    WorkflowRunFailedError,
+    WorkflowRunNotFoundError,
+)
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+    from .state import RunState
+
+__all__ = ["SPEC_VERSION", "Hook", "Run"]
+
+SPEC_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Hook:
+    """A live hook as the outside sees it. Returned by ``resume_hook`` and ``get_hook_by_token``."""
+
+    run_id: str
+    hook_id: str
+    token: str
+    owner_id: str
+    project_id: str
+    environment: str
+    created_at: datetime
+    metadata: Any
+    spec_version: int
+    is_webhook: bool
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (``created_at`` as ISO 8601)."""
+        return {
+            "run_id": self.run_id,
+            "hook_id": self.hook_id,
+            "token": self.token,
+            "owner_id": self.owner_id,
+            "project_id": self.project_id,
+            "environment": self.environment,
+            "created_at": self.created_at.isoformat(),
+            "metadata": self.metadata,
+            "spec_version": self.spec_version,
+            "is_webhook": self.is_webhook,
+        }
+
+
+class Run:
+    """A handle on a workflow run. Get one from ``start`` or ``get_run``; never raises itself."""
+
+    __slots__ = ("_rt", "run_id")
+
+    def __init__(self, rt: Runtime, run_id: str) -> None:
+        self._rt = rt
+        self.run_id = run_id
+
+    def __repr__(self) -> str:
+        return f"<Run {self.run_id}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Run) and other.run_id == self.run_id
+
+    def __hash__(self) -> int:
+        return hash(self.run_id)
+
+    def _state(self) -> RunState:
+        run = self._rt.state.runs.get(self.run_id)
+        if run is None:
+            raise WorkflowRunNotFoundError(self.run_id)
+        return run
+
+    async def status(self) -> str:
+        """``pending``, ``running``, ``completed``, ``failed`` or ``cancelled``.
+
+        Raises:
+            WorkflowRunNotFoundError: no run has this id.
+        """
+        return self._state().status
+
+    async def wait(self, timeout: float | None = None) -> None:
+        """Wait until the run has ended and its end is durable.
+
+        Raises:
+            WorkflowRunNotFoundError: no run has this id.
+            TimeoutError: ``timeout`` seconds passed first.
+        """
+        run = self._state()
+        if run.terminal is not None and run.terminal.position >= 0:
+            return
+        if run.done is None:
+            run.done = anyio.Event()
+        with anyio.fail_after(timeout):
+            await run.done.wait()
+
+    async def result(self, timeout: float | None = None) -> Any:
+        """Wait for the end of the run: its return value, or its error.
+
+        Raises:
+            WorkflowRunNotFoundError: no run has this id.
+            WorkflowRunFailedError: the run failed (``cause`` holds its error).
+            WorkflowRunCancelledError: the run was cancelled.
+            TimeoutError: ``timeout`` seconds passed first.
+        """
+        await self.wait(timeout)
+        run = self._state()
+        terminal = run.terminal
+        assert terminal is not None
+        rt = self._rt
+        if run.status == "completed":
+            return rt.decode_value(terminal, "result")
+        if run.status == "failed":
+            cause = rt.decode_error(terminal)
+            raise WorkflowRunFailedError(self.run_id, cause) from cause
+        raise WorkflowRunCancelledError(self.run_id, terminal.data.get("reason"))
+
+    async def cancel(self, reason: str | None = None) -> None:
+        """Cancel the run (a no-op once it has ended). Returns when the cancel is durable.
+
+        Raises:
+            WorkflowRunNotFoundError: no run has this id.
+        """
+        await self._rt.cancel_run(self.run_id, reason)
+
+
+def hook_created_at(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)

@@ -1,0 +1,478 @@
+"""``Runtime``: opens the log, recovers, supervises, and serves the outside API.
+
+Start-up: scan the log (a torn tail is truncated and reported), fold every event into the state,
+arm the timers, restart the steps that were running, and wake every unfinished run. Shutdown, in
+reverse: stop the dispatcher, timers and steps, then let the writer drain what was submitted,
+then close the store.
+
+A resume travels one way: ``resume_hook`` -> log writer (fsync) -> mailbox -> actor -> machine ->
+commands -> log writer.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from contextvars import ContextVar, Token
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+
+from ..errors import (
+    HookNotFoundError,
+    IdempotencyKeyConflictError,
+    OverloadedError,
+    WorkflowDefinitionError,
+    WorkflowError,
+    WorkflowRunNotFoundError,
+)
+from . import codec
+from .core import events as ev
+from .core.events import Event
+from .core.ops import HookHandle
+from .crypto import KeyRing
+from .ids import new_id
+from .log.file_log import FileLog
+from .log.store import Durability, EventStore
+from .log.writer import LogWriter
+from .payloads import Payloads
+from .records import SPEC_VERSION, Hook, Run, hook_created_at
+from .state import HookEntry, State
+from .steps import StepExecutor
+from .supervisor import Supervisor
+from .timers import TimerService
+from .workflow import WorkflowFunction
+
+__all__ = ["Runtime", "current_runtime"]
+
+logger = logging.getLogger("actorflow.runtime")
+
+_current: ContextVar[Runtime | None] = ContextVar("actorflow_runtime", default=None)
+_open: list[Runtime] = []
+
+_DELIVERED = frozenset(
+    {ev.RUN_CREATED, ev.HOOK_RECEIVED, ev.STEP_COMPLETED, ev.STEP_FAILED, ev.WAIT_COMPLETED,
+     ev.RUN_CANCELLED}
+)  # fmt: skip
+
+
+def current_runtime() -> Runtime:
+    """The runtime that ``actorflow.api`` functions act on.
+
+    Raises:
+        WorkflowError: no runtime is open.
+    """
+    rt = _current.get()
+    if rt is None and _open:
+        rt = _open[-1]
+    if rt is None:
+        raise WorkflowError(
+            "no actorflow Runtime is running; call this inside `async with af.Runtime(...)`"
+        )
+    return rt
+
+
+class Runtime:
+    """The durable workflow runtime, embedded: ``async with Runtime(...) as rt``.
+
+    ``durability="none"`` skips fsync: for tests and benchmarks only (it is logged as such).
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str] = ".actorflow",
+        workflows: Iterable[WorkflowFunction[..., Any]] = (),
+        *,
+        store: EventStore | None = None,
+        durability: Durability = "fsync",
+        encryption_key: str | bytes | Sequence[str | bytes] | None = None,
+        secrets: Mapping[str, str | bytes] | None = None,
+        base_url: str | None = None,
+        mailbox_size: int = 1024,
+        max_backlog: int = 200_000,
+        max_concurrent_steps: int = 64,
+        passivate_after: float = 300.0,
+        max_resident: int = 100_000,
+        restart_budget: int = 3,
+        restart_window: float = 5.0,
+        owner_id: str = "local",
+        project_id: str = "default",
+        environment: str = "development",
+    ) -> None:
+        if durability not in ("fsync", "none"):
+            raise WorkflowDefinitionError(f'durability must be "fsync" or "none", not {durability!r}')
+        self.data_dir = Path(data_dir)
+        self.durability: Durability = durability
+        self.workflows: dict[str, WorkflowFunction[..., Any]] = {}
+        for wf in workflows:
+            self.register(wf)
+        self._store_arg = store
+        self.payloads = Payloads(KeyRing.from_config(encryption_key))
+        self.secrets: Mapping[str, str | bytes] = dict(secrets or {})
+        self.base_url = base_url.rstrip("/") if base_url else None
+        self.mailbox_size = mailbox_size
+        self.max_backlog = max_backlog
+        self.owner_id = owner_id
+        self.project_id = project_id
+        self.environment = environment
+        self.state = State()
+        self.steps = StepExecutor(self, max_concurrent_steps)
+        self.timers = TimerService(self)
+        self.supervisor = Supervisor(
+            self,
+            passivate_after=passivate_after,
+            max_resident=max_resident,
+            restart_budget=restart_budget,
+            restart_window=restart_window,
+        )
+        self._mono0 = 0.0
+        self._wall0 = 0.0
+        self._outer: anyio.abc.TaskGroup | None = None
+        self._inner_scope: anyio.CancelScope | None = None
+        self._services_done: anyio.Event | None = None
+        self._writer_done: anyio.Event | None = None
+        self._ctx_token: Token[Runtime | None] | None = None
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self.store: EventStore
+        self.writer: LogWriter
+        self.torn_tail: str | None = None
+
+    # -- configuration -----------------------------------------------------------------------
+
+    def register(self, wf: WorkflowFunction[..., Any]) -> None:
+        """Make a workflow startable (and recoverable) by this runtime.
+
+        Raises:
+            WorkflowDefinitionError: not a workflow, or another workflow has the same name.
+        """
+        if not isinstance(wf, WorkflowFunction):
+            raise WorkflowDefinitionError(f"{wf!r} is not decorated with @af.workflow")
+        other = self.workflows.get(wf.name)
+        if other is not None and other is not wf:
+            raise WorkflowDefinitionError(
+                f"two workflows are named {wf.name!r}; give one @af.workflow(name=...)"
+            )
+        self.workflows[wf.name] = wf
+
+    @property
+    def task_group(self) -> anyio.abc.TaskGroup:
+        assert self._task_group is not None, "the runtime is not running"
+        return self._task_group
+
+    def clock(self) -> float:
+        """Wall-clock seconds, advancing with the event loop's clock (virtual in tests)."""
+        return self._wall0 + (anyio.current_time() - self._mono0)
+
+    @property
+    def healthy(self) -> bool:
+        return self.writer.healthy
+
+    # -- start and stop ----------------------------------------------------------------------
+
+    async def __aenter__(self) -> Runtime:
+        self._mono0 = anyio.current_time()
+        self._wall0 = time.time()
+        if self.durability == "none":
+            logger.warning("actorflow durability='none': events are NOT fsynced (tests/benchmarks)")
+        self.store = self._store_arg or FileLog(self.data_dir / "log", durability=self.durability)
+        await anyio.to_thread.run_sync(self._recover)
+        self.writer = LogWriter(self.store, self.payloads.encode, self._on_durable)
+        self._outer = anyio.create_task_group()
+        await self._outer.__aenter__()
+        try:
+            self._writer_done = anyio.Event()
+            self._services_done = anyio.Event()
+            await self._outer.start(self._run_writer)
+            await self._outer.start(self._run_services)
+        except BaseException:
+            await self._outer.__aexit__(None, None, None)
+            raise
+        self._ctx_token = _current.set(self)
+        _open.append(self)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        if self in _open:
+            _open.remove(self)
+        if self._ctx_token is not None:
+            try:
+                _current.reset(self._ctx_token)
+            except ValueError:  # exited from another context: nothing to restore there
+                _current.set(None)
+        assert self._outer is not None
+        try:
+            with anyio.CancelScope(shield=True):
+                if self._inner_scope is not None:
+                    self._inner_scope.cancel()
+                if self._services_done is not None:
+                    await self._services_done.wait()
+                self.writer.close()
+                if self._writer_done is not None:
+                    await self._writer_done.wait()
+        finally:
+            result = await self._outer.__aexit__(exc_type, exc, tb)
+            await anyio.to_thread.run_sync(self.store.close)
+        return result
+
+    async def _run_writer(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        assert self._writer_done is not None
+        try:
+            await self.writer.run(task_status=task_status)
+        finally:
+            self._writer_done.set()
+
+    async def _run_services(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        assert self._services_done is not None
+        try:
+            with anyio.CancelScope() as scope:
+                self._inner_scope = scope
+                async with anyio.create_task_group() as tg:
+                    self._task_group = tg
+                    await tg.start(self.supervisor.dispatch)
+                    await tg.start(self.timers.run)
+                    await tg.start(self.supervisor.reap)
+                    self._resume_after_recovery()
+                    task_status.started()
+        finally:
+            self._task_group = None
+            self._services_done.set()
+
+    def _recover(self) -> None:
+        state = self.state
+        runs = state.runs
+        decode = self.payloads.decode_plain
+        for position, record in self.store.scan():
+            event = decode(record, position)
+            state.apply(event)
+            run = runs.get(event.run_id)
+            if run is not None:
+                run.positions.append(position)
+        report = self.store.last_scan
+        if report is not None and report.torn_tail_path is not None:
+            self.torn_tail = (
+                f"{report.torn_tail_path} at offset {report.torn_tail_offset} "
+                f"({report.torn_tail_bytes} bytes)"
+            )
+
+    def _resume_after_recovery(self) -> None:
+        for timer in list(self.state.timers.values()):
+            self.timers.add(timer.wait_id, timer.resume_at)
+        for step_id in list(self.state.steps):
+            self.steps.start(step_id)
+        for run in self.state.runs.values():
+            if not run.finished:
+                self.supervisor.wake(run)
+
+    # -- the log -----------------------------------------------------------------------------
+
+    def append(self, event: Event, key: bytes | str | None = None) -> Any:
+        """Submit ``event`` to the log and fold it into the state. Returns its ``Ticket``.
+
+        Raises:
+            LogWriteError: the log has failed.
+            SerializationError: the event cannot be encoded (nothing committed).
+        """
+        ticket = self.writer.submit(event, key)
+        run = self.state.runs.get(event.run_id)
+        if event.type in ev.TERMINAL_EVENTS and run is not None and not run.finished:
+            pending = list(run.pending or ())
+            self.state.apply(event)
+            self.steps.cancel(pending)
+        else:
+            self.state.apply(event)
+        return ticket
+
+    def _on_durable(self, events: Sequence[Event]) -> None:
+        runs = self.state.runs
+        deliver = self.supervisor.deliver
+        for event in events:
+            run = runs.get(event.run_id)
+            if run is None:
+                continue
+            run.positions.append(event.position)
+            kind = event.type
+            if kind in _DELIVERED:
+                deliver(run, event)
+            if kind in ev.TERMINAL_EVENTS and run.done is not None:
+                run.done.set()
+            if kind == ev.WEBHOOK_RESPONDED:
+                self.on_webhook_responded(event)
+
+    def on_webhook_responded(self, event: Event) -> None:
+        """Hook for the webhook layer (manual responses); replaced by ``webhooks.py``."""
+
+    def log_missing_workflow(self, run: Any) -> None:
+        logger.error(
+            "run %s uses workflow %r, which this runtime does not have; it waits until a "
+            "runtime with that workflow registered starts",
+            run.run_id, run.workflow_name,
+        )  # fmt: skip
+
+    def decode_value(self, event: Event, key: str) -> Any:
+        """A user value of an event, decrypted and decoded."""
+        return codec.from_tree(self.payloads.value(event, event.data.get(key)))
+
+    def decode_error(self, event: Event) -> BaseException:
+        return codec.error_from_tree(self.payloads.value(event, event.data.get("error")))
+
+    def _admit(self) -> None:
+        self.writer.check()
+        if self.writer.backlog >= self.max_backlog:
+            raise OverloadedError(
+                f"the event log has {self.writer.backlog} events waiting for disk; retry shortly",
+                retry_after=1.0,
+            )
+
+    # -- the outside API ---------------------------------------------------------------------
+
+    async def start(self, workflow: WorkflowFunction[..., Any] | str, *args: Any, **kwargs: Any) -> Run:
+        """Start a run: durably records ``run_created`` and returns before the run finishes.
+
+        Raises:
+            WorkflowDefinitionError: an unknown workflow name, or not a workflow.
+            SerializationError: the arguments cannot be stored (nothing committed).
+            OverloadedError: the log backlog is full; retry later.
+            LogWriteError: the log failed.
+        """
+        if isinstance(workflow, str):
+            found = self.workflows.get(workflow)
+            if found is None:
+                raise WorkflowDefinitionError(
+                    f"no workflow named {workflow!r} is registered; known: "
+                    f"{', '.join(sorted(self.workflows)) or 'none'}"
+                )
+            workflow = found
+        self.register(workflow)
+        tree = codec.to_tree({"args": list(args), "kwargs": kwargs}, root="args")
+        self._admit()
+        run_id = new_id("wrun_")
+        event = Event(new_id("evnt_"), run_id, ev.RUN_CREATED, None, self.clock(),
+                      {"workflow": workflow.name, "input": tree})  # fmt: skip
+        await self.append(event).wait()
+        return Run(self, run_id)
+
+    def get_run(self, run_id: str) -> Run:
+        """A handle on a run (reading a missing run raises ``WorkflowRunNotFoundError``)."""
+        return Run(self, run_id)
+
+    def hook_record(self, entry: HookEntry) -> Hook:
+        stub = Event(entry.hook_id, entry.run_id, ev.HOOK_CREATED, entry.hook_id,
+                     entry.created_at, {})  # fmt: skip
+        return Hook(
+            run_id=entry.run_id,
+            hook_id=entry.hook_id,
+            token=entry.token,
+            owner_id=self.owner_id,
+            project_id=self.project_id,
+            environment=self.environment,
+            created_at=hook_created_at(entry.created_at),
+            metadata=codec.from_tree(self.payloads.value(stub, entry.metadata)),
+            spec_version=SPEC_VERSION,
+            is_webhook=entry.webhook is not None,
+        )
+
+    async def get_hook_by_token(self, token: str) -> Hook:
+        """The live hook that owns ``token``.
+
+        Raises:
+            HookNotFoundError: no live hook owns it.
+        """
+        entry = self.state.tokens.get(token) if isinstance(token, str) else None
+        if entry is None:
+            raise HookNotFoundError(str(token))
+        return self.hook_record(entry)
+
+    async def resume_hook(
+        self,
+        token_or_hook: str | Hook | HookHandle[Any],
+        payload: Any,
+        *,
+        encryption_key: bytes | str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Hook:
+        """Deliver ``payload`` to the hook: durable before it returns; does not wait for the run.
+
+        Raises:
+            HookNotFoundError: unknown token, disposed hook, ended run, or a webhook's token.
+            SerializationError: the payload cannot be stored.
+            IdempotencyKeyConflictError: the key was used before with another payload.
+            OverloadedError: the run's mailbox or the log backlog is full; retry later.
+            LogWriteError: the log failed.
+            (Nothing is committed when any of these is raised.)
+        """
+        token = token_or_hook if isinstance(token_or_hook, str) else token_or_hook.token
+        entry = self.state.tokens.get(token)
+        if entry is None or entry.webhook is not None:
+            raise HookNotFoundError(token)
+        tree = codec.to_tree(payload, root="payload")
+        data: dict[str, Any] = {"payload": tree, "token": token, "external": True}
+        if idempotency_key is not None:
+            digest = codec.digest(tree)
+            prior = self.state.idempotency.get((token, idempotency_key))
+            if prior is not None:
+                if prior.digest != digest:
+                    raise IdempotencyKeyConflictError(token, idempotency_key)
+                await self.writer.flush()
+                return self.hook_record(entry)
+            data["idempotency_key"] = idempotency_key
+            data["digest"] = digest
+        if encryption_key is not None and self.payloads.keys is None:
+            raise WorkflowDefinitionError(
+                "encryption_key= was given but encryption is off; configure "
+                "Runtime(encryption_key=...) with that key among the keys"
+            )
+        await self._deliver_external(entry, ev.HOOK_RECEIVED, data, encryption_key)
+        return self.hook_record(entry)
+
+    async def _deliver_external(
+        self, entry: HookEntry, kind: str, data: dict[str, Any], key: bytes | str | None = None
+    ) -> Event:
+        run = self.state.runs[entry.run_id]
+        self._admit()
+        if run.external >= self.mailbox_size:
+            raise OverloadedError(
+                f"the mailbox of run {run.run_id} is full ({self.mailbox_size} messages "
+                "waiting); retry shortly",
+                retry_after=1.0,
+            )
+        event = Event(new_id("evnt_"), entry.run_id, kind, entry.hook_id, self.clock(), data)
+        ticket = self.append(event, key)
+        run.external += 1
+        await ticket.wait()
+        return event
+
+    async def cancel_run(self, run_id: str, reason: str | None = None) -> None:
+        """Cancel a run; a no-op if it has ended. Returns once the cancel is durable.
+
+        Raises:
+            WorkflowRunNotFoundError: no run has this id.
+            LogWriteError: the log failed.
+        """
+        run = self.state.runs.get(run_id)
+        if run is None:
+            raise WorkflowRunNotFoundError(run_id)
+        if run.finished:
+            if run.terminal is not None and run.terminal.position < 0:
+                await self.writer.flush()
+            return
+        self.writer.check()
+        event = Event(new_id("evnt_"), run_id, ev.RUN_CANCELLED, None, self.clock(),
+                      {"reason": reason})  # fmt: skip
+        await self.append(event).wait()
+
+    async def wait_idle(self, timeout: float = math.inf) -> None:
+        """Wait until the log has written everything submitted (for tests and shutdown)."""
+        with anyio.fail_after(timeout):
+            await self.writer.flush()

@@ -1,0 +1,223 @@
+"""What the log implies, kept in memory: runs, the token index, timers, pending steps.
+
+One function, ``State.apply``, folds an event into this state. The runtime calls it for every
+event it submits (in submission order, which is log order) and, at start, for every event of the
+log, so the live state and the recovered state cannot drift apart.
+
+User values in the state stay in their stored form (codec trees or encrypted envelopes) and are
+decoded only when asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .core import events as ev
+from .core.events import Event
+
+__all__ = ["HookEntry", "IdempotencyEntry", "PendingStep", "RunState", "State", "Timer"]
+
+#: Legal run status changes (lifecycle as data). Anything else is a bug in the caller.
+RUN_TRANSITIONS: dict[str, frozenset[str]] = {
+    "pending": frozenset({"running", "completed", "failed", "cancelled"}),
+    "running": frozenset({"completed", "failed", "cancelled"}),
+    "completed": frozenset(),
+    "failed": frozenset(),
+    "cancelled": frozenset(),
+}
+TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+
+_STATUS_OF = {
+    ev.RUN_STARTED: "running",
+    ev.RUN_COMPLETED: "completed",
+    ev.RUN_FAILED: "failed",
+    ev.RUN_CANCELLED: "cancelled",
+}
+
+
+class RunState:
+    """One run as the log describes it. Small on purpose: one exists for every run."""
+
+    __slots__ = (
+        "run_id", "workflow_name", "status", "created_at", "positions", "hooks", "terminal",
+        "actor", "done", "external", "pending",
+    )  # fmt: skip
+
+    def __init__(self, run_id: str, workflow_name: str, created_at: float) -> None:
+        self.run_id = run_id
+        self.workflow_name = workflow_name
+        self.status = "pending"
+        self.created_at = created_at
+        #: Where the run's events sit in the log, in order (filled in once written).
+        self.positions: list[int] = []
+        #: Tokens of the run's live hooks (released when the run ends).
+        self.hooks: list[str] | None = None
+        self.terminal: Event | None = None
+        #: The run's actor while it exists (see ``actor.py``); ``None`` when never woken.
+        self.actor: Any = None
+        #: Set once the terminal event is durable (created lazily by waiters).
+        self.done: Any = None
+        #: Admitted outside messages not yet delivered (they hold mailbox slots).
+        self.external = 0
+        #: Ids of the run's live timers and started steps (void when the run ends).
+        self.pending: list[str] | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+class HookEntry:
+    """A live hook in the token index."""
+
+    __slots__ = ("hook_id", "run_id", "token", "created_at", "metadata", "webhook", "verifier")
+
+    def __init__(
+        self,
+        hook_id: str,
+        run_id: str,
+        token: str,
+        created_at: float,
+        metadata: Any,
+        webhook: dict[str, Any] | None,
+    ) -> None:
+        self.hook_id = hook_id
+        self.run_id = run_id
+        self.token = token
+        self.created_at = created_at
+        self.metadata = metadata  # stored form
+        self.webhook = webhook
+        self.verifier: Callable[..., None] | None = None  # loaded on first use
+
+
+@dataclass(slots=True)
+class IdempotencyEntry:
+    digest: str
+    hook_id: str
+    run_id: str
+    token: str
+    event_id: str
+    #: A stored response for webhook deliveries (data form), else None.
+    response: Any = None
+
+
+@dataclass(slots=True)
+class PendingStep:
+    step_id: str
+    run_id: str
+    name: str
+    args: Any  # stored form
+    max_retries: int
+    started_at: float
+    attempt: int = 1
+    retry_at: float = 0.0
+
+
+@dataclass(slots=True)
+class Timer:
+    wait_id: str
+    run_id: str
+    resume_at: float
+
+
+class State:
+    """The fold of the log."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, RunState] = {}
+        self.tokens: dict[str, HookEntry] = {}
+        self.idempotency: dict[tuple[str, str], IdempotencyEntry] = {}
+        self.steps: dict[str, PendingStep] = {}
+        self.timers: dict[str, Timer] = {}
+        #: request event id -> response data, for manual webhook responses.
+        self.responses: dict[str, Any] = {}
+        self.events = 0
+
+    def apply(self, event: Event) -> None:
+        """Fold one event in. Events of unknown runs (other than ``run_created``) are ignored."""
+        self.events += 1
+        kind = event.type
+        data = event.data
+        if kind == ev.RUN_CREATED:
+            self.runs[event.run_id] = RunState(
+                event.run_id, str(data.get("workflow")), event.created_at
+            )
+            return
+        run = self.runs.get(event.run_id)
+        if run is None:
+            return
+        corr = event.correlation_id or ""
+        if kind in _STATUS_OF:
+            new = _STATUS_OF[kind]
+            if new in RUN_TRANSITIONS[run.status]:
+                run.status = new
+                if new in TERMINAL_STATUSES:
+                    run.terminal = event
+                    self._release(run)
+        elif run.finished:
+            return  # late events of an ended run (a step that finished after a cancel)
+        elif kind == ev.HOOK_CREATED:
+            token = str(data["token"])
+            self.tokens[token] = HookEntry(
+                corr, run.run_id, token, event.created_at, data.get("metadata"), data.get("webhook")
+            )
+            if run.hooks is None:
+                run.hooks = []
+            run.hooks.append(token)
+        elif kind == ev.HOOK_DISPOSED:
+            token = str(data.get("token"))
+            entry = self.tokens.get(token)
+            if entry is not None and entry.hook_id == corr:
+                del self.tokens[token]
+                if run.hooks is not None and token in run.hooks:
+                    run.hooks.remove(token)
+        elif kind == ev.HOOK_RECEIVED:
+            key = data.get("idempotency_key")
+            if key is not None:
+                token = str(data.get("token"))
+                self.idempotency[(token, str(key))] = IdempotencyEntry(
+                    str(data.get("digest")), corr, run.run_id, token, event.event_id,
+                    data.get("idempotent_response"),
+                )  # fmt: skip
+        elif kind == ev.WAIT_CREATED:
+            self.timers[corr] = Timer(corr, run.run_id, float(data["resume_at"]))
+            self._own(run, corr)
+        elif kind in (ev.WAIT_COMPLETED, ev.WAIT_CANCELLED):
+            self.timers.pop(corr, None)
+        elif kind == ev.STEP_STARTED:
+            self.steps[corr] = PendingStep(
+                corr, run.run_id, str(data["name"]), data.get("args"),
+                int(data.get("max_retries", 3)), event.created_at,
+            )  # fmt: skip
+            self._own(run, corr)
+        elif kind == ev.STEP_RETRYING:
+            step = self.steps.get(corr)
+            if step is not None:
+                step.attempt = int(data["attempt"]) + 1
+                step.retry_at = float(data["retry_at"])
+        elif kind in (ev.STEP_COMPLETED, ev.STEP_FAILED):
+            self.steps.pop(corr, None)
+        elif kind == ev.WEBHOOK_RESPONDED:
+            self.responses[str(data["request_event_id"])] = data.get("response")
+
+    def _release(self, run: RunState) -> None:
+        """A run ended: its tokens are free, its timers and steps are void."""
+        for token in run.hooks or ():
+            entry = self.tokens.get(token)
+            if entry is not None and entry.run_id == run.run_id:
+                del self.tokens[token]
+        run.hooks = None
+        for pending_id in run.pending or ():
+            self.timers.pop(pending_id, None)
+            self.steps.pop(pending_id, None)
+        run.pending = None
+
+    def _own(self, run: RunState, pending_id: str) -> None:
+        if run.pending is None:
+            run.pending = []
+        elif len(run.pending) >= 64:
+            # Keep the list short for long runs: drop ids that already completed.
+            run.pending = [p for p in run.pending if p in self.timers or p in self.steps]
+        run.pending.append(pending_id)

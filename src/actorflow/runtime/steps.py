@@ -1,0 +1,140 @@
+"""Runs steps: bounded concurrency, retries with backoff, durable retry times.
+
+A step is started by its ``step_started`` event and ends with ``step_completed`` or
+``step_failed``. Between attempts a ``step_retrying`` event records when to try again, so a
+restart neither forgets a backoff nor retries early. A step that was running when the process
+died runs again after recovery (steps are at-least-once; ``get_step_metadata().step_id`` is the
+idempotency key for their side effects).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ..errors import FatalError, RetryableError, StorageError, WorkflowDefinitionError
+from . import codec
+from .core import events as ev
+from .core.events import Event
+from .durations import parse_duration
+from .ids import new_id
+from .state import PendingStep
+from .workflow import StepMetadata, WorkflowMetadata, find_step, step_context
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+__all__ = ["StepExecutor", "backoff"]
+
+logger = logging.getLogger("actorflow.runtime")
+
+
+def backoff(attempt: int) -> float:
+    """Seconds to wait after failed attempt ``attempt`` (1, 2, 4, ... capped at 60)."""
+    return float(min(2 ** (attempt - 1), 60))
+
+
+class StepExecutor:
+    def __init__(self, rt: Runtime, max_concurrent: int) -> None:
+        self._rt = rt
+        self._limiter = anyio.CapacityLimiter(max_concurrent)
+        self._scopes: dict[str, anyio.CancelScope] = {}
+
+    @property
+    def running(self) -> int:
+        return len(self._scopes)
+
+    def start(self, step_id: str) -> None:
+        """Run the started step ``step_id`` in the supervisor's task group."""
+        self._rt.task_group.start_soon(self._run, step_id)
+
+    def cancel(self, step_ids: list[str]) -> None:
+        """Stop the attempts of steps whose run ended."""
+        for step_id in step_ids:
+            scope = self._scopes.get(step_id)
+            if scope is not None:
+                scope.cancel()
+
+    async def _run(self, step_id: str) -> None:
+        scope = anyio.CancelScope()
+        self._scopes[step_id] = scope
+        try:
+            with scope:
+                async with self._limiter:
+                    await self._attempts(step_id)
+        except StorageError as exc:
+            logger.error("step %s stopped: the log failed: %s", step_id, exc)
+        finally:
+            self._scopes.pop(step_id, None)
+
+    async def _attempts(self, step_id: str) -> None:
+        rt = self._rt
+        step = rt.state.steps.get(step_id)
+        if step is None:
+            return
+        run = rt.state.runs[step.run_id]
+        function = find_step(step.name)
+        if function is None:
+            self._finish(step, ev.STEP_FAILED, {"error": codec.error_to_tree(FatalError(
+                f"step {step.name!r} is not defined in this process; import the module that "
+                "defines it before starting the runtime"))})  # fmt: skip
+            return
+        stub = Event(step_id, step.run_id, ev.STEP_STARTED, step_id, step.started_at, {})
+        inputs = codec.from_tree(rt.payloads.value(stub, step.args))
+        workflow_meta = WorkflowMetadata(
+            run.run_id, run.workflow_name, datetime.fromtimestamp(run.created_at, UTC), rt.base_url
+        )
+        while True:
+            delay = step.retry_at - rt.clock()
+            if delay > 0:
+                await anyio.sleep(delay)
+            meta = StepMetadata(step_id, step.attempt, datetime.fromtimestamp(rt.clock(), UTC))
+            token = step_context.set((meta, workflow_meta))
+            try:
+                result = await function.fn(*inputs["args"], **inputs["kwargs"])
+            except FatalError as exc:
+                self._finish(step, ev.STEP_FAILED, {"error": codec.error_to_tree(exc)})
+                return
+            except Exception as exc:
+                if step.attempt > step.max_retries:
+                    self._finish(step, ev.STEP_FAILED, {"error": codec.error_to_tree(exc)})
+                    return
+                retry_at = rt.clock() + self._delay(exc, step.attempt, rt.clock())
+                if rt.state.steps.get(step_id) is not step:
+                    return
+                rt.append(Event(new_id("evnt_"), step.run_id, ev.STEP_RETRYING, step_id,
+                                rt.clock(), {"attempt": step.attempt, "retry_at": retry_at,
+                                             "error": codec.error_to_tree(exc)}))  # fmt: skip
+                continue
+            finally:
+                step_context.reset(token)
+            try:
+                tree = codec.to_tree(result, root="result")
+            except Exception as exc:  # an unencodable result fails the step, not the runtime
+                self._finish(step, ev.STEP_FAILED, {"error": codec.error_to_tree(exc)})
+                return
+            self._finish(step, ev.STEP_COMPLETED, {"result": tree})
+            return
+
+    @staticmethod
+    def _delay(exc: Exception, attempt: int, now: float) -> float:
+        if isinstance(exc, RetryableError):
+            after: Any = exc.retry_after
+            if after is None:
+                return 1.0
+            if isinstance(after, datetime):
+                return max(0.0, after.timestamp() - now)
+            try:
+                return parse_duration(after)
+            except WorkflowDefinitionError:
+                return 1.0
+        return backoff(attempt)
+
+    def _finish(self, step: PendingStep, kind: str, data: dict[str, Any]) -> None:
+        rt = self._rt
+        if rt.state.steps.get(step.step_id) is not step:
+            return  # the run ended meanwhile
+        rt.append(Event(new_id("evnt_"), step.run_id, kind, step.step_id, rt.clock(), data))

@@ -1,0 +1,235 @@
+"""The supervisor: schedules actors, rebuilds them, restarts them, passivates them.
+
+Actors are not tasks. A message makes its actor *ready*; one dispatcher task drains ready actors'
+mailboxes in turn (stepping a machine is synchronous, so more tasks would add switches and memory,
+not parallelism). That keeps a suspended run down to its state object and, while resident, its
+machine: no task, no stack.
+
+Restarts follow OTP's one-for-one rule: an actor whose processing raises (a runtime bug, an
+undecryptable record) is dropped and rebuilt from its log; past ``restart_budget`` crashes within
+``restart_window`` seconds the run is failed with the cause recorded. The supervisor catches
+``Exception`` only: cancellation always passes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import OrderedDict, deque
+from typing import TYPE_CHECKING
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+import anyio.to_thread
+
+from . import codec
+from .actor import Actor
+from .core import events as ev
+from .core.events import Event
+from .ids import new_id
+from .state import RunState
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+__all__ = ["Supervisor"]
+
+logger = logging.getLogger("actorflow.runtime")
+
+
+class Supervisor:
+    def __init__(
+        self,
+        rt: Runtime,
+        *,
+        passivate_after: float,
+        max_resident: int,
+        restart_budget: int,
+        restart_window: float,
+    ) -> None:
+        self._rt = rt
+        self._ready: deque[Actor] = deque()
+        self._wake = anyio.Event()
+        self._resident: OrderedDict[str, Actor] = OrderedDict()
+        self._reaper_wake = anyio.Event()
+        self._rebuilds = anyio.CapacityLimiter(8)
+        self.passivate_after = passivate_after
+        self.max_resident = max_resident
+        self.restart_budget = restart_budget
+        self.restart_window = restart_window
+        self.crashes = 0
+        self.rebuilt = 0
+
+    @property
+    def resident(self) -> int:
+        return len(self._resident)
+
+    # -- delivery ----------------------------------------------------------------------------
+
+    def deliver(self, run: RunState, event: Event) -> None:
+        """Put a durable event in its run's mailbox and make the actor ready."""
+        actor = run.actor
+        if actor is None:
+            if run.finished:
+                return
+            actor = run.actor = Actor(self._rt, run)
+        actor.mailbox.append(event)
+        self.schedule(actor)
+
+    def wake(self, run: RunState) -> None:
+        """Make sure the run's actor is resident (recovery uses this for unfinished runs)."""
+        if run.finished:
+            return
+        actor = run.actor
+        if actor is None:
+            actor = run.actor = Actor(self._rt, run)
+        self.schedule(actor)
+
+    def schedule(self, actor: Actor) -> None:
+        if not actor.scheduled:
+            actor.scheduled = True
+            self._ready.append(actor)
+            self._wake.set()
+
+    # -- the dispatcher ----------------------------------------------------------------------
+
+    async def dispatch(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started()
+        ready = self._ready
+        turns = 0
+        while True:
+            if not ready:
+                await self._wake.wait()
+                self._wake = anyio.Event()
+                continue
+            actor = ready.popleft()
+            actor.scheduled = False
+            run = actor.run
+            if run.finished:
+                actor.drop()
+                actor.mailbox.clear()
+                self._forget(actor)
+                continue
+            if actor.machine is None:
+                if actor.rebuilding or actor.missing_workflow:
+                    continue
+                if actor.can_build_in_place():
+                    created = actor.mailbox.popleft()
+                    self._guard(actor, lambda a=actor, e=created: a.build([e]))
+                else:
+                    actor.rebuilding = True
+                    self._rt.task_group.start_soon(self._rebuild, actor)
+                    continue
+            if actor.machine is not None:
+                self._guard(actor, actor.process)
+            self._touch(actor)
+            turns += 1
+            if turns % 64 == 0:
+                await anyio.lowlevel.checkpoint()
+
+    def _guard(self, actor: Actor, fn: object) -> None:
+        try:
+            fn()  # type: ignore[operator]
+        except Exception as exc:
+            self._crashed(actor, exc)
+
+    def _touch(self, actor: Actor) -> None:
+        run = actor.run
+        if actor.machine is None or run.finished:
+            self._forget(actor)
+            return
+        actor.last_active = self._rt.clock()
+        resident = self._resident
+        if run.run_id in resident:
+            resident.move_to_end(run.run_id)
+        else:
+            resident[run.run_id] = actor
+            if len(resident) == 1:
+                self._reaper_wake.set()
+            while len(resident) > self.max_resident:
+                _, oldest = resident.popitem(last=False)
+                self._passivate(oldest)
+
+    def _forget(self, actor: Actor) -> None:
+        self._resident.pop(actor.run.run_id, None)
+        if actor.run.finished:
+            actor.run.actor = None
+
+    # -- rebuilding and restarts -------------------------------------------------------------
+
+    async def _rebuild(self, actor: Actor) -> None:
+        rt = self._rt
+        run = actor.run
+        try:
+            async with self._rebuilds:
+                await rt.writer.flush()
+                positions = list(run.positions)
+                records = await anyio.to_thread.run_sync(rt.store.read, positions)
+            events = [rt.payloads.decode(r, p) for r, p in zip(records, positions, strict=True)]
+            self.rebuilt += 1
+            actor.rebuilding = False
+            self._guard(actor, lambda: actor.build(events))
+        except Exception as exc:
+            actor.rebuilding = False
+            self._crashed(actor, exc)
+        finally:
+            actor.rebuilding = False
+            if actor.machine is not None or actor.mailbox:
+                self.schedule(actor)
+
+    def _crashed(self, actor: Actor, exc: Exception) -> None:
+        rt = self._rt
+        run = actor.run
+        self.crashes += 1
+        actor.drop()
+        self._resident.pop(run.run_id, None)
+        now = rt.clock()
+        actor.crashes = [t for t in actor.crashes if now - t < self.restart_window] + [now]
+        if run.finished:
+            return
+        if len(actor.crashes) > self.restart_budget:
+            logger.error(
+                "run %s crashed %d times in %.0f s; failing it: %r",
+                run.run_id, len(actor.crashes), self.restart_window, exc,
+            )  # fmt: skip
+            actor.mailbox.clear()
+            try:
+                rt.append(Event(new_id("evnt_"), run.run_id, ev.RUN_FAILED, None, now,
+                                {"error": codec.error_to_tree(exc)}))  # fmt: skip
+            except Exception:
+                logger.exception("could not record the failure of run %s", run.run_id)
+            return
+        logger.warning("run %s crashed, rebuilding it from its log: %r", run.run_id, exc,
+                       exc_info=exc)  # fmt: skip
+        self.schedule(actor)
+
+    # -- passivation -------------------------------------------------------------------------
+
+    def _passivate(self, actor: Actor) -> None:
+        if actor.mailbox or actor.rebuilding or actor.scheduled:
+            return
+        actor.drop()
+        actor.run.actor = None
+
+    async def reap(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Passivate actors idle for ``passivate_after`` seconds."""
+        task_status.started()
+        resident = self._resident
+        while True:
+            if not resident or math.isinf(self.passivate_after):
+                await self._reaper_wake.wait()
+                self._reaper_wake = anyio.Event()
+                continue
+            now = self._rt.clock()
+            while resident:
+                run_id, actor = next(iter(resident.items()))
+                if now - actor.last_active < self.passivate_after:
+                    break
+                del resident[run_id]
+                self._passivate(actor)
+            if resident:
+                oldest = next(iter(resident.values()))
+                await anyio.sleep(max(0.0, oldest.last_active + self.passivate_after - now))
