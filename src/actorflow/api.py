@@ -54,7 +54,7 @@ async def resume_webhook(token: str, request: Request | Any) -> Response:
         HookNotFoundError: unknown token, or the token of a plain hook.
         WebhookSignatureError: the request failed the webhook's signature check.
     """
-    return await current_runtime().resume_webhook(token, request)  # type: ignore[attr-defined,no-any-return]
+    return await current_runtime().resume_webhook(token, request)
 
 
 async def get_hook_by_token(token: str) -> Hook:

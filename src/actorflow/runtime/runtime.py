@@ -48,6 +48,8 @@ from .state import HookEntry, State
 from .steps import StepExecutor
 from .supervisor import Supervisor
 from .timers import TimerService
+from .webhook_request import Request, Response
+from .webhooks import WebhookResponses, resume_webhook
 from .workflow import WorkflowFunction
 
 __all__ = ["Runtime", "current_runtime"]
@@ -143,6 +145,7 @@ class Runtime:
         self.store: EventStore
         self.writer: LogWriter
         self.torn_tail: str | None = None
+        self.webhook_responses = WebhookResponses()
 
     # -- configuration -----------------------------------------------------------------------
 
@@ -311,7 +314,17 @@ class Runtime:
                 self.on_webhook_responded(event)
 
     def on_webhook_responded(self, event: Event) -> None:
-        """Hook for the webhook layer (manual responses); replaced by ``webhooks.py``."""
+        self.webhook_responses.responded(event)
+
+    def resolve_secret(self, name: str) -> bytes:
+        """The secret named ``name`` (``secrets=`` first, then ``ACTORFLOW_SECRET_<NAME>``).
+
+        Raises:
+            WorkflowDefinitionError: the secret is not configured.
+        """
+        from ..verify import resolve_secret
+
+        return resolve_secret(name, self.secrets)
 
     def log_missing_workflow(self, run: Any) -> None:
         logger.error(
@@ -433,10 +446,10 @@ class Runtime:
                 "encryption_key= was given but encryption is off; configure "
                 "Runtime(encryption_key=...) with that key among the keys"
             )
-        await self._deliver_external(entry, ev.HOOK_RECEIVED, data, encryption_key)
+        await self.deliver_external(entry, ev.HOOK_RECEIVED, data, encryption_key)
         return self.hook_record(entry)
 
-    async def _deliver_external(
+    async def deliver_external(
         self, entry: HookEntry, kind: str, data: dict[str, Any], key: bytes | str | None = None
     ) -> Event:
         run = self.state.runs[entry.run_id]
@@ -452,6 +465,17 @@ class Runtime:
         run.external += 1
         await ticket.wait()
         return event
+
+    async def resume_webhook(self, token: str, request: Request | Any) -> Response:
+        """Deliver an HTTP request to the webhook owning ``token``; the response to send back.
+
+        Raises:
+            HookNotFoundError: unknown token, disposed webhook, ended run, or a plain hook's
+                token (reported alike, so tokens cannot be probed).
+            WebhookSignatureError: the request failed the webhook's signature check.
+            OverloadedError, SerializationError, LogWriteError: nothing was committed.
+        """
+        return await resume_webhook(self, token, request)
 
     async def cancel_run(self, run_id: str, reason: str | None = None) -> None:
         """Cancel a run; a no-op if it has ended. Returns once the cancel is durable.

@@ -131,8 +131,8 @@ class State:
         self.idempotency: dict[tuple[str, str], IdempotencyEntry] = {}
         self.steps: dict[str, PendingStep] = {}
         self.timers: dict[str, Timer] = {}
-        #: request event id -> response data, for manual webhook responses.
-        self.responses: dict[str, Any] = {}
+        #: request event id -> its ``webhook_responded`` event (manual webhook responses).
+        self.responses: dict[str, Event] = {}
         self.events = 0
 
     def apply(self, event: Event) -> None:
@@ -200,7 +200,7 @@ class State:
         elif kind in (ev.STEP_COMPLETED, ev.STEP_FAILED):
             self.steps.pop(corr, None)
         elif kind == ev.WEBHOOK_RESPONDED:
-            self.responses[str(data["request_event_id"])] = data.get("response")
+            self.responses[str(data["request_event_id"])] = event
 
     def _release(self, run: RunState) -> None:
         """A run ended: its tokens are free, its timers and steps are void."""

@@ -246,7 +246,9 @@ def create_webhook(
         options["respond_with"] = "manual"
     elif isinstance(respond_with, Response):
         options["respond_with"] = "static"
-        options["response"] = respond_with.to_data()
+        from . import codec
+
+        options["response"] = codec.to_tree(respond_with.to_data(), root="respond_with")
     from .webhook_handle import attach_verifier
 
     attach_verifier(options, verify)

@@ -1,0 +1,148 @@
+"""``resume_webhook``: an HTTP request delivered to a webhook, and the response it gets.
+
+Order of checks, all before anything is written: the token must belong to a live *webhook* (a
+plain hook's token is reported exactly like an unknown one, so the public route cannot probe hook
+tokens); the signature check must pass; a delivery id seen before returns the stored response
+and appends nothing. Then ``hook_received`` is appended and fsynced, and the response is chosen:
+``202`` at once, the static response, or for ``"manual"`` the workflow's durable
+``webhook_responded`` (``504`` after ``respond_timeout``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ..errors import HookNotFoundError, WebhookSignatureError, WorkflowDefinitionError
+from . import codec
+from .core import events as ev
+from .core.events import Event
+from .webhook_handle import load_verifier
+from .webhook_request import Request, Response
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+__all__ = ["WebhookResponses", "resume_webhook", "to_request"]
+
+ACCEPTED = Response(status=202)
+TIMED_OUT_BODY = b'{"error":"WebhookTimeout","message":"the workflow did not respond in time"}'
+
+
+class WebhookResponses:
+    """Manual responses awaited by HTTP callers, keyed by the request's event id."""
+
+    def __init__(self) -> None:
+        self._waiters: dict[str, anyio.Event] = {}
+
+    def waiter(self, request_event_id: str) -> anyio.Event:
+        found = self._waiters.get(request_event_id)
+        if found is None:
+            found = self._waiters[request_event_id] = anyio.Event()
+        return found
+
+    def release(self, request_event_id: str) -> None:
+        self._waiters.pop(request_event_id, None)
+
+    def responded(self, event: Event) -> None:
+        waiter = self._waiters.pop(str(event.data.get("request_event_id")), None)
+        if waiter is not None:
+            waiter.set()
+
+
+async def to_request(request: Request | Any) -> Request:
+    """An ``af.Request`` from itself or from a Quart/Werkzeug request (duck-typed)."""
+    if isinstance(request, Request):
+        return request
+    try:
+        data = request.get_data()
+        if hasattr(data, "__await__"):
+            data = await data
+        headers: Mapping[str, str] = request.headers
+        return Request(
+            method=str(request.method).upper(),
+            url=str(request.url),
+            headers={k.lower(): v for k, v in headers.items()},
+            body=bytes(data),
+        )
+    except AttributeError as exc:
+        raise WorkflowDefinitionError(
+            f"resume_webhook() takes an af.Request or a Quart/Werkzeug request, not {request!r}"
+        ) from exc
+
+
+def _delivery_key(request: Request) -> str | None:
+    for name in ("idempotency-key", "webhook-id", "x-github-delivery", "x-slack-request-id"):
+        value = request.headers.get(name)
+        if value:
+            return f"{name}:{value}"[:512]
+    return None
+
+
+async def resume_webhook(rt: Runtime, token: str, raw: Request | Any) -> Response:
+    """Deliver a request to the webhook owning ``token``; see the module docstring.
+
+    Raises:
+        HookNotFoundError: unknown token, disposed webhook, ended run, or a plain hook's token.
+        WebhookSignatureError: the signature check failed (nothing committed).
+        OverloadedError, LogWriteError, SerializationError: nothing committed.
+    """
+    entry = rt.state.tokens.get(token) if isinstance(token, str) else None
+    if entry is None or entry.webhook is None:
+        raise HookNotFoundError(str(token))
+    request = await to_request(raw)
+    options = entry.webhook
+    spec = options.get("verify")
+    if spec is not None:
+        if entry.verifier is None:
+            entry.verifier = load_verifier(spec)
+        try:
+            entry.verifier(request, rt.resolve_secret)
+        except (WebhookSignatureError, WorkflowDefinitionError):
+            raise
+        except Exception as exc:
+            raise WebhookSignatureError(f"the webhook's signature check rejected it: {exc}") from exc
+    manual = options.get("respond_with") == "manual"
+    key = _delivery_key(request)
+    if key is not None:
+        prior = rt.state.idempotency.get((token, key))
+        if prior is not None:
+            await rt.writer.flush()
+            if manual:
+                return await _manual_response(rt, prior.event_id, float(options["respond_timeout"]))
+            return _immediate(options)
+    tree = codec.to_tree(request.to_data(), root="request")
+    data: dict[str, Any] = {"request": tree, "token": token, "external": True}
+    if key is not None:
+        data["idempotency_key"] = key
+        data["digest"] = codec.digest(tree)
+    event = await rt.deliver_external(entry, ev.HOOK_RECEIVED, data)
+    if not manual:
+        return _immediate(options)
+    return await _manual_response(rt, event.event_id, float(options["respond_timeout"]))
+
+
+def _immediate(options: Mapping[str, Any]) -> Response:
+    if options.get("respond_with") == "static":
+        return Response.from_data(codec.from_tree(options["response"]))
+    return ACCEPTED
+
+
+async def _manual_response(rt: Runtime, request_event_id: str, timeout: float) -> Response:
+    responses = rt.webhook_responses
+    stored = rt.state.responses.get(request_event_id)
+    if stored is None or stored.position < 0:
+        waiter = responses.waiter(request_event_id)
+        try:
+            with anyio.move_on_after(timeout):
+                await waiter.wait()
+        finally:
+            responses.release(request_event_id)
+        stored = rt.state.responses.get(request_event_id)
+        if stored is None:
+            return Response(504, TIMED_OUT_BODY, {"content-type": "application/json"})
+        if stored.position < 0:  # answered at the deadline, not yet durable: never send early
+            await rt.writer.flush()
+    return Response.from_data(rt.decode_value(stored, "response"))
