@@ -177,4 +177,3 @@ class Actor:
         elif isinstance(command, FailRun):
             rt.append(self._event(ev.RUN_FAILED, None, {"error": command.error_tree}))
         return None
-

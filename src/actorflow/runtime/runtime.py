@@ -109,7 +109,9 @@ class Runtime:
         environment: str = "development",
     ) -> None:
         if durability not in ("fsync", "none"):
-            raise WorkflowDefinitionError(f'durability must be "fsync" or "none", not {durability!r}')
+            raise WorkflowDefinitionError(
+                f'durability must be "fsync" or "none", not {durability!r}'
+            )
         self.data_dir = Path(data_dir)
         self.durability: Durability = durability
         self.workflows: dict[str, WorkflowFunction[..., Any]] = {}
@@ -350,7 +352,9 @@ class Runtime:
 
     # -- the outside API ---------------------------------------------------------------------
 
-    async def start(self, workflow: WorkflowFunction[..., Any] | str, *args: Any, **kwargs: Any) -> Run:
+    async def start(
+        self, workflow: WorkflowFunction[..., Any] | str, *args: Any, **kwargs: Any
+    ) -> Run:
         """Start a run: durably records ``run_created`` and returns before the run finishes.
 
         Raises:

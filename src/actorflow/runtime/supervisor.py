@@ -214,7 +214,9 @@ class Supervisor:
         actor.drop()
         actor.run.actor = None
 
-    async def reap(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def reap(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Passivate actors idle for ``passivate_after`` seconds."""
         task_status.started()
         resident = self._resident

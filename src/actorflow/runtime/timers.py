@@ -47,7 +47,9 @@ class TimerService:
     def armed(self) -> int:
         return len(self._rt.state.timers)
 
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         task_status.started()
         rt = self._rt
         heap = self._heap

@@ -29,7 +29,9 @@ class Response:
         return self.body.encode() if isinstance(self.body, str) else self.body
 
     @classmethod
-    def json(cls, value: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    def json(
+        cls, value: Any, status: int = 200, headers: Mapping[str, str] | None = None
+    ) -> Response:
         """A JSON response with ``content-type: application/json``."""
         merged = {"content-type": "application/json", **(headers or {})}
         return cls(status=status, body=orjson.dumps(value), headers=merged)

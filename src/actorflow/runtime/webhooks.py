@@ -103,7 +103,9 @@ async def resume_webhook(rt: Runtime, token: str, raw: Request | Any) -> Respons
         except (WebhookSignatureError, WorkflowDefinitionError):
             raise
         except Exception as exc:
-            raise WebhookSignatureError(f"the webhook's signature check rejected it: {exc}") from exc
+            raise WebhookSignatureError(
+                f"the webhook's signature check rejected it: {exc}"
+            ) from exc
     manual = options.get("respond_with") == "manual"
     key = _delivery_key(request)
     if key is not None:

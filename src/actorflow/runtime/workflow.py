@@ -89,7 +89,9 @@ class WorkflowFunction(Generic[P, R]):
 class StepFunction(Generic[P, R]):
     """An ``async def`` marked with ``@af.step``: durable inside a workflow, plain outside."""
 
-    def __init__(self, fn: Callable[P, Coroutine[Any, Any, R]], name: str, max_retries: int) -> None:
+    def __init__(
+        self, fn: Callable[P, Coroutine[Any, Any, R]], name: str, max_retries: int
+    ) -> None:
         self.fn = fn
         self.name = name
         self.options = StepOptions(max_retries=max_retries)
@@ -235,8 +237,10 @@ def create_webhook(
             "create_webhook() takes no token: webhook tokens are always random so that the "
             "public URL cannot be guessed; use create_hook(token=...) for a chosen token"
         )
-    if respond_with is not None and respond_with != "manual" and not isinstance(
-        respond_with, Response
+    if (
+        respond_with is not None
+        and respond_with != "manual"
+        and not isinstance(respond_with, Response)
     ):
         raise WorkflowDefinitionError(
             f'respond_with must be None, an af.Response or "manual", not {respond_with!r}'

@@ -80,7 +80,9 @@ class FailRun:
     error_tree: Any
 
 
-Command = StartStep | CreateHook | DisposeHook | CreateWait | CancelWait | Respond | CompleteRun | FailRun
+Command = (
+    StartStep | CreateHook | DisposeHook | CreateWait | CancelWait | Respond | CompleteRun | FailRun
+)
 
 
 class CommandSink(Protocol):

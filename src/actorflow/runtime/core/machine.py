@@ -399,9 +399,11 @@ class Machine:
         recorded = self._call(
             "step",
             f"{op.name} (args digest {digest})",
-            lambda e: e.type == ev.STEP_STARTED
-            and e.data.get("name") == op.name
-            and e.data.get("digest") == digest,
+            lambda e: (
+                e.type == ev.STEP_STARTED
+                and e.data.get("name") == op.name
+                and e.data.get("digest") == digest
+            ),
             emit,
         )
         step_id = recorded.correlation_id if recorded is not None else new[0]
@@ -428,9 +430,11 @@ class Machine:
         recorded = self._call(
             "wait",
             f"{purpose} until {_iso(resume_at)}",
-            lambda e: e.type == ev.WAIT_CREATED
-            and e.data.get("purpose") == purpose
-            and abs(float(e.data.get("resume_at", -1)) - resume_at) < 1e-3,
+            lambda e: (
+                e.type == ev.WAIT_CREATED
+                and e.data.get("purpose") == purpose
+                and abs(float(e.data.get("resume_at", -1)) - resume_at) < 1e-3
+            ),
             emit,
         )
         wait_id = recorded.correlation_id if recorded is not None else new[0]
@@ -473,10 +477,12 @@ class Machine:
         recorded = self._call(
             "webhook" if webhook is not None else "hook",
             f"token {token!r}" if chosen else "with a random token",
-            lambda e: e.type in (ev.HOOK_CREATED, ev.HOOK_CONFLICT)
-            and bool(e.data.get("chosen")) == chosen
-            and (not chosen or e.data.get("token") == token)
-            and bool(e.data.get("webhook")) == (webhook is not None),
+            lambda e: (
+                e.type in (ev.HOOK_CREATED, ev.HOOK_CONFLICT)
+                and bool(e.data.get("chosen")) == chosen
+                and (not chosen or e.data.get("token") == token)
+                and bool(e.data.get("webhook")) == (webhook is not None)
+            ),
             emit,
         )
         if recorded is not None:
@@ -548,9 +554,11 @@ class Machine:
         self._call(
             "respond",
             f"to request {op.request_event_id}",
-            lambda e: e.type == ev.WEBHOOK_RESPONDED
-            and e.correlation_id == op.hook.hook_id
-            and e.data.get("request_event_id") == op.request_event_id,
+            lambda e: (
+                e.type == ev.WEBHOOK_RESPONDED
+                and e.correlation_id == op.hook.hook_id
+                and e.data.get("request_event_id") == op.request_event_id
+            ),
             lambda: self._sink(Respond(op.hook.hook_id, op.request_event_id, tree)),
         )
         return (_SEND, None)
