@@ -248,6 +248,8 @@ class Runtime:
                     await tg.start(self.supervisor.dispatch)
                     await tg.start(self.timers.run)
                     await tg.start(self.supervisor.reap)
+                    for _ in range(4):
+                        await tg.start(self.supervisor.rebuild_worker)
                     self._resume_after_recovery()
                     task_status.started()
         finally:
@@ -430,21 +432,24 @@ class Runtime:
             (Nothing is committed when any of these is raised.)
         """
         token = token_or_hook if isinstance(token_or_hook, str) else token_or_hook.token
+        if idempotency_key is not None:
+            # Checked first: a retry whose first delivery succeeded gets its record back even
+            # if the hook has been disposed since.
+            prior = self.state.idempotency.get((token, idempotency_key))
+            if prior is not None:
+                if prior.digest != codec.digest(codec.to_tree(payload, root="payload")):
+                    raise IdempotencyKeyConflictError(token, idempotency_key)
+                await self.writer.flush()
+                assert prior.hook is not None
+                return self.hook_record(prior.hook)
         entry = self.state.tokens.get(token)
         if entry is None or entry.webhook is not None:
             raise HookNotFoundError(token)
         tree = codec.to_tree(payload, root="payload")
         data: dict[str, Any] = {"payload": tree, "token": token, "external": True}
         if idempotency_key is not None:
-            digest = codec.digest(tree)
-            prior = self.state.idempotency.get((token, idempotency_key))
-            if prior is not None:
-                if prior.digest != digest:
-                    raise IdempotencyKeyConflictError(token, idempotency_key)
-                await self.writer.flush()
-                return self.hook_record(entry)
             data["idempotency_key"] = idempotency_key
-            data["digest"] = digest
+            data["digest"] = codec.digest(tree)
         if encryption_key is not None and self.payloads.keys is None:
             raise WorkflowDefinitionError(
                 "encryption_key= was given but encryption is off; configure "

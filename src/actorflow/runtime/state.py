@@ -99,8 +99,8 @@ class IdempotencyEntry:
     run_id: str
     token: str
     event_id: str
-    #: A stored response for webhook deliveries (data form), else None.
-    response: Any = None
+    #: The hook it was delivered to (kept after the hook is gone, to answer retries).
+    hook: HookEntry | None = None
 
 
 @dataclass(slots=True)
@@ -179,7 +179,7 @@ class State:
                 token = str(data.get("token"))
                 self.idempotency[(token, str(key))] = IdempotencyEntry(
                     str(data.get("digest")), corr, run.run_id, token, event.event_id,
-                    data.get("idempotent_response"),
+                    self.tokens.get(token),
                 )  # fmt: skip
         elif kind == ev.WAIT_CREATED:
             self.timers[corr] = Timer(corr, run.run_id, float(data["resume_at"]))

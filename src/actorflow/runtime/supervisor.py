@@ -53,7 +53,8 @@ class Supervisor:
         self._wake = anyio.Event()
         self._resident: OrderedDict[str, Actor] = OrderedDict()
         self._reaper_wake = anyio.Event()
-        self._rebuilds = anyio.CapacityLimiter(8)
+        self._to_rebuild: deque[Actor] = deque()
+        self._rebuild_wake = anyio.Event()
         self.passivate_after = passivate_after
         self.max_resident = max_resident
         self.restart_budget = restart_budget
@@ -121,7 +122,8 @@ class Supervisor:
                     self._guard(actor, lambda a=actor, e=created: a.build([e]))
                 else:
                     actor.rebuilding = True
-                    self._rt.task_group.start_soon(self._rebuild, actor)
+                    self._to_rebuild.append(actor)
+                    self._rebuild_wake.set()
                     continue
             if actor.machine is not None:
                 self._guard(actor, actor.process)
@@ -160,14 +162,30 @@ class Supervisor:
 
     # -- rebuilding and restarts -------------------------------------------------------------
 
+    async def rebuild_worker(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Rebuild absent actors that got messages: read their events, replay them.
+
+        A few workers share one queue, so waking 100,000 runs after recovery costs a queue
+        entry each, not a task each.
+        """
+        task_status.started()
+        queue = self._to_rebuild
+        while True:
+            if not queue:
+                await self._rebuild_wake.wait()
+                self._rebuild_wake = anyio.Event()
+                continue
+            await self._rebuild(queue.popleft())
+
     async def _rebuild(self, actor: Actor) -> None:
         rt = self._rt
         run = actor.run
         try:
-            async with self._rebuilds:
-                await rt.writer.flush()
-                positions = list(run.positions)
-                records = await anyio.to_thread.run_sync(rt.store.read, positions)
+            await rt.writer.flush()
+            positions = list(run.positions)
+            records = await anyio.to_thread.run_sync(rt.store.read, positions)
             events = [rt.payloads.decode(r, p) for r, p in zip(records, positions, strict=True)]
             self.rebuilt += 1
             actor.rebuilding = False

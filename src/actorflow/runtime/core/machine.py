@@ -91,8 +91,8 @@ class HookState:
         self.token = token
         self.metadata = metadata
         self.webhook = webhook
-        self.buffer: deque[Event] = deque()
-        self.waiters: deque[_Fiber] = deque()
+        self.buffer: deque[Event] | None = None
+        self.waiters: list[_Fiber] = []
         self.disposed = False
         self.conflict: HookConflictError | None = None
 
@@ -133,6 +133,13 @@ class Machine:
     events in log order (empty for a new run).
     """
 
+    # Slots and lazily created containers: one machine lives per resident run.
+    __slots__ = (
+        "run_id", "workflow_name", "started_at", "base_url", "now", "done", "_workflow",
+        "_args", "_kwargs", "_sink", "_codec", "_new_id", "_new_token", "_recorded", "_pos",
+        "_ready", "_steps", "_waits", "_hooks", "_root", "_fatal", "_rng", "_closing",
+    )  # fmt: skip
+
     def __init__(
         self,
         *,
@@ -164,14 +171,22 @@ class Machine:
         self._new_token = new_token
         self._recorded = recorded
         self._pos = 0
-        self._ready: deque[tuple[_Fiber, int, Any]] = deque()
+        self._ready: deque[tuple[_Fiber, int, Any]] | None = None
         self._steps: dict[str, _Fiber] = {}
         self._waits: dict[str, _Fiber] = {}
         self._hooks: dict[str, HookState] = {}
         self._root: _Fiber | None = None
         self._fatal: BaseException | None = None
-        seed = int.from_bytes(hashlib.blake2b(run_id.encode(), digest_size=8).digest(), "big")
-        self.rng = _random.Random(seed)
+        self._rng: _random.Random | None = None
+        self._closing = False
+
+    @property
+    def rng(self) -> _random.Random:
+        """The run's deterministic random generator (seeded by the run id; made on first use)."""
+        if self._rng is None:
+            seed = int.from_bytes(hashlib.blake2b(self.run_id.encode(), digest_size=8).digest())
+            self._rng = _random.Random(seed)
+        return self._rng
 
     # -- driving -----------------------------------------------------------------------------
 
@@ -189,7 +204,7 @@ class Machine:
                 "decorate an `async def` with @af.workflow"
             )
         self._root = _Fiber(coro, None, 0)
-        self._ready.append((self._root, _SEND, None))
+        self._resume(self._root, _SEND, None)
         self._run()
 
     def feed(self, event: Event) -> None:
@@ -203,8 +218,10 @@ class Machine:
             hook = self._hooks.get(corr or "")
             if hook is not None:
                 if hook.waiters:
-                    self._resume(hook.waiters.popleft(), _SEND, self._payload(hook, event))
+                    self._resume(hook.waiters.pop(0), _SEND, self._payload(hook, event))
                 else:
+                    if hook.buffer is None:
+                        hook.buffer = deque()
                     hook.buffer.append(event)
         elif kind == ev.STEP_COMPLETED:
             fiber = self._steps.pop(corr or "", None)
@@ -223,21 +240,27 @@ class Machine:
     def close(self) -> None:
         """Drop the coroutines (run cancelled or actor passivated); emits nothing."""
         self.done = True
+        self._closing = True
         if self._root is not None and not self._root.finished:
             self._silent_close(self._root)
-        self._ready.clear()
+        self._ready = None
 
     # -- the fiber scheduler -----------------------------------------------------------------
 
     def _resume(self, fiber: _Fiber, mode: int, value: Any) -> None:
         fiber.blocked_on = None
+        if self._ready is None:
+            self._ready = deque()
         self._ready.append((fiber, mode, value))
 
     def _run(self) -> None:
+        ready = self._ready
+        if ready is None:
+            return
         token = _current.set(self)
         try:
-            while self._ready and self._fatal is None and not self.done:
-                fiber, mode, value = self._ready.popleft()
+            while ready and self._fatal is None and not self.done:
+                fiber, mode, value = ready.popleft()
                 if not fiber.finished:
                     try:
                         self._step(fiber, mode, value)
@@ -245,6 +268,8 @@ class Machine:
                         pass
         finally:
             _current.reset(token)
+            if self._ready is not None and not self._ready:
+                self._ready = None
         if self._fatal is not None and not self.done:
             self._fail(self._fatal)
 
@@ -360,6 +385,8 @@ class Machine:
         emit: Callable[[], Any],
     ) -> Event | None:
         """Match the next recorded call, or emit a new one. Returns the recorded event if any."""
+        if self._closing:
+            raise _Abort  # passivation and cancellation emit nothing
         if self._pos < len(self._recorded):
             recorded = self._recorded[self._pos]
             if not matches(recorded):
@@ -453,7 +480,7 @@ class Machine:
         for index, awaitable in enumerate(op.awaitables):
             child = _Fiber(_await_one(awaitable), group, index)
             group.children.append(child)
-            self._ready.append((child, _SEND, None))
+            self._resume(child, _SEND, None)
         return None
 
     # -- hooks -------------------------------------------------------------------------------
@@ -537,7 +564,7 @@ class Machine:
             lambda: self._sink(DisposeHook(hook.hook_id, hook.token)),
         )
         while hook.waiters:
-            self._resume(hook.waiters.popleft(), _SEND, DISPOSED)
+            self._resume(hook.waiters.pop(0), _SEND, DISPOSED)
 
     async def _hook_wait_timeout(self, handle: HookHandle[Any], timeout: Any) -> Any:
         seconds = parse_duration(timeout)
@@ -587,7 +614,7 @@ class Machine:
             return
         self.done = True
         self._sink(FailRun(exc, self._codec.error_to_tree(exc)))
-        self._ready.clear()
+        self._ready = None
 
     # -- deterministic helpers ---------------------------------------------------------------
 

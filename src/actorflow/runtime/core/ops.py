@@ -122,7 +122,7 @@ class RespondOp(Op):
         self.response = response
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class HookHandle(Generic[T]):
     """A hook as workflow code holds it: await it, iterate it, dispose it.
 
