@@ -44,6 +44,7 @@ from .errors import (
 )
 from .runtime.records import Hook, Run
 from .runtime.runtime import Runtime
+from .runtime.typed_hooks import TypedHook, define_hook
 from .runtime.webhook_request import Request, Response
 from .runtime.workflow import (
     StepMetadata,
@@ -88,6 +89,7 @@ __all__ = [
     "SerializationError",
     "StepMetadata",
     "StorageError",
+    "TypedHook",
     "WebhookSignatureError",
     "WorkflowDefinitionError",
     "WorkflowError",
@@ -99,6 +101,7 @@ __all__ = [
     "api",
     "create_hook",
     "create_webhook",
+    "define_hook",
     "first",
     "gather",
     "get_step_metadata",

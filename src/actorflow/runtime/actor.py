@@ -158,6 +158,8 @@ class Actor:
                 return holder.run_id
             base["metadata"] = command.metadata
             base["webhook"] = command.webhook
+            if command.schema is not None:
+                base["schema"] = command.schema
             rt.append(self._event(ev.HOOK_CREATED, command.hook_id, base))
         elif isinstance(command, DisposeHook):
             rt.append(self._event(ev.HOOK_DISPOSED, command.hook_id, {"token": command.token}))

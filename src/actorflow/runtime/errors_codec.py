@@ -151,7 +151,9 @@ def _recreate(type_name: str, args_tree: Any, attrs_tree: Any, group: Any) -> Ba
             args.append([error_from_tree(sub) for sub in group])
         exc = cls(*args)
     except Exception:
-        return None
+        exc = _bare(cls, args, group)
+        if exc is None:
+            return None
     if not isinstance(exc, cls):
         return None
     if group is None:
@@ -165,6 +167,21 @@ def _recreate(type_name: str, args_tree: Any, attrs_tree: Any, group: Any) -> Ba
             setattr(exc, key, from_tree(value))
         except Exception:
             continue
+    return exc
+
+
+def _bare(cls: type[Exception], args: list[Any], group: Any) -> BaseException | None:
+    """Our own errors take fields, not a message; rebuild them without calling ``__init__``.
+
+    Their args and attributes are restored right after, so the caller gets the same class with
+    the same message and fields (``HookConflictError.token``, ``ReplayDivergenceError.position``).
+    """
+    from actorflow.errors import WorkflowError
+
+    if group is not None or not issubclass(cls, WorkflowError):
+        return None
+    exc = cls.__new__(cls)
+    exc.args = tuple(args)
     return exc
 
 

@@ -48,6 +48,7 @@ from .state import HookEntry, State
 from .steps import StepExecutor
 from .supervisor import Supervisor
 from .timers import TimerService
+from .typed_hooks import load_schema, validate_payload
 from .webhook_request import Request, Response
 from .webhooks import WebhookResponses, resume_webhook
 from .workflow import WorkflowFunction
@@ -260,12 +261,18 @@ class Runtime:
         state = self.state
         runs = state.runs
         decode = self.payloads.decode_plain
+        key_ids: dict[str, Event] = {}
         for position, record in self.store.scan():
             event = decode(record, position)
             state.apply(event)
             run = runs.get(event.run_id)
             if run is not None:
                 run.positions.append(position)
+            if event.type == ev.RUN_CREATED:
+                stored = event.data.get("input")
+                if KeyRing.is_envelope(stored):
+                    key_ids.setdefault(str(stored["$enc"]).split(".", 2)[1], event)
+        self._check_keys(key_ids)
         report = self.store.last_scan
         if report is not None and report.torn_tail_path is not None:
             self.torn_tail = (
@@ -273,7 +280,19 @@ class Runtime:
                 f"({report.torn_tail_bytes} bytes)"
             )
 
+    def _check_keys(self, key_ids: dict[str, Event]) -> None:
+        """Refuse to start when the log holds values no configured key can read.
+
+        Raises:
+            DecryptionError: a key the log uses is not configured, or it is the wrong key.
+        """
+        for event in key_ids.values():
+            # One real decryption per key id: a missing or wrong key fails here, at start,
+            # instead of as garbage (or a crash) in some run later.
+            self.payloads.value(event, event.data.get("input"))
+
     def _resume_after_recovery(self) -> None:
+
         for timer in list(self.state.timers.values()):
             self.timers.add(timer.wait_id, timer.resume_at)
         for step_id in list(self.state.steps):
@@ -432,24 +451,29 @@ class Runtime:
             (Nothing is committed when any of these is raised.)
         """
         token = token_or_hook if isinstance(token_or_hook, str) else token_or_hook.token
-        if idempotency_key is not None:
-            # Checked first: a retry whose first delivery succeeded gets its record back even
-            # if the hook has been disposed since.
-            prior = self.state.idempotency.get((token, idempotency_key))
-            if prior is not None:
-                if prior.digest != codec.digest(codec.to_tree(payload, root="payload")):
-                    raise IdempotencyKeyConflictError(token, idempotency_key)
-                await self.writer.flush()
-                assert prior.hook is not None
-                return self.hook_record(prior.hook)
         entry = self.state.tokens.get(token)
-        if entry is None or entry.webhook is not None:
+        prior = None
+        if idempotency_key is not None:
+            prior = self.state.idempotency.get((token, idempotency_key))
+        # A retry whose first delivery succeeded gets its record back even if the hook has been
+        # disposed since; anything else needs a live hook.
+        target = prior.hook if prior is not None else entry
+        if target is None or target.webhook is not None:
             raise HookNotFoundError(token)
+        if target.schema is not None:
+            payload = validate_payload(load_schema(target.schema), payload, token)
         tree = codec.to_tree(payload, root="payload")
         data: dict[str, Any] = {"payload": tree, "token": token, "external": True}
         if idempotency_key is not None:
+            digest = codec.digest(tree)
+            if prior is not None:
+                if prior.digest != digest:
+                    raise IdempotencyKeyConflictError(token, idempotency_key)
+                await self.writer.flush()
+                return self.hook_record(target)
             data["idempotency_key"] = idempotency_key
-            data["digest"] = codec.digest(tree)
+            data["digest"] = digest
+        assert entry is not None
         if encryption_key is not None and self.payloads.keys is None:
             raise WorkflowDefinitionError(
                 "encryption_key= was given but encryption is off; configure "

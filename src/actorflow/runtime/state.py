@@ -72,7 +72,9 @@ class RunState:
 class HookEntry:
     """A live hook in the token index."""
 
-    __slots__ = ("hook_id", "run_id", "token", "created_at", "metadata", "webhook", "verifier")
+    __slots__ = (
+        "hook_id", "run_id", "token", "created_at", "metadata", "webhook", "verifier", "schema",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -90,6 +92,7 @@ class HookEntry:
         self.metadata = metadata  # stored form
         self.webhook = webhook
         self.verifier: Callable[..., None] | None = None  # loaded on first use
+        self.schema: str | None = None  # a typed hook's schema (import path)
 
 
 @dataclass(slots=True)
@@ -160,9 +163,12 @@ class State:
             return  # late events of an ended run (a step that finished after a cancel)
         elif kind == ev.HOOK_CREATED:
             token = str(data["token"])
-            self.tokens[token] = HookEntry(
+            entry: HookEntry | None = HookEntry(
                 corr, run.run_id, token, event.created_at, data.get("metadata"), data.get("webhook")
             )
+            assert entry is not None
+            entry.schema = data.get("schema")
+            self.tokens[token] = entry
             if run.hooks is None:
                 run.hooks = []
             run.hooks.append(token)

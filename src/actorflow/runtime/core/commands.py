@@ -42,6 +42,7 @@ class CreateHook:
     chosen: bool  # the workflow chose the token (else it is random)
     metadata: Any  # codec tree
     webhook: dict[str, Any] | None  # webhook options (respond_with, verify), None for a hook
+    schema: str | None = None  # import path of a typed hook's payload schema
 
 
 @dataclass(frozen=True, slots=True)

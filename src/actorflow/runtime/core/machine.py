@@ -486,7 +486,11 @@ class Machine:
     # -- hooks -------------------------------------------------------------------------------
 
     def create_hook(
-        self, token: str | None, metadata: Any, webhook: dict[str, Any] | None = None
+        self,
+        token: str | None,
+        metadata: Any,
+        webhook: dict[str, Any] | None = None,
+        schema: str | None = None,
     ) -> HookHandle[Any]:
         """Create (or, on replay, re-create) a hook owned by this run."""
         if token is not None and (not isinstance(token, str) or not token):
@@ -498,7 +502,7 @@ class Machine:
         def emit() -> None:
             hook_id = self._new_id("hook_")
             tok = token if token is not None else self._new_token()
-            holder = self._sink(CreateHook(hook_id, tok, chosen, meta_tree, webhook))
+            holder = self._sink(CreateHook(hook_id, tok, chosen, meta_tree, webhook, schema))
             new.append((hook_id, tok, holder))
 
         recorded = self._call(
