@@ -149,12 +149,14 @@ def _recreate(type_name: str, args_tree: Any, attrs_tree: Any, group: Any) -> Ba
             return None
         if isinstance(group, list):
             args.append([error_from_tree(sub) for sub in group])
+    except Exception:
+        return None
+    exc: BaseException | None
+    try:
         exc = cls(*args)
     except Exception:
         exc = _bare(cls, args, group)
-        if exc is None:
-            return None
-    if not isinstance(exc, cls):
+    if exc is None or not isinstance(exc, cls):
         return None
     if group is None:
         try:
