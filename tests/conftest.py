@@ -1,0 +1,188 @@
+"""Shared fixtures and helpers of the test suite.
+
+Backend neutrality: tests marked ``@pytest.mark.anyio`` run once on asyncio and once on trio
+through the ``anyio_backend`` fixture below. Tests that need virtual time use pytest-trio
+(``@pytest.mark.trio`` and its ``autojump_clock`` fixture) instead; no test carries both marks.
+
+Helpers importable by test modules (``from tests.conftest import ...``):
+
+- :class:`RecordingStore` wraps a real store and records every call, so a test can see what was
+  appended and synced before an API call returned.
+- :func:`wait_until`, :func:`wait_for_hook`: poll the runtime's state at scheduler checkpoints
+  (``anyio.lowlevel.checkpoint()``), never with real sleeps, so they work under the autojump clock too.
+- :func:`read_events`, :func:`copy_prefix`: read a closed log directory, or build a new one from
+  the first ``k`` records of another (a process stopped after its k-th append).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from actorflow.errors import HookNotFoundError
+from actorflow.runtime.core.events import Event
+from actorflow.runtime.log.file_log import FileLog
+from actorflow.runtime.log.store import Durability, EventStore, Position, ScanReport
+from actorflow.runtime.payloads import Payloads
+from actorflow.runtime.runtime import Runtime
+
+__all__ = [
+    "RecordingStore",
+    "copy_prefix",
+    "read_events",
+    "read_records",
+    "wait_for_hook",
+    "wait_until",
+]
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """Every ``@pytest.mark.anyio`` test runs on both backends."""
+    return str(request.param)
+
+
+class RecordingStore:
+    """An ``EventStore`` that forwards to a real one and records each call in ``calls``.
+
+    ``calls`` holds ``("append", [record types])`` and ``("sync",)`` tuples in call order; the
+    store's own work (files, fsync) is untouched, so durability is real.
+    """
+
+    def __init__(self, inner: EventStore) -> None:
+        self.inner = inner
+        self.durability: Durability = inner.durability
+        self.calls: list[tuple[Any, ...]] = []
+        self.records = 0
+
+    def scan(self) -> Iterator[tuple[Position, bytes]]:
+        for position, record in self.inner.scan():
+            self.records += 1
+            yield position, record
+
+    @property
+    def last_scan(self) -> ScanReport | None:
+        return self.inner.last_scan
+
+    def append(self, records: Sequence[bytes]) -> list[Position]:
+        positions = self.inner.append(records)
+        self.records += len(records)
+        self.calls.append(("append", [_record_type(r) for r in records]))
+        return positions
+
+    def sync(self) -> None:
+        self.inner.sync()
+        self.calls.append(("sync",))
+
+    def read(self, positions: Sequence[Position]) -> list[bytes]:
+        return self.inner.read(positions)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def synced_types(self) -> list[str]:
+        """Types of the records appended and then synced, in order (the durable ones)."""
+        durable: list[str] = []
+        pending: list[str] = []
+        for call in self.calls:
+            if call[0] == "append":
+                pending.extend(call[1])
+            else:
+                durable.extend(pending)
+                pending = []
+        return durable
+
+
+def _record_type(record: bytes) -> str:
+    return Payloads(None).decode_plain(record).type
+
+
+async def wait_until(predicate: Callable[[], bool], *, turns: int = 2_000_000) -> None:
+    """Yield to the scheduler until ``predicate()`` holds (at most ``turns`` checkpoints).
+
+    Raises:
+        AssertionError: it never held.
+    """
+    for _ in range(turns):
+        if predicate():
+            return
+        await anyio.lowlevel.checkpoint()
+    raise AssertionError(f"condition never held: {predicate}")
+
+
+async def wait_for_hook(rt: Runtime, token: str) -> None:
+    """Wait until a live hook owns ``token`` (the workflow has run up to ``create_hook``)."""
+
+    def exists() -> bool:
+        try:
+            rt.state.tokens[token]
+        except KeyError:
+            return False
+        return True
+
+    await wait_until(exists)
+
+
+async def resume_when_ready(rt: Runtime, token: str, payload: Any, **options: Any) -> Any:
+    """``resume_hook`` once the hook exists (retrying ``HookNotFoundError`` at checkpoints)."""
+    while True:
+        try:
+            return await rt.resume_hook(token, payload, **options)
+        except HookNotFoundError:
+            await anyio.lowlevel.checkpoint()
+
+
+def read_records(directory: Path) -> list[bytes]:
+    """Every record of a closed file log, in order."""
+    log = FileLog(directory, durability="none")
+    try:
+        return [record for _, record in log.scan()]
+    finally:
+        log.close()
+
+
+def read_events(directory: Path) -> list[Event]:
+    """Every event of a closed (unencrypted) file log, in order."""
+    payloads = Payloads(None)
+    return [payloads.decode_plain(r, i) for i, r in enumerate(read_records(directory))]
+
+
+def copy_prefix(records: Sequence[bytes], k: int, directory: Path, *, fsync: bool = True) -> None:
+    """Write the first ``k`` records into a new file log at ``directory``."""
+    log = FileLog(directory, durability="fsync" if fsync else "none")
+    try:
+        assert list(log.scan()) == []
+        if k:
+            log.append(list(records[:k]))
+            log.sync()
+    finally:
+        log.close()
+
+
+def log_dir(data_dir: Path) -> Path:
+    """Where ``Runtime(data_dir)`` keeps its file log."""
+    return data_dir / "log"
+
+
+class LaterRuntime(Runtime):
+    """A runtime whose wall clock is ``offset`` seconds ahead: a process restarted later.
+
+    Only the wall-clock base moves; the clock still advances with the event loop's clock.
+    """
+
+    def __init__(self, *args: Any, offset: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.offset = offset
+
+    def clock(self) -> float:
+        return super().clock() + self.offset
+
+
+def wall_now() -> float:
+    return time.time()
