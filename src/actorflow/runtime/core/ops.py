@@ -28,9 +28,13 @@ __all__ = [
     "SleepOp",
     "StepCall",
     "StepOptions",
+    "WEBHOOK_PATH",
 ]
 
 T = TypeVar("T")
+
+#: Where a webhook's token sits in its public URL (the route ``actorflow.http`` serves).
+WEBHOOK_PATH = "/.well-known/workflow/v1/webhook/"
 
 
 class _Disposed:
@@ -140,6 +144,28 @@ class HookHandle(Generic[T]):
     @property
     def hook_id(self) -> str:
         return self._state.hook_id
+
+    @property
+    def url(self) -> str:
+        """A webhook's public URL: ``<base url>/.well-known/workflow/v1/webhook/<token>``.
+
+        Raises:
+            WorkflowDefinitionError: this is a plain hook (only webhooks are reachable over
+                HTTP), or the runtime has no base URL (``Runtime(base_url=...)``, or
+                ``actorflow serve``, which defaults it to the address it binds).
+        """
+        if self._state.webhook is None:
+            raise WorkflowDefinitionError(
+                f"hook {self._state.hook_id} is a plain hook, which has no URL; create it with "
+                "af.create_webhook() to receive HTTP requests, or resume it with resume_hook()"
+            )
+        base = self._machine.base_url
+        if not base:
+            raise WorkflowDefinitionError(
+                "webhook.url needs the runtime's base URL: pass Runtime(base_url="
+                '"https://host") or serve with `actorflow serve --base-url URL`'
+            )
+        return f"{base.rstrip('/')}{WEBHOOK_PATH}{self._state.token}"
 
     @property
     def metadata(self) -> Any:
