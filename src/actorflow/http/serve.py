@@ -1,0 +1,220 @@
+"""Serving an app with Hypercorn: the one place that picks asyncio or trio.
+
+:func:`serve` runs Hypercorn on the event loop it is awaited in (an asyncio app on asyncio, a
+``QuartTrio`` app on trio) and reports readiness through ``task_status``, so callers and tests
+start it with ``await tg.start(serve, app, ...)``. :func:`run` is the blocking form the
+``actorflow serve`` command uses: it starts the event loop of the chosen worker and turns SIGINT
+and SIGTERM into a graceful shutdown.
+
+Shutdown order: stop accepting connections, let in-flight requests finish (for at most
+``graceful_timeout`` seconds, then cancel them), then the app's lifespan ends, which closes the
+runtime: its writer fsyncs everything submitted before the store closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+import anyio
+import anyio.abc
+from hypercorn.config import Config, Sockets
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, ASGISendEvent, Scope
+from hypercorn.utils import wrap_app
+from quart import Quart
+
+from ..errors import WorkflowDefinitionError
+from .app import Worker
+
+__all__ = ["bind_socket", "run", "serve", "socket_url"]
+
+logger = logging.getLogger("actorflow.http")
+
+ShutdownTrigger = Callable[[], Awaitable[Any]]
+
+
+def bind_socket(bind: str, *, backlog: int = 1024) -> socket.socket:
+    """A listening TCP socket for ``HOST:PORT`` (``[::1]:PORT`` for IPv6; port ``0`` picks one).
+
+    Raises:
+        WorkflowDefinitionError: ``bind`` is malformed or the address cannot be bound.
+    """
+    host, sep, port_text = bind.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise WorkflowDefinitionError(f"--bind takes HOST:PORT (e.g. 127.0.0.1:8000), not {bind!r}")
+    host = host.removeprefix("[").removesuffix("]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host, int(port_text)))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise WorkflowDefinitionError(f"cannot listen on {bind}: {exc}") from exc
+    return sock
+
+
+def socket_url(sock: socket.socket) -> str:
+    """``http://HOST:PORT`` of a bound socket."""
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _on_trio() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return True
+    return False
+
+
+async def serve(
+    app: Quart,
+    *,
+    bind: str | socket.socket = "127.0.0.1:8000",
+    shutdown_trigger: ShutdownTrigger | None = None,
+    graceful_timeout: float = 10.0,
+    task_status: anyio.abc.TaskStatus[str] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` with Hypercorn until ``shutdown_trigger()`` returns; then shut down gracefully.
+
+    Reports ``http://HOST:PORT`` through ``task_status`` once the app's lifespan has started
+    (the runtime is running) and the socket accepts connections. A socket passed as ``bind``
+    stays the caller's; one bound here is closed on return. Without ``shutdown_trigger`` it
+    serves until cancelled.
+
+    Raises:
+        WorkflowDefinitionError: the app does not match the event loop (a ``QuartTrio`` app
+            serves on trio, a ``Quart`` app on asyncio), or ``bind`` cannot be bound.
+    """
+    trio = _on_trio()
+    if _is_trio_app(app) != trio:
+        raise WorkflowDefinitionError(
+            "this app was made for the "
+            f"{'trio' if _is_trio_app(app) else 'asyncio'} worker but is served on "
+            f"{'trio' if trio else 'asyncio'}; pass create_app(..., worker=...) the same worker"
+        )
+    own = not isinstance(bind, socket.socket)
+    sock = bind_socket(bind) if isinstance(bind, str) else bind
+    try:
+        config = Config()
+        config.graceful_timeout = graceful_timeout
+        # Access logs would print request paths, and a webhook's path holds its token.
+        config.accesslog = None
+        config.errorlog = logging.getLogger("hypercorn.error")
+        started = anyio.Event()
+        asgi = wrap_app(_signal_startup(app, started), config.wsgi_max_body_size, "asgi")
+        sockets = Sockets(secure_sockets=[], insecure_sockets=[sock], quic_sockets=[])
+        trigger = shutdown_trigger or anyio.sleep_forever
+        if trio:
+            from hypercorn.trio.run import worker_serve as trio_serve
+
+            worker: Callable[[], Awaitable[None]] = partial(
+                trio_serve, asgi, config, sockets=sockets, shutdown_trigger=trigger
+            )
+        else:
+            from hypercorn.asyncio.run import worker_serve as asyncio_serve
+
+            worker = partial(asyncio_serve, asgi, config, sockets=sockets, shutdown_trigger=trigger)
+        async with anyio.create_task_group() as tg:
+
+            async def run_worker() -> None:
+                await worker()
+                started.set()  # it returned without starting: do not wait forever below
+
+            tg.start_soon(run_worker)
+            await started.wait()
+            task_status.started(socket_url(sock))
+    finally:
+        if own:
+            sock.close()
+
+
+def _is_trio_app(app: Quart) -> bool:
+    try:
+        from quart_trio import QuartTrio
+    except ImportError:
+        return False
+    return isinstance(app, QuartTrio)
+
+
+def _signal_startup(app: Quart, started: anyio.Event) -> Callable[..., Awaitable[None]]:
+    """``app``, setting ``started`` when its lifespan startup completes."""
+
+    async def asgi(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+        if scope["type"] != "lifespan":
+            await app(scope, receive, send)
+            return
+
+        async def send_and_signal(message: ASGISendEvent) -> None:
+            await send(message)
+            if message["type"] == "lifespan.startup.complete":
+                started.set()
+
+        await app(scope, receive, send_and_signal)
+
+    return asgi
+
+
+def run(
+    app: Quart,
+    *,
+    bind: str | socket.socket = "127.0.0.1:8000",
+    worker: Worker = "asyncio",
+    graceful_timeout: float = 10.0,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """Serve ``app`` on a new event loop of ``worker`` until SIGINT or SIGTERM (blocking).
+
+    The first signal shuts down gracefully; a second one stops at once (acknowledged events
+    are on disk already; only unacknowledged work is dropped).
+
+    Raises:
+        WorkflowDefinitionError: see :func:`serve`.
+        hypercorn.utils.LifespanFailureError: the app failed to start (the runtime could not
+            open its log, for example); the cause is logged.
+    """
+
+    async def main() -> None:
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+
+            async def watch_signals() -> None:
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for signum in signals:
+                        if not stop.is_set():
+                            logger.info(
+                                "%s: finishing in-flight requests (up to %gs), then flushing "
+                                "the log; send it again to stop at once",
+                                signal.Signals(signum).name,
+                                graceful_timeout,
+                            )
+                            stop.set()
+                        else:
+                            logger.warning("second signal: stopping now")
+                            tg.cancel_scope.cancel()
+
+            async def serving(*, task_status: anyio.abc.TaskStatus[str]) -> None:
+                await serve(
+                    app,
+                    bind=bind,
+                    shutdown_trigger=stop.wait,
+                    graceful_timeout=graceful_timeout,
+                    task_status=task_status,
+                )
+                tg.cancel_scope.cancel()  # served and shut down: stop watching signals
+
+            tg.start_soon(watch_signals)
+            url = await tg.start(serving)
+            if on_ready is not None:
+                on_ready(url)
+
+    anyio.run(main, backend=worker)
