@@ -23,7 +23,7 @@ from typing import Any
 
 import anyio
 import pytest
-from tests.conftest import read_events, wait_for_hook
+from tests.conftest import read_events, wait_for_hook, wait_until
 
 import actorflow as af
 from actorflow.runtime.log.file_log import FORMAT_VERSION, MAGIC, FileLog, verify_log
@@ -261,6 +261,30 @@ async def test_concurrent_senders_lose_nothing_acknowledged_when_fsync_fails(
             for name in ("x", "y"):  # one sender's acknowledged payloads keep their order
                 mine = [p for t, p in acked if t == token and p.startswith(token + name)]
                 assert [p for p in got if p in mine] == mine
+
+
+@CODES
+async def test_failed_fsync_of_a_runs_own_events_fails_the_log_not_the_run(
+    tmp_path: Path, code: int
+) -> None:
+    """The fault lands on the batch the actor wrote (``run_started``, ``hook_created``)."""
+    disk = Disk()
+    async with faulty_runtime(tmp_path, disk, take_until_stop) as rt:
+        await rt.wait_idle()
+        disk.fail_fsync(code, after=1)  # run_created is synced; the actor's batch after it fails
+        run = await rt.start(take_until_stop, "own")
+        await wait_until(lambda: not rt.healthy)
+        await assert_refused_at_once(lambda: rt.resume_hook("own", 1), disk)
+        # The run is not failed for a disk fault: no terminal event can be written anyway.
+        assert await run.status() in ("pending", "running")
+    assert disk.calls_after_failure == 0
+    assert [e.type for e in read_events(tmp_path / "log")][0] == "run_created"
+
+    async with af.Runtime(tmp_path, workflows=[take_until_stop]) as rt:
+        await wait_for_hook(rt, "own")
+        await rt.resume_hook("own", 1)
+        await rt.resume_hook("own", "stop")
+        assert await rt.get_run(run.run_id).result() == [1]
 
 
 # -- write failing mid-run ---------------------------------------------------------------------
