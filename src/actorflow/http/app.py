@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from functools import wraps
 from typing import Any, Literal, ParamSpec
 
+import anyio
 import orjson
 from quart import Blueprint, Quart, request
 from quart import Response as QuartResponse
@@ -48,7 +49,15 @@ from .responses import (
     unknown_webhook,
 )
 
-__all__ = ["MiB", "PREFIX", "WEBHOOK_METHODS", "Worker", "create_app", "create_blueprint"]
+__all__ = [
+    "EXTENSION",
+    "MiB",
+    "PREFIX",
+    "WEBHOOK_METHODS",
+    "Worker",
+    "create_app",
+    "create_blueprint",
+]
 
 logger = logging.getLogger("actorflow.http")
 
@@ -58,6 +67,8 @@ PREFIX = "/.well-known/workflow/v1"
 WEBHOOK_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE")
 
 Worker = Literal["asyncio", "trio"]
+#: ``app.extensions`` key listing the route sets :func:`~actorflow.http.serve.serve` drains.
+EXTENSION = "actorflow_edges"
 P = ParamSpec("P")
 
 
@@ -130,6 +141,7 @@ def create_blueprint(
         )
     edge = _Edge(runtime, resume_secret, _check_max_body(max_body))
     bp = Blueprint(name, __name__)
+    bp.record_once(lambda state: state.app.extensions.setdefault(EXTENSION, []).append(edge))
     bp.add_url_rule(
         f"{PREFIX}/webhook/<path:token>",
         "webhook",
@@ -137,6 +149,17 @@ def create_blueprint(
         methods=list(WEBHOOK_METHODS),
         provide_automatic_options=False,
     )
+    for bare in (f"{PREFIX}/webhook", f"{PREFIX}/webhook/"):
+        # No token at all: the same 404 as a wrong one, for every method.
+        bp.add_url_rule(
+            bare,
+            "webhook_without_token" + bare[-1],
+            edge.webhook,
+            defaults={"token": ""},
+            methods=list(WEBHOOK_METHODS),
+            provide_automatic_options=False,
+            strict_slashes=False,
+        )
     bp.add_url_rule("/healthz", "healthz", edge.healthz, methods=["GET"])
     bp.add_url_rule(f"{PREFIX}/openapi.json", "openapi", edge.openapi, methods=["GET"])
     if resume_secret is not None:
@@ -212,6 +235,17 @@ class _Edge:
         self._secret = resume_secret.encode("utf-8") if resume_secret is not None else None
         self.max_body = max_body
         self._openapi = orjson.dumps(openapi_document(resume_routes=resume_secret is not None))
+        # Webhook requests in flight, and when a shutdown cuts them off (see ``drain``).
+        self._waiting: set[anyio.CancelScope] = set()
+        self._drain_deadline: float | None = None
+
+    def drain(self, deadline: float) -> None:
+        """The server is shutting down: answer webhook requests still waiting at ``deadline``
+        (a manual webhook's workflow that has not answered) with ``503``, before the server
+        cuts them off without an answer."""
+        self._drain_deadline = deadline
+        for scope in self._waiting:
+            scope.deadline = min(scope.deadline, deadline)
 
     # -- public ------------------------------------------------------------------------------
 
@@ -222,10 +256,25 @@ class _Edge:
         # Quart adds Remote-Addr itself; the workflow gets what the sender sent, nothing else.
         headers.pop("remote-addr", None)
         delivered = Request(method=request.method, url=str(request.url), headers=headers, body=body)
-        try:
-            response = await self.rt.resume_webhook(token, delivered)
-        except HookNotFoundError:
-            return unknown_webhook()
+        with anyio.CancelScope() as scope:
+            if self._drain_deadline is not None:
+                scope.deadline = self._drain_deadline
+            self._waiting.add(scope)
+            try:
+                response = await self.rt.resume_webhook(token, delivered)
+            except HookNotFoundError:
+                return unknown_webhook()
+            finally:
+                self._waiting.discard(scope)
+        if scope.cancelled_caught:
+            return problem(
+                503,
+                "ServiceUnavailable",
+                "the server is shutting down before the workflow answered; retry with the same "
+                "delivery id (Idempotency-Key, webhook-id or X-GitHub-Delivery) to get its "
+                "answer without delivering the request twice",
+                {"retry-after": "1"},
+            )
         return from_webhook_response(response)
 
     async def healthz(self) -> QuartResponse:

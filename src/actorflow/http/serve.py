@@ -29,7 +29,7 @@ from hypercorn.utils import wrap_app
 from quart import Quart
 
 from ..errors import WorkflowDefinitionError
-from .app import Worker
+from .app import EXTENSION, Worker
 
 __all__ = ["bind_socket", "run", "serve", "socket_url"]
 
@@ -113,7 +113,18 @@ async def serve(
         started = anyio.Event()
         asgi = wrap_app(_signal_startup(app, started), config.wsgi_max_body_size, "asgi")
         sockets = Sockets(secure_sockets=[], insecure_sockets=[sock], quic_sockets=[])
-        trigger = shutdown_trigger or anyio.sleep_forever
+        wait_for_shutdown = shutdown_trigger or anyio.sleep_forever
+
+        async def trigger() -> None:
+            await wait_for_shutdown()
+            # Hypercorn now stops accepting and cancels what is still running after
+            # graceful_timeout, answering a cancelled request with its own 500. Have the app
+            # answer requests still waiting a little before that, with a 503 to retry.
+            margin = min(1.0, graceful_timeout / 4)
+            deadline = anyio.current_time() + max(0.0, graceful_timeout - margin)
+            for edge in app.extensions.get(EXTENSION, ()):
+                edge.drain(deadline)
+
         if trio:
             from hypercorn.trio.run import worker_serve as trio_serve
 
