@@ -1,0 +1,570 @@
+"""The pure core, driven by hand: no event loop, no files, no clock.
+
+A :class:`Harness` plays the actor's part: it turns the machine's commands into events in a list
+(as ``actor.py`` does), keeps the token index, and decides when steps finish, payloads arrive and
+timers fire. Ids and random tokens come from counters, so a replay that makes the same calls gets
+the same ids and two logs can be compared event by event.
+
+The property test at the end is the one STYLE asks for: replaying any prefix of a valid log, then
+feeding the rest of its completions, gives exactly the log (and outcome) of the live run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import actorflow as af
+from actorflow.runtime import codec
+from actorflow.runtime.core import events as ev
+from actorflow.runtime.core.commands import (
+    CancelWait,
+    Command,
+    CompleteRun,
+    CreateHook,
+    CreateWait,
+    DisposeHook,
+    FailRun,
+    Respond,
+    StartStep,
+)
+from actorflow.runtime.core.events import Event
+from actorflow.runtime.core.machine import Machine, current_machine
+
+T0 = 1_700_000_000.0
+RUN_ID = "wrun_machine_test"
+FEEDABLE = frozenset({ev.STEP_COMPLETED, ev.STEP_FAILED, ev.HOOK_RECEIVED, ev.WAIT_COMPLETED})
+ID_EVENTS = frozenset({ev.STEP_STARTED, ev.HOOK_CREATED, ev.HOOK_CONFLICT, ev.WAIT_CREATED})
+
+
+class Harness:
+    """One run's log and token index, and the actor's command-to-event translation."""
+
+    def __init__(
+        self,
+        workflow: af.workflow,  # type: ignore[valid-type]
+        *args: Any,
+        held: dict[str, str] | None = None,
+    ) -> None:
+        self.workflow = workflow
+        self.args = args
+        self.clock = T0
+        self.ids = 0
+        self.token_count = 0
+        created = Event("evnt_0", RUN_ID, ev.RUN_CREATED, None, T0, {"workflow": "w"}, 0)
+        self.events: list[Event] = [created]
+        self.commands: list[Command] = []
+        #: token -> (hook id, run id holding it); ``held`` are tokens of other runs.
+        self.tokens: dict[str, tuple[str, str]] = {
+            t: ("hook_other", run) for t, run in (held or {}).items()
+        }
+        self.timers: dict[str, float] = {}
+        self.steps: dict[str, tuple[str, Any]] = {}
+        self.finished: Event | None = None
+        self.machine: Machine | None = None
+
+    # -- ids, events, state ----------------------------------------------------------------
+
+    def new_id(self, prefix: str) -> str:
+        self.ids += 1
+        return f"{prefix}{self.ids:04d}"
+
+    def new_token(self) -> str:
+        self.token_count += 1
+        return f"random-token-{self.token_count:04d}"
+
+    def append(self, kind: str, corr: str | None, data: dict[str, Any]) -> Event:
+        event = Event(f"evnt_{len(self.events)}", RUN_ID, kind, corr, self.clock, data)
+        event.position = len(self.events)
+        self.events.append(event)
+        self.fold(event)
+        return event
+
+    def fold(self, event: Event) -> None:
+        """What ``State.apply`` keeps, for one run."""
+        corr = event.correlation_id or ""
+        data = event.data
+        if event.type in ev.TERMINAL_EVENTS:
+            self.finished = event
+            self.tokens = {t: h for t, h in self.tokens.items() if h[1] != RUN_ID}
+            self.timers.clear()
+            self.steps.clear()
+        elif event.type == ev.HOOK_CREATED:
+            self.tokens[data["token"]] = (corr, RUN_ID)
+        elif event.type == ev.HOOK_DISPOSED:
+            if self.tokens.get(data["token"], ("", ""))[0] == corr:
+                del self.tokens[data["token"]]
+        elif event.type == ev.WAIT_CREATED:
+            self.timers[corr] = data["resume_at"]
+        elif event.type in (ev.WAIT_COMPLETED, ev.WAIT_CANCELLED):
+            self.timers.pop(corr, None)
+        elif event.type == ev.STEP_STARTED:
+            self.steps[corr] = (data["name"], codec.from_tree(data["args"]))
+        elif event.type in (ev.STEP_COMPLETED, ev.STEP_FAILED):
+            self.steps.pop(corr, None)
+
+    def sink(self, command: Command) -> str | None:
+        """``Actor._sink``, minus the I/O."""
+        self.commands.append(command)
+        if self.finished is not None:
+            return None
+        if isinstance(command, StartStep):
+            self.append(ev.STEP_STARTED, command.step_id, {
+                "name": command.name, "args": command.args, "digest": command.digest,
+                "max_retries": command.options.max_retries,
+            })  # fmt: skip
+        elif isinstance(command, CreateHook):
+            base: dict[str, Any] = {"token": command.token, "chosen": command.chosen}
+            holder = self.tokens.get(command.token)
+            if holder is not None:
+                base["holder"] = holder[1]
+                base["webhook"] = command.webhook is not None
+                self.append(ev.HOOK_CONFLICT, command.hook_id, base)
+                return holder[1]
+            base["metadata"] = command.metadata
+            base["webhook"] = command.webhook
+            self.append(ev.HOOK_CREATED, command.hook_id, base)
+        elif isinstance(command, DisposeHook):
+            self.append(ev.HOOK_DISPOSED, command.hook_id, {"token": command.token})
+        elif isinstance(command, CreateWait):
+            self.append(ev.WAIT_CREATED, command.wait_id, {
+                "resume_at": command.resume_at, "purpose": command.purpose,
+            })  # fmt: skip
+        elif isinstance(command, CancelWait):
+            self.append(ev.WAIT_CANCELLED, command.wait_id, {})
+        elif isinstance(command, Respond):
+            raise AssertionError("no webhooks here")
+        elif isinstance(command, CompleteRun):
+            self.append(ev.RUN_COMPLETED, None, {"result": command.result})
+        elif isinstance(command, FailRun):
+            self.append(ev.RUN_FAILED, None, {"error": command.error_tree})
+        return None
+
+    def make_machine(self, recorded: Sequence[Event] = ()) -> Machine:
+        self.machine = Machine(
+            run_id=RUN_ID,
+            workflow_name="w",
+            workflow=self.workflow.fn,  # type: ignore[attr-defined]
+            args=list(self.args),
+            kwargs={},
+            started_at=T0,
+            sink=self.sink,
+            codec=codec,
+            new_id=self.new_id,
+            new_token=self.new_token,
+            recorded=recorded,
+        )
+        return self.machine
+
+    def start(self) -> Machine:
+        machine = self.make_machine()
+        machine.start()
+        return machine
+
+    # -- completions -------------------------------------------------------------------------
+
+    def feed(self, kind: str, corr: str, data: dict[str, Any]) -> Event:
+        self.clock += 1
+        event = self.append(kind, corr, data)
+        assert self.machine is not None
+        self.machine.feed(event)
+        return event
+
+    def resume(self, token: str, payload: Any) -> Event:
+        hook_id = self.tokens[token][0]
+        tree = codec.to_tree(payload)
+        return self.feed(ev.HOOK_RECEIVED, hook_id, {"payload": tree, "token": token})
+
+    def complete_step(self, step_id: str, result: Any) -> Event:
+        return self.feed(ev.STEP_COMPLETED, step_id, {"result": codec.to_tree(result)})
+
+    def fail_step(self, step_id: str, exc: BaseException) -> Event:
+        return self.feed(ev.STEP_FAILED, step_id, {"error": codec.error_to_tree(exc)})
+
+    def fire(self, wait_id: str) -> Event:
+        self.clock = max(self.clock, self.timers[wait_id]) - 1
+        return self.feed(ev.WAIT_COMPLETED, wait_id, {})
+
+    def delivered(self, token: str) -> int:
+        return sum(
+            1 for e in self.events if e.type == ev.HOOK_RECEIVED and e.data["token"] == token
+        )
+
+    def only_step(self) -> str:
+        (step_id,) = self.steps
+        return step_id
+
+    def outcome(self) -> Any:
+        assert self.finished is not None, "the run has not ended"
+        if self.finished.type == ev.RUN_COMPLETED:
+            return ("completed", codec.from_tree(self.finished.data["result"]))
+        error = codec.error_from_tree(self.finished.data["error"])
+        return ("failed", type(error).__name__, str(error))
+
+    def error(self) -> BaseException:
+        assert self.finished is not None and self.finished.type == ev.RUN_FAILED
+        return codec.error_from_tree(self.finished.data["error"])
+
+    def types(self) -> list[str]:
+        return [e.type for e in self.events]
+
+
+def replay(workflow: Any, log: Sequence[Event], *args: Any) -> Harness:
+    """A new harness holding ``log``, whose machine is rebuilt from it as ``Actor.build`` does."""
+    harness = Harness(workflow, *args)
+    harness.events = [copy_event(e) for e in log]
+    for event in harness.events[1:]:
+        harness.fold(event)
+        harness.clock = event.created_at
+    harness.ids = sum(1 for e in log if e.type in ID_EVENTS)
+    harness.token_count = sum(
+        1 for e in log if e.type in (ev.HOOK_CREATED, ev.HOOK_CONFLICT) and not e.data["chosen"]
+    )
+    machine = harness.make_machine([e for e in harness.events if e.type in ev.COMMAND_EVENTS])
+    harness.commands = []
+    machine.start()
+    for event in harness.events:
+        if machine.done:
+            break
+        if event.type in FEEDABLE:
+            machine.feed(event)
+    return harness
+
+
+def copy_event(e: Event) -> Event:
+    return Event(e.event_id, e.run_id, e.type, e.correlation_id, e.created_at, e.data, e.position)
+
+
+def shape(events: Sequence[Event]) -> list[tuple[Any, ...]]:
+    """Events without their ids and times of writing: what must be equal across replays."""
+    return [(e.type, e.correlation_id, e.data) for e in events]
+
+
+# -- workflows and steps (the harness decides their results; their bodies never run) -----------
+
+
+@af.step
+async def m_double(x: int) -> int:
+    return 2 * x
+
+
+@af.step(max_retries=0)
+async def m_refuse(reason: str) -> None:
+    raise af.FatalError(reason)
+
+
+@af.workflow
+async def linear(n: int) -> Any:
+    doubled = await m_double(n)
+    hook = af.create_hook(token="approve")
+    payload = await hook
+    await af.sleep("1h")
+    return [doubled, payload, af.now().timestamp() - T0]
+
+
+def run_linear() -> Harness:
+    h = Harness(linear, 4)
+    h.start()
+    h.complete_step(h.only_step(), 8)
+    h.resume("approve", "yes")
+    h.fire(next(iter(h.timers)))
+    return h
+
+
+def test_a_new_run_emits_one_command_per_durable_call() -> None:
+    assert current_machine() is None
+    h = Harness(linear, 4)
+    h.start()
+    assert [type(c) for c in h.commands] == [StartStep]
+    assert isinstance(h.commands[0], StartStep) and h.commands[0].name.endswith("m_double")
+    h.complete_step(h.only_step(), 8)
+    assert [type(c) for c in h.commands] == [StartStep, CreateHook]
+    h.resume("approve", "yes")
+    created = h.commands[-1]
+    assert isinstance(created, CreateWait) and created.resume_at == h.clock + 3600
+    h.fire(created.wait_id)
+    assert isinstance(h.commands[-1], CompleteRun)
+    assert h.outcome() == ("completed", [8, "yes", 3600 + 2])  # now() = the timer's event time
+    assert current_machine() is None  # the machine's context does not leak
+
+
+def test_replaying_a_whole_history_emits_nothing_but_the_end() -> None:
+    live = run_linear()
+    before_end = live.events[:-1]
+    again = replay(linear, before_end, 4)
+    assert [type(c) for c in again.commands] == [CompleteRun]
+    assert shape(again.events) == shape(live.events)
+
+
+def test_replay_does_not_call_id_or_token_factories_for_recorded_calls() -> None:
+    live = run_linear()
+    again = replay(linear, live.events[:-1], 4)
+    assert again.ids == live.ids and again.token_count == live.token_count
+
+
+# -- divergence --------------------------------------------------------------------------------
+
+
+@af.workflow
+async def linear_other_arg(n: int) -> Any:
+    doubled = await m_double(n + 1)  # same step, other arguments
+    hook = af.create_hook(token="approve")
+    return [doubled, await hook]
+
+
+@af.workflow
+async def linear_other_token(n: int) -> Any:
+    doubled = await m_double(n)
+    hook = af.create_hook(token="approve-v2")
+    return [doubled, await hook]
+
+
+@af.workflow
+async def linear_other_sleep(n: int) -> Any:
+    doubled = await m_double(n)
+    payload = await af.create_hook(token="approve")
+    await af.sleep("2h")
+    return [doubled, payload]
+
+
+@af.workflow
+async def linear_swallows(n: int) -> Any:
+    try:
+        await m_refuse("other step")  # diverges at call #0
+    except Exception:
+        return "swallowed by except Exception"
+    return "unreachable"
+
+
+@af.workflow
+async def linear_swallows_everything(n: int) -> Any:
+    try:
+        await m_refuse("other step")
+    except BaseException:  # noqa: B036 - a user doing the wrong thing must not hide divergence
+        pass
+    return "swallowed by except BaseException"
+
+
+@pytest.mark.parametrize(
+    ("changed", "position", "got"),
+    [
+        (linear_other_arg, 0, "m_double"),
+        (linear_other_token, 1, "approve-v2"),
+        (linear_other_sleep, 2, "sleep until"),
+        (linear_swallows, 0, "m_refuse"),
+        (linear_swallows_everything, 0, "m_refuse"),
+    ],
+)
+def test_divergence_is_detected_on_the_whole_call(changed: Any, position: int, got: str) -> None:
+    live = run_linear()
+    again = replay(changed, live.events[:-1], 4)
+    error = again.error()
+    assert isinstance(error, af.ReplayDivergenceError)
+    assert error.position == position and got in error.got
+    # Nothing else was emitted: the run fails instead of continuing on a wrong history.
+    assert [type(c) for c in again.commands] == [FailRun]
+
+
+# -- hooks ---------------------------------------------------------------------------------------
+
+
+@af.workflow
+async def buffered(n: int) -> Any:
+    hook = af.create_hook(token="buf")
+    gate = af.create_hook(token="gate")
+    await gate
+    got = [await hook for _ in range(n)]
+    hook.dispose()
+    try:
+        await hook
+    except af.WorkflowDefinitionError as exc:
+        got.append(f"disposed: {'disposed' in str(exc)}")
+    return got
+
+
+def test_payloads_before_the_await_are_buffered_in_order() -> None:
+    h = Harness(buffered, 3)
+    h.start()
+    for i in range(3):
+        h.resume("buf", i)
+    h.resume("gate", None)
+    assert h.outcome() == ("completed", [0, 1, 2, "disposed: True"])
+    disposed = [c for c in h.commands if isinstance(c, DisposeHook)]
+    assert [c.token for c in disposed] == ["buf"]
+    assert "buf" not in h.tokens
+
+
+@af.workflow
+async def conflicted(token: str) -> Any:
+    hook = af.create_hook(token=token)
+    try:
+        await hook
+    except af.HookConflictError as exc:
+        return [exc.token, exc.conflicting_run_id]
+    return "no conflict"
+
+
+def test_a_conflict_is_raised_at_the_await_and_replayed_from_the_log() -> None:
+    h = Harness(conflicted, "taken", held={"taken": "wrun_other"})
+    h.start()
+    assert h.outcome() == ("completed", ["taken", "wrun_other"])
+    assert ev.HOOK_CONFLICT in h.types()
+    # On replay the token is free (the other run ended); the recorded conflict still wins.
+    again = replay(conflicted, h.events[:-1], "taken")
+    assert again.outcome() == h.outcome()
+    assert [type(c) for c in again.commands] == [CompleteRun]
+
+
+@af.workflow
+async def race(n: int) -> Any:
+    hook = af.create_hook(token="race")
+    index, value = await af.first(hook, af.sleep(60))
+    second = await hook
+    return [index, value, second]
+
+
+def test_first_hook_wins_cancels_the_timer() -> None:
+    h = Harness(race, 0)
+    h.start()
+    (wait_id,) = h.timers
+    h.resume("race", "a")
+    assert [type(c) for c in h.commands] == [CreateHook, CreateWait, CancelWait]
+    assert h.timers == {}
+    h.resume("race", "b")
+    assert h.outcome() == ("completed", [0, "a", "b"])
+
+
+def test_first_sleep_wins_and_the_payload_waits_for_the_next_await() -> None:
+    h = Harness(race, 0)
+    h.start()
+    h.fire(next(iter(h.timers)))
+    assert not any(isinstance(c, CancelWait) for c in h.commands)
+    h.resume("race", "late")
+    assert h.outcome() == ("completed", [1, None, "late"])
+
+
+@af.workflow
+async def gathered(n: int) -> Any:
+    a = af.create_hook(token="a")
+    b = af.create_hook(token="b")
+    results = await af.gather(b, m_double(n), a)
+    try:
+        await af.gather(m_refuse("first"), a)
+    except af.FatalError as exc:
+        results.append(str(exc))
+    return results
+
+
+def test_gather_orders_results_by_argument_and_propagates_the_first_failure() -> None:
+    h = Harness(gathered, 5)
+    h.start()
+    h.resume("a", "A")
+    h.complete_step(h.only_step(), 10)
+    h.resume("b", "B")
+    h.fail_step(h.only_step(), af.FatalError("first"))
+    assert h.outcome() == ("completed", ["B", 10, "A", "first"])
+
+
+class Foreign:
+    def __await__(self) -> Any:
+        yield "not an actorflow operation"
+
+
+@af.workflow
+async def foreign(n: int) -> Any:
+    await Foreign()
+
+
+def test_a_foreign_await_fails_the_run_naming_what_was_awaited() -> None:
+    h = Harness(foreign, 0)
+    h.start()
+    error = h.error()
+    assert isinstance(error, af.NonDeterministicAwaitError)
+    assert "not an actorflow operation" in str(error)
+
+
+@af.workflow
+async def deterministic_values(n: int) -> Any:
+    first_values = [af.random(), str(af.uuid4()), af.now().timestamp()]
+    token = af.create_hook().token
+    await af.sleep(10)
+    return [first_values, token, af.now().timestamp()]
+
+
+def test_random_uuid_now_and_tokens_are_the_same_on_replay() -> None:
+    h = Harness(deterministic_values, 0)
+    h.start()
+    h.fire(next(iter(h.timers)))
+    again = replay(deterministic_values, h.events[:-1], 0)
+    assert again.outcome() == h.outcome()
+    (values, token, later) = h.outcome()[1]
+    assert values[2] == T0 and later == T0 + 10
+    assert token == "random-token-0001"
+
+
+# -- the property: replaying any prefix gives the live run's log ------------------------------
+
+
+@af.workflow
+async def scenario(n: int) -> Any:
+    approvals = af.create_hook(token="approvals")
+    anonymous = af.create_hook()
+    base = await m_double(n)
+    stamp = [af.random(), str(af.uuid4())]
+    index, value = await af.first(approvals, af.sleep("1h"))
+    try:
+        pair = await af.gather(m_double(base), approvals.wait(timeout="30m"))
+    except af.HookTimeoutError:
+        pair = ["timeout"]
+    with af.create_hook(token="extra") as extra:
+        which = await af.first(extra, anonymous, af.sleep(600))
+    try:
+        await m_refuse("no")
+    except af.FatalError as exc:
+        refused = str(exc)
+    return [base, stamp, index, value, pair, list(which), refused, af.now().timestamp()]
+
+
+def actions(h: Harness, payload: int) -> list[tuple[str, Callable[[], Event]]]:
+    """What may happen next: a step ends, a payload arrives on a live token, the next timer."""
+    out: list[tuple[str, Callable[[], Event]]] = []
+    for step_id, (name, args) in sorted(h.steps.items()):
+        if name.endswith("m_double"):
+            out.append(("step", lambda s=step_id, a=args: h.complete_step(s, 2 * a["args"][0])))
+        else:
+            out.append(("step", lambda s=step_id: h.fail_step(s, af.FatalError("no"))))
+    for token, (_, run_id) in sorted(h.tokens.items()):
+        if run_id == RUN_ID and h.delivered(token) < 2:  # a few payloads each, then progress
+            out.append(("resume", lambda t=token: h.resume(t, payload)))
+    if h.timers:
+        wait_id = min(h.timers, key=lambda w: (h.timers[w], w))
+        out.append(("timer", lambda w=wait_id: h.fire(w)))
+    return out
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_replaying_any_prefix_of_a_log_gives_the_live_run(data: st.DataObject) -> None:
+    live = Harness(scenario, 3)
+    live.start()
+    for payload in range(100):
+        if live.finished is not None:
+            break
+        options = actions(live, payload)
+        assert options, "the run is stuck"
+        _, act = options[data.draw(st.integers(0, len(options) - 1))]
+        act()
+    assert live.finished is not None and live.finished.type == ev.RUN_COMPLETED
+    for k in range(1, len(live.events) + 1):
+        again = replay(scenario, live.events[:k], 3)
+        # Continue with the live run's completions; the machine must make the same calls.
+        for event in live.events[k:]:
+            if event.type in FEEDABLE and again.finished is None:
+                again.clock = event.created_at - 1
+                again.feed(event.type, event.correlation_id or "", event.data)
+        assert shape(again.events) == shape(live.events), f"prefix {k}"
+        assert again.outcome() == live.outcome()
