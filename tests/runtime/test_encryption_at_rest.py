@@ -522,12 +522,6 @@ async def test_rotation_reads_old_records_and_writes_new_ones_with_the_new_key(
         assert f"key {missing} is not configured" in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime.py Runtime._recover/_check_keys test one value per key id of run_created "
-    "inputs only; a key used only by later events is not checked at start, and the run is failed "
-    "for good by the supervisor's restart budget",
-)
 async def test_key_dropped_after_rotation_fails_at_start_not_in_a_run(tmp_path: Path) -> None:
     """A run's history holds values under both keys, but no ``run_created`` is under the new
     one: dropping the new key must still be refused at start. Otherwise the run cannot be
@@ -581,13 +575,6 @@ async def test_wrong_or_missing_key_is_refused_at_start(tmp_path: Path, key: str
     assert data_bytes(tmp_path / "log") == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=af.StorageError,
-    reason="runtime.py Runtime.__aenter__ does not close the store when _recover raises "
-    "(here _check_keys' DecryptionError after a complete scan), so the FileLog keeps the "
-    "directory's LOCK until the process exits",
-)
 async def test_refused_start_lets_go_of_the_log_directory(tmp_path: Path) -> None:
     """The operator fixes the key and starts again, in the same process (an embedding app)."""
     async with af.Runtime(tmp_path, workflows=[two_hooks], encryption_key=KEY1) as rt:

@@ -420,10 +420,5 @@ def test_validate_converts_without_a_runtime() -> None:
     assert paths_of(info.value.problems) == BAD["typeddict"][1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="typed_hooks.py _fields takes required keys from TypedDict.__required_keys__, which "
-    "CPython 3.11 gets wrong for NotRequired[...] under `from __future__ import annotations`",
-)
 def test_not_required_key_of_a_typeddict_may_be_left_out() -> None:
     assert PARCEL.validate({"sku": "s"}) == {"sku": "s"}

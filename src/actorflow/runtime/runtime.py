@@ -188,7 +188,12 @@ class Runtime:
         if self.durability == "none":
             logger.warning("actorflow durability='none': events are NOT fsynced (tests/benchmarks)")
         self.store = self._store_arg or FileLog(self.data_dir / "log", durability=self.durability)
-        await anyio.to_thread.run_sync(self._recover)
+        try:
+            await anyio.to_thread.run_sync(self._recover)
+        except BaseException:
+            # A refused start must not keep the directory locked for the next attempt.
+            await anyio.to_thread.run_sync(self.store.close)
+            raise
         self.writer = LogWriter(self.store, self.payloads.encode, self._on_durable)
         self._outer = anyio.create_task_group()
         await self._outer.__aenter__()
@@ -261,17 +266,19 @@ class Runtime:
         state = self.state
         runs = state.runs
         decode = self.payloads.decode_plain
-        key_ids: dict[str, Event] = {}
+        key_ids: dict[str, tuple[Event, str]] = {}
+        user_keys = ev.USER_VALUE_KEYS
+        is_envelope = KeyRing.is_envelope
         for position, record in self.store.scan():
             event = decode(record, position)
             state.apply(event)
             run = runs.get(event.run_id)
             if run is not None:
                 run.positions.append(position)
-            if event.type == ev.RUN_CREATED:
-                stored = event.data.get("input")
-                if KeyRing.is_envelope(stored):
-                    key_ids.setdefault(str(stored["$enc"]).split(".", 2)[1], event)
+            for name in user_keys.intersection(event.data):
+                stored = event.data[name]
+                if is_envelope(stored):
+                    key_ids.setdefault(str(stored["$enc"]).split(".", 2)[1], (event, name))
         self._check_keys(key_ids)
         report = self.store.last_scan
         if report is not None and report.torn_tail_path is not None:
@@ -280,16 +287,16 @@ class Runtime:
                 f"({report.torn_tail_bytes} bytes)"
             )
 
-    def _check_keys(self, key_ids: dict[str, Event]) -> None:
+    def _check_keys(self, key_ids: dict[str, tuple[Event, str]]) -> None:
         """Refuse to start when the log holds values no configured key can read.
 
         Raises:
             DecryptionError: a key the log uses is not configured, or it is the wrong key.
         """
-        for event in key_ids.values():
+        for event, name in key_ids.values():
             # One real decryption per key id: a missing or wrong key fails here, at start,
             # instead of as garbage (or a crash) in some run later.
-            self.payloads.value(event, event.data.get("input"))
+            self.payloads.value(event, event.data[name])
 
     def _resume_after_recovery(self) -> None:
 

@@ -12,7 +12,18 @@ import dataclasses
 import importlib
 import types
 from collections.abc import Mapping
-from typing import Any, Generic, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import (
+    Any,
+    Generic,
+    Literal,
+    NotRequired,
+    Required,
+    TypeVar,
+    Union,
+    get_args,
+    get_origin,
+    get_type_hints,
+)
 
 from ..errors import HookPayloadError, WorkflowDefinitionError
 from .core.ops import HookHandle
@@ -170,6 +181,17 @@ def _fields(tp: type[Any], value: Any, path: str, problems: list[str], *, datacl
     else:
         names = list(hints)
         required = set(getattr(tp, "__required_keys__", ()))
+        # Python 3.11 misreads NotRequired/Required under postponed annotations: ask the hints.
+        try:
+            extras = get_type_hints(tp, include_extras=True)
+        except Exception:
+            extras = {}
+        for name, hint in extras.items():
+            if get_origin(hint) is NotRequired:
+                required.discard(name)
+            elif get_origin(hint) is Required:
+                required.add(name)
+        hints = {name: _strip_required(hint) for name, hint in hints.items()}
     for key in value:
         if key not in names:
             problems.append(f"{path}.{key}: unknown field")
@@ -183,6 +205,12 @@ def _fields(tp: type[Any], value: Any, path: str, problems: list[str], *, datacl
     if problems or not dataclass:
         return converted
     return tp(**converted)
+
+
+def _strip_required(hint: Any) -> Any:
+    if get_origin(hint) in (NotRequired, Required):
+        return get_args(hint)[0]
+    return hint
 
 
 def _name(tp: Any) -> str:
