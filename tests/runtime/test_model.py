@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -287,3 +288,93 @@ async def test_max_resident_bounds_live_coroutines(tmp_path: Path) -> None:
                 assert rt.supervisor.resident <= 2
         for i, run in enumerate(runs):
             assert await run.result() == [i, i]
+
+
+# -- values that cannot be stored, bad arguments ------------------------------------------------
+
+
+@af.step
+async def returns_unstorable() -> Any:
+    return object()
+
+
+@af.workflow
+async def misuse(kind: str) -> Any:
+    if kind == "bad-sleep":
+        caught = []
+        for bad in (-1, "soon", datetime(2030, 1, 1)):  # negative, not a duration, naive
+            try:
+                await af.sleep(bad)
+            except af.WorkflowDefinitionError as exc:
+                caught.append(type(exc).__name__)
+        return caught
+    if kind == "step-result":
+        try:
+            await returns_unstorable()
+        except af.SerializationError as exc:
+            return ["step failed", "object" in str(exc)]
+    if kind == "result":
+        return object()
+    return None
+
+
+async def test_bad_sleep_arguments_raise_at_the_await(tmp_path: Path) -> None:
+    async with af.Runtime(tmp_path, workflows=[misuse]) as rt:
+        run = await rt.start(misuse, "bad-sleep")
+        assert await run.result() == ["WorkflowDefinitionError"] * 3
+        assert rt.state.timers == {}
+
+
+async def test_an_unstorable_step_result_fails_the_step_not_the_runtime(tmp_path: Path) -> None:
+    async with af.Runtime(tmp_path, workflows=[misuse]) as rt:
+        run = await rt.start(misuse, "step-result")
+        assert await run.result() == ["step failed", True]
+
+
+async def test_an_unstorable_workflow_result_fails_the_run(tmp_path: Path) -> None:
+    async with af.Runtime(tmp_path, workflows=[misuse]) as rt:
+        run = await rt.start(misuse, "result")
+        with pytest.raises(af.WorkflowRunFailedError) as info:
+            await run.result()
+        assert isinstance(info.value.cause, af.SerializationError)
+
+
+async def test_unstorable_start_arguments_commit_nothing(tmp_path: Path) -> None:
+    async with af.Runtime(tmp_path, workflows=[misuse]) as rt:
+        with pytest.raises(af.SerializationError):
+            await rt.start(misuse, object())
+        with pytest.raises(af.WorkflowDefinitionError):
+            await rt.start(plain_add, 1, 2)  # type: ignore[arg-type]
+        assert rt.state.runs == {}
+    assert read_events(tmp_path / "log") == []
+
+
+running_steps: dict[str, int] = {}
+
+
+@af.step
+async def blocks_until_cancelled(label: str) -> None:
+    running_steps[label] = running_steps.get(label, 0) + 1
+    try:
+        await anyio.sleep_forever()
+    finally:
+        running_steps[label] -= 1
+
+
+@af.workflow
+async def runs_a_long_step(label: str) -> None:
+    await blocks_until_cancelled(label)
+
+
+async def test_cancel_stops_the_runs_step(tmp_path: Path, anyio_backend: str) -> None:
+    label = f"cancel-step-{anyio_backend}"
+    async with af.Runtime(tmp_path, workflows=[runs_a_long_step]) as rt:
+        run = await rt.start(runs_a_long_step, label)
+        await wait_until(lambda: running_steps.get(label) == 1)
+        await run.cancel()
+        await wait_until(lambda: running_steps[label] == 0)  # the attempt was cancelled
+        assert rt.state.steps == {}
+        with pytest.raises(af.WorkflowRunCancelledError):
+            await run.result()
+    types = [e.type for e in read_events(tmp_path / "log")]
+    assert "step_completed" not in types and "step_failed" not in types
