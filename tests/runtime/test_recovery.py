@@ -15,6 +15,7 @@ payload delivered exactly once.
 
 from __future__ import annotations
 
+import base64
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -97,6 +98,9 @@ async def deliver_all(rt: af.Runtime, run_id: str, tag: str) -> None:
                 await anyio.lowlevel.checkpoint()
 
 
+KEY = base64.b64encode(bytes(range(32))).decode()
+
+
 def check_exactly_once(directory: Path, run_id: str) -> None:
     events = [e for e in read_events(directory) if e.run_id == run_id]
     received = [e.data.get("idempotency_key") for e in events if e.type == "hook_received"]
@@ -117,17 +121,20 @@ async def test_uninterrupted_journey(tmp_path: Path) -> None:
     check_exactly_once(tmp_path / "log", run.run_id)
 
 
-async def test_crash_after_every_append_prefix(tmp_path: Path) -> None:
-    async with af.Runtime(tmp_path / "ref", workflows=[journey]) as rt:
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
+async def test_crash_after_every_append_prefix(tmp_path: Path, encrypted: bool) -> None:
+    options: dict[str, Any] = {"encryption_key": KEY} if encrypted else {}
+    async with af.Runtime(tmp_path / "ref", workflows=[journey], **options) as rt:
         run = await rt.start(journey, "p")
         await deliver_all(rt, run.run_id, "p")
         assert await run.result() == EXPECTED
     records = read_records(tmp_path / "ref" / "log")
     assert len(records) > 20
+    assert (b'"v":20' in b"".join(records)) is not encrypted
     for k in range(1, len(records) + 1):
         directory = tmp_path / f"k{k}"
         copy_prefix(records, k, directory / "log")
-        async with af.Runtime(directory, workflows=[journey]) as rt:
+        async with af.Runtime(directory, workflows=[journey], **options) as rt:
             await deliver_all(rt, run.run_id, "p")
             with anyio.fail_after(10):
                 assert await rt.get_run(run.run_id).result() == EXPECTED, f"k={k}"
@@ -388,6 +395,28 @@ async def test_unfinished_runs_continue_after_a_restart(tmp_path: Path, anyio_ba
     # The interrupted step ran again (steps are at least once) under the same step_id.
     mine = [r for r in step_runs if r[0] == label]
     assert len(mine) == 2 and mine[0][1] == mine[1][1]
+
+
+async def test_a_completed_run_is_read_back_after_a_restart_without_rerunning(
+    tmp_path: Path,
+) -> None:
+    async with af.Runtime(tmp_path, workflows=[journey]) as rt:
+        run = await rt.start(journey, "done")
+        await deliver_all(rt, run.run_id, "done")
+        assert await run.result() == EXPECTED
+    size = sum(f.stat().st_size for f in (tmp_path / "log").glob("*.log"))
+    async with af.Runtime(tmp_path, workflows=[journey]) as rt:
+        assert await rt.get_run(run.run_id).status() == "completed"
+        assert await rt.get_run(run.run_id).result() == EXPECTED
+        assert rt.supervisor.resident == 0 and rt.supervisor.rebuilt == 0
+    assert sum(f.stat().st_size for f in (tmp_path / "log").glob("*.log")) == size
+
+
+async def test_one_data_directory_takes_one_runtime(tmp_path: Path) -> None:
+    async with af.Runtime(tmp_path, workflows=[journey]):
+        with pytest.raises(af.StorageError, match="already open"):
+            async with af.Runtime(tmp_path, workflows=[journey]):
+                pass
 
 
 async def test_a_torn_tail_is_truncated_reported_and_recovered(tmp_path: Path) -> None:
