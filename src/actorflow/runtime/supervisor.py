@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import anyio
@@ -132,9 +133,9 @@ class Supervisor:
             if turns % 64 == 0:
                 await anyio.lowlevel.checkpoint()
 
-    def _guard(self, actor: Actor, fn: object) -> None:
+    def _guard(self, actor: Actor, fn: Callable[[], None]) -> None:
         try:
-            fn()  # type: ignore[operator]
+            fn()
         except Exception as exc:
             self._crashed(actor, exc)
 
