@@ -1,7 +1,7 @@
 """Fixtures for the HTTP edge: a real Hypercorn on 127.0.0.1 port 0 and a real httpx client.
 
-Tests are ``@pytest.mark.anyio`` tests (anyio's plugin; pytest-trio stays out of them). The
-``anyio_backend`` fixture defaults to asyncio; modules that also run on trio override it.
+Tests are ``@pytest.mark.anyio`` tests (anyio's plugin; pytest-trio stays out of them), each run
+on asyncio (a ``Quart`` app) and on trio (a ``QuartTrio`` app): the same routes, both workers.
 
 Most runtimes here use ``durability="none"``: these tests are about HTTP semantics, and an fsync
 changes nothing they can observe (a clean shutdown writes everything either way). The tests
@@ -32,9 +32,10 @@ PREFIX = "/.well-known/workflow/v1"
 Served = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """Every test runs on both workers: a Quart app on asyncio, a QuartTrio app on trio."""
+    return str(request.param)
 
 
 def current_worker() -> str:
