@@ -352,6 +352,32 @@ async def test_same_idempotency_key_with_another_payload_conflicts(tmp_path: Pat
         assert await run.result() == ["first"]
 
 
+@af.workflow
+async def approval_once(n: int) -> Any:
+    return await af.create_hook(token="approval:reused")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="runtime.py resume_hook looks idempotency keys up by (token, key) before the token: "
+    "after the token passes to a new hook (another run), the same key and payload return the "
+    "old run's Hook record and append nothing, so the new run never gets its payload",
+)
+async def test_an_idempotency_key_does_not_cross_to_a_new_hook_on_the_same_token(
+    tmp_path: Path,
+) -> None:
+    async with af.Runtime(tmp_path, workflows=[approval_once]) as rt:
+        first_run = await rt.start(approval_once, 1)
+        await resume_when_ready(rt, "approval:reused", "yes", idempotency_key="delivery-1")
+        assert await first_run.result() == "yes"
+        second_run = await rt.start(approval_once, 2)
+        await wait_for_hook(rt, "approval:reused")
+        record = await rt.resume_hook("approval:reused", "yes", idempotency_key="delivery-1")
+        assert record.run_id == second_run.run_id
+        with anyio.fail_after(10):
+            assert await second_run.result() == "yes"
+
+
 async def test_idempotent_retry_after_the_run_ended_returns_the_record(tmp_path: Path) -> None:
     """A retry whose first delivery was acknowledged gets the same record, not a 404."""
     async with af.Runtime(tmp_path, workflows=[collect]) as rt:
