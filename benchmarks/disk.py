@@ -1,0 +1,70 @@
+"""The disk the logs live on: where to put them, what it is, and what one fsync costs there."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from .stats import percentile
+
+__all__ = ["default_work_dir", "filesystem_of", "fsync_latencies"]
+
+# Filesystems that live in memory: an fsync there costs nothing and proves nothing.
+_MEMORY_FS = {"tmpfs", "ramfs", "devtmpfs", "overlay-tmpfs"}
+
+
+def default_work_dir() -> Path:
+    """``benchmarks/results/tmp``, next to this file: on the repository's (real) disk."""
+    return Path(__file__).resolve().parent / "results" / "tmp"
+
+
+def filesystem_of(path: Path) -> tuple[str, str]:
+    """``(fstype, device)`` of the mount that holds ``path``, from ``/proc/mounts``."""
+    target = os.path.realpath(path)
+    best = ("", "?", "?")
+    try:
+        with open("/proc/mounts", encoding="utf-8") as f:
+            for line in f:
+                device, mount, fstype, *_ = line.split()
+                inside = target == mount or target.startswith(mount.rstrip("/") + "/")
+                if inside and len(mount) >= len(best[0]):
+                    best = (mount, fstype, device)
+    except OSError:
+        return ("unknown", "unknown")
+    return best[1], best[2]
+
+
+def is_memory_backed(path: Path) -> bool:
+    """True when ``path`` is on tmpfs or another filesystem kept in RAM."""
+    return filesystem_of(path)[0] in _MEMORY_FS
+
+
+def fsync_latencies(directory: Path, count: int, size: int = 128) -> list[float]:
+    """Seconds taken by each of ``count`` rounds of ``write(size bytes)`` + ``fsync``.
+
+    The same pattern the log uses for one small record: an ``O_APPEND`` file, one write, one
+    fsync. The file is deleted afterwards.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"fsync-baseline-{os.getpid()}.bin"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o644)
+    record = b"x" * size
+    out: list[float] = []
+    try:
+        os.write(fd, record)
+        os.fsync(fd)  # the first fsync also writes the new inode: not a steady-state figure
+        for _ in range(count):
+            began = time.perf_counter()
+            os.write(fd, record)
+            os.fsync(fd)
+            out.append(time.perf_counter() - began)
+    finally:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+    return out
+
+
+def fsync_p50(directory: Path, count: int) -> float:
+    """The median of ``fsync_latencies`` in seconds."""
+    return percentile(fsync_latencies(directory, count), 50)

@@ -1,0 +1,98 @@
+"""Scenario "hook": the durable hook round trip, fsync on, against one fsync of the same disk.
+
+Baseline: the median of ``write(128 bytes) + fsync`` on an ``O_APPEND`` file in the same folder
+as the log, measured just before and just after the runtime part (both sets pooled).
+"""
+
+from __future__ import annotations
+
+import math
+
+import anyio
+
+import actorflow as af
+
+from .disk import fsync_latencies
+from .roundtrip import RoundTrip, hook_round_trip
+from .scenario import Config, ScenarioResult
+from .stats import percentile, sketch, summary
+from .workflows import hook_once, observations
+
+NAME = "hook"
+TITLE = "hook round trip (fsync on)"
+
+
+def sizes(cfg: Config) -> tuple[int, int, int]:
+    """(runs, serial resumes, fsync samples per side)."""
+    return (4_000, 300, 300) if cfg.quick else (100_000, 2_000, 1_000)
+
+
+async def _measure(cfg: Config, n: int, serial: int) -> RoundTrip:
+    observations.clear()
+    data = cfg.scratch("hook") / "data"
+    meter = cfg.meter("hook round trip", 2 * n)
+    try:
+        async with af.Runtime(data, workflows=[hook_once], durability="fsync") as rt:
+            return await hook_round_trip(
+                rt, n=n, serial=serial, concurrency=cfg.concurrency, tag="hook", meter=meter
+            )
+    finally:
+        meter.close()
+
+
+def run(cfg: Config) -> ScenarioResult:
+    """Measure the round trip and its fsync baseline in this process."""
+    n, serial, fsyncs = sizes(cfg)
+    res = ScenarioResult(NAME, TITLE)
+    res.params = {"runs": n, "serial_resumes": serial, "concurrency": cfg.concurrency,
+                  "durability": "fsync", "fsync_samples": 2 * fsyncs}  # fmt: skip
+    base_dir = cfg.scratch("hook-fsync")
+    before = fsync_latencies(base_dir, fsyncs)
+    rt = anyio.run(_measure, cfg, n, serial, backend=cfg.backend)
+    after = fsync_latencies(base_dir, fsyncs)
+    fs = before + after
+    f50 = percentile(fs, 50)
+    add_round_trip_rows(res, rt, f50, fs)
+    res.samples_ms = {
+        "fsync (baseline)": sketch(fs),
+        "resume->observed, 1 resumer": sketch(rt.serial_observed),
+        f"resume->observed, {rt.concurrency} resumers": sketch(rt.concurrent_observed),
+    }
+    res.extra = {
+        "fsync_ms": summary(fs),
+        "serial_observed_ms": summary(rt.serial_observed),
+        "serial_ack_ms": summary(rt.serial_ack),
+        "serial_complete_ms": summary(rt.serial_complete),
+        "concurrent_observed_ms": summary(rt.concurrent_observed),
+        "concurrent_ack_ms": summary(rt.concurrent_ack),
+        "overloaded_retries": rt.overloaded,
+    }
+    return res
+
+
+def add_round_trip_rows(res: ScenarioResult, rt: RoundTrip, f50: float, fs: list[float]) -> None:
+    """The table rows of one fsync round trip against the fsync baseline ``f50`` (seconds)."""
+    ms = 1000.0
+    d = "fsync"
+    res.add("fsync p50 (baseline)", f50 * ms, "ms", durability=d)
+    res.add("fsync p99", percentile(fs, 99) * ms, "ms", percentile(fs, 99) / f50, "fsync p50")
+    res.add("starts/s", rt.starts_per_s, "/s", durability=d)
+    for label, values, target in (
+        ("resume->observed p50, 1 resumer", rt.serial_observed, "<= 2"),
+        ("resume->observed p99, 1 resumer", rt.serial_observed, None),
+        ("resume ack (durable) p50, 1 resumer", rt.serial_ack, None),
+        ("resume->run end durable p50, 1 resumer", rt.serial_complete, None),
+    ):
+        q = 99 if "p99" in label else 50
+        v = percentile(values, q)
+        res.add(label, v * ms, "ms", v / f50, "fsync p50", target, durability=d)
+    c = rt.concurrency
+    for q in (50, 99):
+        v = percentile(rt.concurrent_observed, q)
+        res.add(f"resume->observed p{q}, {c} resumers", v * ms, "ms", v / f50, "fsync p50",
+                durability=d)  # fmt: skip
+    serial_rate = 1.0 / f50 if f50 > 0 else math.nan
+    res.add(f"durable resumes/s, {c} resumers", rt.resumes_per_s, "/s",
+            rt.resumes_per_s / serial_rate, "1/fsync p50", ">= 10000", d, check="value")  # fmt: skip
+    res.add(f"observed/s, {c} resumers", rt.observed_per_s, "/s", durability=d)
+    res.add(f"runs ended durably/s, {c} resumers", rt.completed_per_s, "/s", durability=d)
