@@ -39,6 +39,7 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 
 
 def current_worker() -> str:
+    """The worker matching the running event loop (asyncio or trio)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -48,10 +49,11 @@ def current_worker() -> str:
 
 @asynccontextmanager
 async def _served(
-    rt: af.Runtime, *, graceful_timeout: float = 5.0, **app_options: Any
+    rt: af.Runtime, *, graceful_timeout: float = 5.0, app: Any = None, **app_options: Any
 ) -> AsyncIterator[httpx.AsyncClient]:
-    app_options.setdefault("resume_secret", SECRET)
-    app = create_app(rt, manage_runtime=False, worker=current_worker(), **app_options)  # type: ignore[arg-type]
+    if app is None:
+        app_options.setdefault("resume_secret", SECRET)
+        app = create_app(rt, manage_runtime=False, worker=current_worker(), **app_options)  # type: ignore[arg-type]
     stop = anyio.Event()
     failure: Exception | None = None
     async with anyio.create_task_group() as tg:
@@ -79,7 +81,8 @@ async def _served(
 
 @pytest.fixture
 def served() -> Served:
-    """``async with served(rt, **create_app_options) as client``: the app on a real server."""
+    """``async with served(rt, **create_app_options) as client``: the app on a real server
+    (or ``served(rt, app=app)`` for an app the test built)."""
     return _served
 
 

@@ -405,3 +405,31 @@ async def test_webhook_url_uses_the_base_url(rt: af.Runtime, wait_hooks: Any) ->
     tokens = await wait_hooks(rt, run.run_id)
     await rt.resume_webhook(tokens[0], af.Request("POST", "http://x/"))
     assert await run.result(timeout=10) == f"http://edge.test{PREFIX}/webhook/{tokens[0]}"
+
+
+async def test_a_users_own_route_can_pass_the_quart_request(
+    rt: af.Runtime, served: Any, wait_hooks: Any, anyio_backend: str
+) -> None:
+    """``resume_webhook`` takes Quart's request object as it is (SPEC 3)."""
+    from quart import request
+
+    from actorflow.http import create_app
+
+    app = create_app(rt, manage_runtime=False, worker=anyio_backend)  # type: ignore[arg-type]
+
+    async def own_route(token: str) -> tuple[bytes, int]:
+        response = await rt.resume_webhook(token, request)
+        return response.body_bytes, response.status
+
+    app.add_url_rule("/my/hooks/<token>", "own_route", own_route, methods=["PUT"])
+    run = await rt.start(one_request, "manual")
+    [token] = await wait_hooks(rt, run.run_id)
+    async with served(rt, app=app) as client:
+        response = await client.put(
+            f"/my/hooks/{token}?x=1", content=b"via quart", headers={"X-A": "b"}
+        )
+    assert response.status_code == 200
+    assert response.json() == {"method": "PUT", "body": "via quart"}
+    seen = await run.result(timeout=10)
+    assert seen["query"] == {"x": "1"}
+    assert seen["headers"]["x-a"] == "b"
