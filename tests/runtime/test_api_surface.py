@@ -173,3 +173,59 @@ async def test_api_functions_act_on_the_current_runtime(tmp_path: Path) -> None:
 async def test_api_functions_outside_a_runtime_say_so() -> None:
     with pytest.raises(af.WorkflowError, match="Runtime"):
         af.api.get_run("wrun_x")
+
+
+# -- definitions and configuration are checked early ---------------------------------------------
+
+
+def test_decorators_refuse_what_they_cannot_run() -> None:
+    def not_async() -> None:
+        pass
+
+    with pytest.raises(af.WorkflowDefinitionError):
+        af.workflow(not_async)  # type: ignore[arg-type]
+    with pytest.raises(af.WorkflowDefinitionError):
+        af.step(not_async)  # type: ignore[arg-type]
+    with pytest.raises(af.WorkflowDefinitionError):
+        af.step(max_retries=-1)
+
+
+def test_two_different_steps_cannot_share_a_name() -> None:
+    @af.step(name="tests.api_surface.shared_name")
+    async def one() -> int:
+        return 1
+
+    with pytest.raises(af.WorkflowDefinitionError, match="shared_name"):
+
+        @af.step(name="tests.api_surface.shared_name")
+        async def two() -> int:
+            return 2
+
+
+def test_runtime_options_are_checked() -> None:
+    with pytest.raises(af.WorkflowDefinitionError):
+        af.Runtime(durability="sometimes")  # type: ignore[arg-type]
+
+    @af.workflow(name="dup")
+    async def a() -> None:
+        pass
+
+    @af.workflow(name="dup")
+    async def b() -> None:
+        pass
+
+    with pytest.raises(af.WorkflowDefinitionError, match="dup"):
+        af.Runtime(workflows=[a, b])
+
+
+@pytest.mark.anyio
+@pytest.mark.xfail(
+    strict=True,
+    reason="runtime.py Runtime.__aexit__ hands the body's exception to the outer anyio task "
+    "group it keeps open, which wraps it in an ExceptionGroup; callers of `async with "
+    "Runtime(...)` cannot catch HookNotFoundError etc. with a plain except",
+)
+async def test_an_error_in_the_runtime_block_propagates_unwrapped(tmp_path: Path) -> None:
+    with pytest.raises(af.HookNotFoundError):
+        async with af.Runtime(tmp_path) as rt:
+            await rt.resume_hook("nobody", 1)

@@ -421,3 +421,64 @@ async def test_a_step_calling_a_step_gets_a_plain_coroutine(tmp_path: Path) -> N
     async with af.Runtime(tmp_path, workflows=[nests_steps]) as rt:
         run = await rt.start(nests_steps, 1)
         assert await run.result() == [2, False, True]
+
+
+# -- metadata, bounded step concurrency ---------------------------------------------------------
+
+
+@af.step
+async def step_meta() -> list[Any]:
+    step = af.get_step_metadata()
+    wf = af.get_workflow_metadata()
+    return [step.step_id, step.attempt, step.started_at.tzinfo is not None, wf.run_id]
+
+
+@af.workflow(name="metadata-flow")
+async def metadata_flow() -> list[Any]:
+    meta = af.get_workflow_metadata()
+    in_step = await step_meta()
+    return [meta.run_id, meta.workflow_name, meta.started_at.tzinfo is not None, meta.url, in_step]
+
+
+async def test_workflow_and_step_metadata(tmp_path: Path) -> None:
+    async with af.Runtime(tmp_path, workflows=[metadata_flow]) as rt:
+        run = await rt.start("metadata-flow")
+        run_id, name, aware, url, in_step = await run.result()
+    assert (run_id, name, aware, url) == (run.run_id, "metadata-flow", True, None)
+    step_id, attempt, step_aware, step_run = in_step
+    assert step_id.startswith("step_") and attempt == 1 and step_aware and step_run == run.run_id
+
+
+concurrency = {"running": 0, "peak": 0}
+release: dict[str, anyio.Event] = {}
+
+
+@af.step
+async def limited(label: str, i: int) -> int:
+    concurrency["running"] += 1
+    concurrency["peak"] = max(concurrency["peak"], concurrency["running"])
+    try:
+        await release[label].wait()
+    finally:
+        concurrency["running"] -= 1
+    return i
+
+
+@af.workflow
+async def many_steps(label: str) -> list[Any]:
+    return await af.gather(*[limited(label, i) for i in range(6)])
+
+
+async def test_steps_run_with_bounded_concurrency(tmp_path: Path, anyio_backend: str) -> None:
+    label = f"limited-{anyio_backend}"
+    release[label] = anyio.Event()
+    concurrency.update(running=0, peak=0)
+    async with af.Runtime(tmp_path, workflows=[many_steps], max_concurrent_steps=2) as rt:
+        run = await rt.start(many_steps, label)
+        await wait_until(lambda: len(rt.state.steps) == 6 and concurrency["running"] == 2)
+        for _ in range(100):
+            await anyio.lowlevel.checkpoint()
+        assert concurrency["running"] == 2
+        release[label].set()
+        assert await run.result() == list(range(6))
+    assert concurrency["peak"] == 2
