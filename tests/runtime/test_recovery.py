@@ -188,7 +188,9 @@ class CrashingStore:
         self.inner.close()
 
 
-async def test_crash_after_every_append_live(tmp_path: Path) -> None:
+@pytest.mark.parametrize("passivate_after", [300.0, 0.0], ids=["resident", "passivating"])
+async def test_crash_after_every_append_live(tmp_path: Path, passivate_after: float) -> None:
+    """With ``passivate_after=0`` every message also goes through a rebuild from the log."""
     k = 0
     while True:
         k += 1
@@ -196,7 +198,9 @@ async def test_crash_after_every_append_live(tmp_path: Path) -> None:
         directory = tmp_path / f"k{k}"
         store = CrashingStore(FileLog(directory / "log"), limit=k)
         run_id = None
-        async with af.Runtime(directory, workflows=[journey], store=store) as rt:
+        async with af.Runtime(
+            directory, workflows=[journey], store=store, passivate_after=passivate_after
+        ) as rt:
             try:
                 run = await rt.start(journey, "live")
                 run_id = run.run_id
@@ -218,7 +222,9 @@ async def test_crash_after_every_append_live(tmp_path: Path) -> None:
         if run_id is None:  # not even run_created reached the disk: nothing to recover
             assert read_records(directory / "log") == []
             continue
-        async with af.Runtime(directory, workflows=[journey]) as rt:
+        async with af.Runtime(
+            directory, workflows=[journey], passivate_after=passivate_after
+        ) as rt:
             await deliver_all(rt, run_id, "live")
             with anyio.fail_after(10):
                 assert await rt.get_run(run_id).result() == EXPECTED, f"k={k}"
