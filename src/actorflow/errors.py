@@ -199,8 +199,9 @@ class NonDeterministicAwaitError(WorkflowDefinitionError):
     """A workflow awaited something that is not an actorflow primitive (a socket, a sleep...)."""
 
     def __init__(self, awaited: Any) -> None:
+        shown = awaited if isinstance(awaited, str) else repr(awaited)
         super().__init__(
-            f"a workflow awaited {awaited!r}, which is not an actorflow primitive; workflow code "
+            f"a workflow awaited {shown}, which is not an actorflow primitive; workflow code "
             "must be deterministic: move I/O and real waiting into an @af.step, and use "
             "af.sleep for timers"
         )

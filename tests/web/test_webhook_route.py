@@ -254,12 +254,6 @@ async def test_a_repeated_delivery_to_a_manual_webhook_gets_the_same_answer(
     assert len(log_events(rt, run.run_id, "webhook_responded")) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime bug: resume_webhook looks the token up before the delivery id, so a "
-    "sender's retry after the webhook was disposed (or its run ended) gets 404 instead of the "
-    "stored response; resume_hook already answers such retries from state.idempotency",
-)
 async def test_a_retry_after_the_webhook_is_gone_still_gets_the_stored_response(
     rt: af.Runtime, served: Any, wait_hooks: Any
 ) -> None:

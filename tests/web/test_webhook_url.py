@@ -73,13 +73,6 @@ async def test_url_of_a_plain_hook_or_without_base_url_is_refused(
     assert expected in result
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime bug: the base URL is not recorded with the run, so webhook.url is rebuilt "
-    "from the current Runtime(base_url=...) on replay; a step called with it diverges "
-    "(ReplayDivergenceError) once the base URL changes, e.g. `actorflow serve` restarted on "
-    "another port or with another --base-url",
-)
 async def test_webhook_url_survives_a_restart_with_another_base_url(
     data_dir: Path, wait_hooks: Any
 ) -> None:

@@ -113,7 +113,7 @@ class Actor:
             new_id=new_id,
             new_token=new_token,
             recorded=recorded,
-            base_url=self.rt.base_url,
+            base_url=created.data.get("base_url", self.rt.base_url),
         )
         self.machine = machine
         self.replayed_upto = events[-1].position

@@ -403,8 +403,11 @@ class Runtime:
         tree = codec.to_tree({"args": list(args), "kwargs": kwargs}, root="args")
         self._admit()
         run_id = new_id("wrun_")
-        event = Event(new_id("evnt_"), run_id, ev.RUN_CREATED, None, self.clock(),
-                      {"workflow": workflow.name, "input": tree})  # fmt: skip
+        data: dict[str, Any] = {"workflow": workflow.name, "input": tree}
+        if self.base_url is not None:
+            # Recorded, so webhook.url replays the same even if the server moves.
+            data["base_url"] = self.base_url
+        event = Event(new_id("evnt_"), run_id, ev.RUN_CREATED, None, self.clock(), data)
         await self.append(event).wait()
         return Run(self, run_id)
 
@@ -462,6 +465,8 @@ class Runtime:
         prior = None
         if idempotency_key is not None:
             prior = self.state.idempotency.get((token, idempotency_key))
+            if prior is not None and entry is not None and entry.hook_id != prior.hook_id:
+                prior = None  # the token passed to a new hook: the key was the old hook's
         # A retry whose first delivery succeeded gets its record back even if the hook has been
         # disposed since; anything else needs a live hook.
         target = prior.hook if prior is not None else entry

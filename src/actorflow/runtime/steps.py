@@ -19,6 +19,7 @@ from ..errors import FatalError, RetryableError, StorageError, WorkflowDefinitio
 from . import codec
 from .core import events as ev
 from .core.events import Event
+from .core.machine import clear_current_machine
 from .durations import parse_duration
 from .ids import new_id
 from .state import PendingStep
@@ -59,6 +60,9 @@ class StepExecutor:
                 scope.cancel()
 
     async def _run(self, step_id: str) -> None:
+        # The task was spawned during a machine turn and copied its context: a step is not
+        # workflow code, so clear the machine (else step calls inside it would become ops).
+        clear_current_machine()
         scope = anyio.CancelScope()
         self._scopes[step_id] = scope
         try:

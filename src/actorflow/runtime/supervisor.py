@@ -13,6 +13,7 @@ undecryptable record) is dropped and rebuilt from its log; past ``restart_budget
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections import OrderedDict, deque
@@ -120,7 +121,7 @@ class Supervisor:
                     continue
                 if actor.can_build_in_place():
                     created = actor.mailbox.popleft()
-                    self._guard(actor, lambda a=actor, e=created: a.build([e]))
+                    self._guard(actor, functools.partial(actor.build, [created]))
                 else:
                     actor.rebuilding = True
                     self._to_rebuild.append(actor)

@@ -89,10 +89,18 @@ async def resume_webhook(rt: Runtime, token: str, raw: Request | Any) -> Respons
         WebhookSignatureError: the signature check failed (nothing committed).
         OverloadedError, LogWriteError, SerializationError: nothing committed.
     """
-    entry = rt.state.tokens.get(token) if isinstance(token, str) else None
-    if entry is None or entry.webhook is None:
+    if not isinstance(token, str):
         raise HookNotFoundError(str(token))
     request = await to_request(raw)
+    live = rt.state.tokens.get(token)
+    key = _delivery_key(request)
+    prior = rt.state.idempotency.get((token, key)) if key is not None else None
+    if prior is not None and live is not None and live.hook_id != prior.hook_id:
+        prior = None  # the key was spent on an earlier webhook with this token
+    # A sender's retry of an accepted delivery is answered even after the webhook is gone.
+    entry = prior.hook if prior is not None else live
+    if entry is None or entry.webhook is None:
+        raise HookNotFoundError(token)
     options = entry.webhook
     spec = options.get("verify")
     if spec is not None:
@@ -107,14 +115,11 @@ async def resume_webhook(rt: Runtime, token: str, raw: Request | Any) -> Respons
                 f"the webhook's signature check rejected it: {exc}"
             ) from exc
     manual = options.get("respond_with") == "manual"
-    key = _delivery_key(request)
-    if key is not None:
-        prior = rt.state.idempotency.get((token, key))
-        if prior is not None:
-            await rt.writer.flush()
-            if manual:
-                return await _manual_response(rt, prior.event_id, float(options["respond_timeout"]))
-            return _immediate(options)
+    if prior is not None:
+        await rt.writer.flush()
+        if manual:
+            return await _manual_response(rt, prior.event_id, float(options["respond_timeout"]))
+        return _immediate(options)
     tree = codec.to_tree(request.to_data(), root="request")
     data: dict[str, Any] = {"request": tree, "token": token, "external": True}
     if key is not None:

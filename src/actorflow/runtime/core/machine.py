@@ -54,7 +54,7 @@ from .ops import (
     StepCall,
 )
 
-__all__ = ["Codec", "HookState", "Machine", "current_machine"]
+__all__ = ["Codec", "HookState", "Machine", "clear_current_machine", "current_machine"]
 
 _current: ContextVar[Machine | None] = ContextVar("actorflow_machine", default=None)
 
@@ -62,6 +62,11 @@ _current: ContextVar[Machine | None] = ContextVar("actorflow_machine", default=N
 def current_machine() -> Machine | None:
     """The machine whose workflow code is running now, if any."""
     return _current.get()
+
+
+def clear_current_machine() -> None:
+    """Forget the current machine in this context (for tasks spawned during a machine turn)."""
+    _current.set(None)
 
 
 class Codec(Protocol):
@@ -411,7 +416,7 @@ class Machine:
             return self._group(fiber, op)
         if isinstance(op, RespondOp):
             return self._respond(op)
-        raise NonDeterministicAwaitError(op)
+        raise NonDeterministicAwaitError(_awaited_chain(fiber.coro, op))
 
     def _start_step(self, fiber: _Fiber, op: StepCall) -> tuple[int, Any] | None:
         tree = self._codec.to_tree({"args": list(op.args), "kwargs": op.kwargs}, root="args")
@@ -559,8 +564,9 @@ class Machine:
         """Release a hook's token (idempotent)."""
         if hook.disposed:
             return
+        # The hook stays known: a payload accepted before the dispose (durable, acknowledged)
+        # may still be on its way, and is buffered rather than dropped.
         hook.disposed = True
-        self._hooks.pop(hook.hook_id, None)
         self._call(
             "dispose",
             f"hook {hook.hook_id}",
@@ -627,6 +633,27 @@ class Machine:
 
     def uuid4(self) -> uuid.UUID:
         return uuid.UUID(int=self.rng.getrandbits(128), version=4)
+
+
+def _awaited_chain(coro: Any, yielded: Any) -> str:
+    """What the workflow awaited, as ``helper() -> asyncio.sleep()`` (the loop's trap last)."""
+    names: list[str] = []
+    awaited = getattr(coro, "cr_await", None)
+    while awaited is not None and len(names) < 16:
+        code = getattr(awaited, "cr_code", None) or getattr(awaited, "gi_code", None)
+        if code is not None:
+            if code is not _await_one.__code__:
+                frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+                module = frame.f_globals.get("__name__", "") if frame is not None else ""
+                qualname = getattr(awaited, "__qualname__", code.co_name)
+                names.append(f"{module + '.' if module else ''}{qualname}()")
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+        else:
+            names.append(repr(awaited))
+            break
+    if not names:
+        return repr(yielded)
+    return f"{' -> '.join(names)} (which yielded {yielded!r} to the event loop)"
 
 
 def _iso(ts: float) -> str:
