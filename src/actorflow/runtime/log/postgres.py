@@ -103,9 +103,9 @@ _MIGRATIONS: tuple[_Migration, ...] = (
 SCHEMA_VERSION = _MIGRATIONS[-1].version
 
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
-# Below this many records one INSERT ... unnest statement is faster (one round trip); from it
-# on, COPY is (measured: about 2x at 200 records and more, even counting the round trip that
-# allocates the positions first).
+# Below this many records one INSERT ... unnest statement is faster (one round trip); from about
+# here on, binary COPY is, even with the extra round trip that draws the positions first
+# (measured on PostgreSQL 15: 1.6x at 200 records, 2x at 1,000 and more).
 _COPY_FROM = 32
 # Records a server-side cursor fetches per round trip during scan().
 _SCAN_BATCH = 2000
