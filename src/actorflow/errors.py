@@ -7,6 +7,7 @@ caller can do about them::
     ├── FatalError                  raised in a step: do not retry
     ├── RetryableError              raised in a step: retry after ``retry_after``
     ├── SerializationError          a value cannot be encoded or decoded; nothing committed
+    │   └── PayloadTooLargeError    a value is over the runtime's size limit (HTTP 413)
     ├── DecryptionError             stored data cannot be decrypted (tampered, wrong key)
     ├── HookError
     │   ├── HookNotFoundError       no live hook owns the token; nothing committed (HTTP 404)
@@ -50,6 +51,7 @@ __all__ = [
     "LogWriteError",
     "NonDeterministicAwaitError",
     "OverloadedError",
+    "PayloadTooLargeError",
     "ReplayDivergenceError",
     "RetryableError",
     "SerializationError",
@@ -91,6 +93,18 @@ class RetryableError(WorkflowError):
 
 class SerializationError(WorkflowError):
     """A value cannot be encoded for the log (or decoded from it). Nothing was committed."""
+
+
+class PayloadTooLargeError(SerializationError):
+    """A value is larger than the runtime accepts (``max_payload_bytes``). Nothing committed."""
+
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        super().__init__(
+            f"{what}: {size} bytes encoded, over the limit of {limit} bytes; send a reference "
+            "(a URL, an object-store key) instead, or raise Runtime(max_payload_bytes=...)"
+        )
+        self.size = size
+        self.limit = limit
 
 
 class DecryptionError(WorkflowError):

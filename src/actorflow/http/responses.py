@@ -23,6 +23,7 @@ from ..errors import (
     HookPayloadError,
     IdempotencyKeyConflictError,
     OverloadedError,
+    PayloadTooLargeError,
     SerializationError,
     StorageError,
     WebhookSignatureError,
@@ -58,6 +59,7 @@ _STATUS: tuple[tuple[type[WorkflowError], int], ...] = (
     (WebhookSignatureError, 401),
     (HookPayloadError, 422),
     (IdempotencyKeyConflictError, 409),
+    (PayloadTooLargeError, 413),
     (SerializationError, 400),
     (OverloadedError, 503),
     # The log stopped accepting writes: the server is unavailable, not the request wrong.

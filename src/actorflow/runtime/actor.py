@@ -114,6 +114,8 @@ class Actor:
             new_token=new_token,
             recorded=recorded,
             base_url=created.data.get("base_url", self.rt.base_url),
+            max_calls=self.rt.max_calls_per_run,
+            max_hooks=self.rt.max_hooks_per_run,
         )
         self.machine = machine
         self.replayed_upto = events[-1].position

@@ -24,11 +24,13 @@ from typing import Any
 import anyio
 import anyio.abc
 import anyio.to_thread
+import orjson
 
 from ..errors import (
     HookNotFoundError,
     IdempotencyKeyConflictError,
     OverloadedError,
+    PayloadTooLargeError,
     WorkflowDefinitionError,
     WorkflowError,
     WorkflowRunNotFoundError,
@@ -100,6 +102,9 @@ class Runtime:
         base_url: str | None = None,
         mailbox_size: int = 1024,
         max_backlog: int = 200_000,
+        max_payload_bytes: int = 4 * 1024 * 1024,
+        max_hooks_per_run: int = 10_000,
+        max_calls_per_run: int = 1_000_000,
         max_concurrent_steps: int = 64,
         passivate_after: float = 300.0,
         max_resident: int = 100_000,
@@ -124,6 +129,9 @@ class Runtime:
         self.base_url = base_url.rstrip("/") if base_url else None
         self.mailbox_size = mailbox_size
         self.max_backlog = max_backlog
+        self.max_payload_bytes = max_payload_bytes
+        self.max_hooks_per_run = max_hooks_per_run
+        self.max_calls_per_run = max_calls_per_run
         self.owner_id = owner_id
         self.project_id = project_id
         self.environment = environment
@@ -233,9 +241,15 @@ class Runtime:
                 if self._writer_done is not None:
                     await self._writer_done.wait()
         finally:
-            result = await self._outer.__aexit__(exc_type, exc, tb)
-            await anyio.to_thread.run_sync(self.store.close)
-        return result
+            # Every task has stopped by now. The body's own exception is not handed to the task
+            # group: it would come back wrapped in an ExceptionGroup, and callers could no longer
+            # `except HookNotFoundError` around their `async with Runtime(...)`.
+            try:
+                await self._outer.__aexit__(None, None, None)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self.store.close)
+        return None
 
     async def _run_writer(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         assert self._writer_done is not None
@@ -370,6 +384,16 @@ class Runtime:
     def decode_error(self, event: Event) -> BaseException:
         return codec.error_from_tree(self.payloads.value(event, event.data.get("error")))
 
+    def check_size(self, what: str, tree: Any) -> None:
+        """Refuse a user value over ``max_payload_bytes`` (before anything is written).
+
+        Raises:
+            PayloadTooLargeError: it is larger.
+        """
+        size = len(orjson.dumps(tree))
+        if size > self.max_payload_bytes:
+            raise PayloadTooLargeError(what, size, self.max_payload_bytes)
+
     def _admit(self) -> None:
         self.writer.check()
         if self.writer.backlog >= self.max_backlog:
@@ -401,6 +425,7 @@ class Runtime:
             workflow = found
         self.register(workflow)
         tree = codec.to_tree({"args": list(args), "kwargs": kwargs}, root="args")
+        self.check_size("the run's arguments", tree)
         self._admit()
         run_id = new_id("wrun_")
         data: dict[str, Any] = {"workflow": workflow.name, "input": tree}
@@ -475,6 +500,7 @@ class Runtime:
         if target.schema is not None:
             payload = validate_payload(load_schema(target.schema), payload, token)
         tree = codec.to_tree(payload, root="payload")
+        self.check_size("the payload", tree)
         data: dict[str, Any] = {"payload": tree, "token": token, "external": True}
         if idempotency_key is not None:
             digest = codec.digest(tree)

@@ -121,6 +121,7 @@ async def resume_webhook(rt: Runtime, token: str, raw: Request | Any) -> Respons
             return await _manual_response(rt, prior.event_id, float(options["respond_timeout"]))
         return _immediate(options)
     tree = codec.to_tree(request.to_data(), root="request")
+    rt.check_size("the webhook request", tree)
     data: dict[str, Any] = {"request": tree, "token": token, "external": True}
     if key is not None:
         data["idempotency_key"] = key

@@ -54,7 +54,17 @@ from .ops import (
     StepCall,
 )
 
-__all__ = ["Codec", "HookState", "Machine", "clear_current_machine", "current_machine"]
+__all__ = [
+    "MAX_TOKEN_LENGTH",
+    "Codec",
+    "HookState",
+    "Machine",
+    "clear_current_machine",
+    "current_machine",
+]
+
+#: Longest hook token a workflow may choose (random tokens are 32 characters).
+MAX_TOKEN_LENGTH = 1024
 
 _current: ContextVar[Machine | None] = ContextVar("actorflow_machine", default=None)
 
@@ -143,6 +153,7 @@ class Machine:
         "run_id", "workflow_name", "started_at", "base_url", "now", "done", "_workflow",
         "_args", "_kwargs", "_sink", "_codec", "_new_id", "_new_token", "_recorded", "_pos",
         "_ready", "_steps", "_waits", "_hooks", "_root", "_fatal", "_rng", "_closing",
+        "_calls", "_live_hooks", "max_calls", "max_hooks",
     )  # fmt: skip
 
     def __init__(
@@ -160,6 +171,8 @@ class Machine:
         new_token: Callable[[], str],
         recorded: Sequence[Event] = (),
         base_url: str | None = None,
+        max_calls: int = 1_000_000,
+        max_hooks: int = 10_000,
     ) -> None:
         self.run_id = run_id
         self.workflow_name = workflow_name
@@ -184,6 +197,12 @@ class Machine:
         self._fatal: BaseException | None = None
         self._rng: _random.Random | None = None
         self._closing = False
+        # Limits are enforced from the machine's own counts, so replay meets them at the same
+        # call: a run over a limit fails the same way every time.
+        self._calls = 0
+        self._live_hooks = 0
+        self.max_calls = max_calls
+        self.max_hooks = max_hooks
 
     @property
     def rng(self) -> _random.Random:
@@ -392,6 +411,13 @@ class Machine:
         """Match the next recorded call, or emit a new one. Returns the recorded event if any."""
         if self._closing:
             raise _Abort  # passivation and cancellation emit nothing
+        self._calls += 1
+        if self._calls > self.max_calls:
+            self._fatal = WorkflowDefinitionError(
+                f"run {self.run_id} made more than {self.max_calls} durable calls; split the work "
+                "into child runs or raise Runtime(max_calls_per_run=...)"
+            )
+            raise _Abort
         if self._pos < len(self._recorded):
             recorded = self._recorded[self._pos]
             if not matches(recorded):
@@ -500,6 +526,15 @@ class Machine:
         """Create (or, on replay, re-create) a hook owned by this run."""
         if token is not None and (not isinstance(token, str) or not token):
             raise WorkflowDefinitionError(f"hook token must be a non-empty string, not {token!r}")
+        if token is not None and len(token) > MAX_TOKEN_LENGTH:
+            raise WorkflowDefinitionError(
+                f"hook token is {len(token)} characters; the limit is {MAX_TOKEN_LENGTH}"
+            )
+        if self._live_hooks >= self.max_hooks:
+            raise WorkflowDefinitionError(
+                f"run {self.run_id} already has {self._live_hooks} live hooks; dispose some "
+                "(hook.dispose() or `with hook:`) or raise Runtime(max_hooks_per_run=...)"
+            )
         meta_tree = self._codec.to_tree(metadata, root="metadata")
         chosen = token is not None
         new: list[tuple[str, str, str | None]] = []
@@ -533,6 +568,7 @@ class Machine:
             state.disposed = True
         else:
             self._hooks[hook_id] = state
+            self._live_hooks += 1
         return HookHandle(state, self)
 
     def _hook_next(self, fiber: _Fiber, hook: HookState) -> tuple[int, Any] | None:
@@ -567,6 +603,7 @@ class Machine:
         # The hook stays known: a payload accepted before the dispose (durable, acknowledged)
         # may still be on its way, and is buffered rather than dropped.
         hook.disposed = True
+        self._live_hooks -= 1
         self._call(
             "dispose",
             f"hook {hook.hook_id}",
