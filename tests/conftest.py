@@ -186,3 +186,16 @@ class LaterRuntime(Runtime):
 
 def wall_now() -> float:
     return time.time()
+
+
+def drop_machines(rt: Runtime) -> None:
+    """Close every live workflow coroutine of ``rt`` now, inside the test.
+
+    For tests whose workflows leave event-loop state behind (a cancel scope): closed later by
+    the garbage collector, outside the event loop, such a coroutine raises in ``__del__`` and
+    pytest reports it as an unraisable-exception warning in whichever test runs then.
+    """
+    for run in rt.state.runs.values():
+        actor = run.actor
+        if actor is not None:
+            actor.drop()

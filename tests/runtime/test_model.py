@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
-from tests.conftest import read_events, wait_for_hook, wait_until
+from tests.conftest import drop_machines, read_events, wait_for_hook, wait_until
 
 import actorflow as af
 
@@ -235,11 +235,6 @@ async def test_awaiting_anyio_sleep_raises_in_the_workflow_where_it_can_be_caugh
     assert outcome == "caught" and "@af.step" in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="machine.py _issue names the object the event loop's trap yielded (None, "
-    "'<Future pending>', 'WaitTaskRescheduled(...)'), not the awaitable the workflow awaited",
-)
 async def test_the_error_names_the_offending_awaitable(tmp_path: Path) -> None:
     async with af.Runtime(tmp_path, workflows=[awaits_foreign]) as rt:
         run = await rt.start(awaits_foreign, "anyio")
@@ -410,13 +405,6 @@ async def nests_steps(x: int) -> list[Any]:
     return await outer_step(x)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="steps.py StepExecutor.start spawns the step task from inside the machine's turn, so "
-    "the task's context copy keeps machine.py's _current set: in a step, a step call returns "
-    "a StepCall op ('Task got bad yield' / trio 'unrecognized yield message') and af.now() "
-    "works; after recovery (no machine in context) the same step behaves differently",
-)
 async def test_a_step_calling_a_step_gets_a_plain_coroutine(tmp_path: Path) -> None:
     async with af.Runtime(tmp_path, workflows=[nests_steps]) as rt:
         run = await rt.start(nests_steps, 1)
@@ -482,3 +470,52 @@ async def test_steps_run_with_bounded_concurrency(tmp_path: Path, anyio_backend:
         release[label].set()
         assert await run.result() == list(range(6))
     assert concurrency["peak"] == 2
+
+
+# -- workflow code must not be able to take the runtime down ------------------------------------
+
+
+@af.workflow
+async def scoped(tag: str) -> Any:
+    with anyio.move_on_after(3600):  # a user's try at a timeout: binds to the runtime's task
+        return await af.create_hook(token=f"scoped:{tag}")
+    return "timed out"
+
+
+async def test_a_workflow_entering_a_cancel_scope_fails_alone(
+    tmp_path: Path, anyio_backend: str, request: pytest.FixtureRequest
+) -> None:
+    """Two runs exit their scopes out of order. On trio the error is raised in the workflow (it
+    fails alone); the deadline variant, which breaks trio too, is in test_virtual_time.py."""
+    if anyio_backend == "asyncio":
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason="machine.py steps workflow coroutines inside the supervisor's "
+                "dispatcher task, so a cancel scope a workflow enters (anyio.move_on_after, "
+                "asyncio.timeout) is pushed on the dispatcher's own scope stack and survives "
+                "the suspension; exiting two such scopes out of order raises 'Attempted to "
+                "exit a cancel scope that isn't the current task's' out of dispatch() and the "
+                "whole runtime dies",
+            )
+        )
+    rt: af.Runtime | None = None
+    try:
+        async with af.Runtime(tmp_path, workflows=[scoped, two_payloads]) as runtime:
+            rt = runtime
+            a = await rt.start(scoped, "a")
+            await wait_for_hook(rt, "scoped:a")
+            b = await rt.start(scoped, "b")
+            await wait_for_hook(rt, "scoped:b")
+            await rt.resume_hook("scoped:a", "a")  # exits a's scope while b's is innermost
+            await rt.resume_hook("scoped:b", "b")
+            for run in (a, b):
+                await run.wait()
+            healthy = await rt.start(two_payloads, "after-scopes")
+            await wait_for_hook(rt, "pv:after-scopes")
+            await rt.resume_hook("pv:after-scopes", 1)
+            await rt.resume_hook("pv:after-scopes", 2)
+            assert await healthy.result() == [1, 2]
+    finally:
+        if rt is not None:
+            drop_machines(rt)

@@ -19,10 +19,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 import trio
 import trio.lowlevel
-from tests.conftest import read_events, wait_for_hook
+from tests.conftest import drop_machines, read_events, wait_for_hook
 
 import actorflow as af
 
@@ -319,3 +320,37 @@ async def test_a_backoff_survives_a_restart(tmp_path: Path, autojump_clock: Any)
     # The second runtime's wall-clock base is re-read from the real clock at start, so the
     # (real) milliseconds between the two runtimes count against the 300 s.
     assert times[1] - stopped_at == pytest.approx(300, abs=0.5)
+
+
+# -- a cancel scope in workflow code ---------------------------------------------------------
+
+
+@af.workflow
+async def scoped_wait(tag: str) -> Any:
+    with anyio.move_on_after(60):  # a user's try at a timeout, instead of hook.wait(timeout=)
+        return await af.create_hook(token=f"scoped-wait:{tag}")
+    return "timed out"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="machine.py steps workflow coroutines inside the supervisor's dispatcher task, so "
+    "the cancel scope a workflow enters is the dispatcher's: when its deadline passes the "
+    "dispatcher itself is cancelled and the runtime dies (or stops dispatching)",
+)
+async def test_a_cancel_scope_deadline_in_a_workflow_does_not_stop_the_runtime(
+    tmp_path: Path, autojump_clock: Any
+) -> None:
+    rt: af.Runtime | None = None
+    try:
+        async with af.Runtime(tmp_path, workflows=[scoped_wait, week_long]) as runtime:
+            rt = runtime
+            run = await rt.start(scoped_wait, "s")
+            await wait_for_hook(rt, "scoped-wait:s")
+            await trio.sleep(120)  # past the scope's deadline
+            other = await rt.start(week_long, "after-scope")
+            assert await other.result() == pytest.approx(WEEK, abs=EXACT)
+            assert await run.status() in ("running", "failed")
+    finally:
+        if rt is not None:
+            drop_machines(rt)
