@@ -59,6 +59,8 @@ __all__ = ["Runtime", "current_runtime"]
 
 logger = logging.getLogger("actorflow.runtime")
 
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
 _current: ContextVar[Runtime | None] = ContextVar("actorflow_runtime", default=None)
 _open: list[Runtime] = []
 
@@ -95,7 +97,7 @@ class Runtime:
         data_dir: str | os.PathLike[str] = ".actorflow",
         workflows: Iterable[WorkflowFunction[..., Any]] = (),
         *,
-        store: EventStore | None = None,
+        store: EventStore | str | None = None,
         durability: Durability = "fsync",
         encryption_key: str | bytes | Sequence[str | bytes] | None = None,
         secrets: Mapping[str, str | bytes] | None = None,
@@ -123,6 +125,10 @@ class Runtime:
         self.workflows: dict[str, WorkflowFunction[..., Any]] = {}
         for wf in workflows:
             self.register(wf)
+        if isinstance(store, str) and not store.startswith(_POSTGRES_SCHEMES):
+            raise WorkflowDefinitionError(
+                f"store must be an EventStore or a postgresql:// URL, not {store!r}"
+            )
         self._store_arg = store
         self.payloads = Payloads(KeyRing.from_config(encryption_key))
         self.secrets: Mapping[str, str | bytes] = dict(secrets or {})
@@ -195,7 +201,7 @@ class Runtime:
         self._wall0 = time.time()
         if self.durability == "none":
             logger.warning("actorflow durability='none': events are NOT fsynced (tests/benchmarks)")
-        self.store = self._store_arg or FileLog(self.data_dir / "log", durability=self.durability)
+        self.store = self._open_store()
         try:
             await anyio.to_thread.run_sync(self._recover)
         except BaseException:
@@ -275,6 +281,25 @@ class Runtime:
         finally:
             self._task_group = None
             self._services_done.set()
+
+    def _open_store(self) -> EventStore:
+        """The store to open: the one given, PostgreSQL for a URL, else the file log.
+
+        Raises:
+            WorkflowDefinitionError: a URL was given but psycopg is not installed.
+        """
+        store = self._store_arg
+        if store is None:
+            return FileLog(self.data_dir / "log", durability=self.durability)
+        if isinstance(store, str):
+            try:
+                from .log.postgres import PostgresLog
+            except ImportError as exc:
+                raise WorkflowDefinitionError(
+                    "store='postgresql://...' needs psycopg: pip install 'actorflow[postgres]'"
+                ) from exc
+            return PostgresLog(store, durability=self.durability)
+        return store
 
     def _recover(self) -> None:
         state = self.state
