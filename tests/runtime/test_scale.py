@@ -50,3 +50,29 @@ async def test_ten_thousand_suspended_runs(tmp_path: Path) -> None:
         assert rt.state.tokens == {}
         assert rt.writer.syncs < rt.writer.appended / 10  # group commit did share fsyncs
     assert time.monotonic() - began < 30
+
+
+async def test_thousands_of_suspended_runs_survive_a_restart(tmp_path: Path) -> None:
+    """Recovery at scale: every run is rebuilt from the log on its first message."""
+    count = 2_000
+    async with af.Runtime(tmp_path, workflows=[waiter]) as rt:
+        runs: list[af.Run] = [None] * count  # type: ignore[list-item]
+
+        async def start(i: int) -> None:
+            runs[i] = await rt.start(waiter, i)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(count):
+                tg.start_soon(start, i)
+        await wait_until(lambda: len(rt.state.tokens) == count)
+    async with af.Runtime(tmp_path, workflows=[waiter]) as rt:
+        assert len(rt.state.tokens) == count  # the token index is rebuilt from the log
+
+        async def resume(i: int) -> None:
+            await rt.resume_hook(f"bulk:{i}", 2)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(count):
+                tg.start_soon(resume, i)
+        results = [await rt.get_run(run.run_id).result() for run in runs]
+    assert results == [i + 2 for i in range(count)]
