@@ -380,6 +380,31 @@ class RuntimeModel(RuleBasedStateMachine):
     def start_racer(self, token: str, seconds: int) -> None:
         self._start("racer", token, False, seconds)
 
+    @precondition(lambda self: len(self.holders) < len(TOKENS))
+    @rule(data=st.data(), kind=st.sampled_from(["collector", "racer"]))
+    @guarded
+    def start_and_cancel_at_once(self, data: st.DataObject, kind: str) -> None:
+        """Cancel a run at once, maybe before it ran (``pending``): it ends holding no token.
+
+        The token is a free one: with a held one the run may end in a conflict first, or not.
+        """
+        token = data.draw(st.sampled_from([t for t in TOKENS if t not in self.holders]))
+
+        async def start_and_cancel() -> str:
+            if kind == "collector":
+                run = await self.rt.start(collector, token, f"control-{len(self.runs)}", False)
+            else:
+                run = await self.rt.start(racer, token, SLEEPS[0])
+            await run.cancel(reason="model")
+            return run.run_id
+
+        run_id = self.call(start_and_cancel)
+        number = len(self.runs)
+        control = f"control-{number}" if kind == "collector" else None
+        run = ModelRun(number, run_id, kind, token, control, False, SLEEPS[0], conflict=None)
+        self.runs.append(run)
+        self.end(run, "cancelled")
+
     def pick_token(self, data: st.DataObject, live: bool) -> str:
         """A token a live hook owns (if ``live`` and there is one), else any token of the pool."""
         if live and self.holders:
@@ -480,6 +505,31 @@ class RuntimeModel(RuleBasedStateMachine):
 
         self.call(jump)
         self.advance(seconds)
+
+    @rule(seconds=st.sampled_from(JUMPS), turns=st.integers(0, 30))
+    @guarded
+    def crash_while_timers_fire(self, seconds: int, turns: int) -> None:
+        """Time passes and the process dies while the due timers are being written.
+
+        Nobody was acknowledged, so the model does not care which ``wait_completed`` events
+        reached the copy: a due timer missing from it fires at recovery, at the same virtual time.
+        """
+        source = self.data_dir / "log"
+        self.generation += 1
+        target = self.data_dir / "log"
+
+        async def jump_and_copy() -> None:
+            self.clock.jump(seconds)
+            for _ in range(turns):
+                await anyio.lowlevel.checkpoint()
+            await anyio.to_thread.run_sync(shutil.copytree, source, target)
+
+        self.portal.call(jump_and_copy)
+        self._close()
+        self.advance(seconds)
+        event("crash and recover: while timers fire")
+        self.restarts += 1
+        self._open()
 
     @rule(how=st.sampled_from(["restart", "copy-at-rest"]))
     @guarded
@@ -588,6 +638,9 @@ class RuntimeModel(RuleBasedStateMachine):
 
         statuses, owners = self.portal.call(observe)
         assert statuses == [r.status for r in self.runs]
+        # A race's losing sleep is cancelled: the live timers are the running racers' sleeps.
+        racing = [r for r in self.runs if r.kind == "racer" and r.running and not r.conflict]
+        assert len(rt.state.timers) == len(racing)
         assert rt.healthy
         for token in TOKENS:
             holder = self.holders.get(token)
