@@ -23,7 +23,7 @@ import anyio
 import pytest
 import trio
 import trio.lowlevel
-from tests.conftest import drop_machines, read_events, wait_for_hook
+from tests.conftest import copy_prefix, drop_machines, read_events, read_records, wait_for_hook
 
 import actorflow as af
 
@@ -354,3 +354,75 @@ async def test_a_cancel_scope_deadline_in_a_workflow_does_not_stop_the_runtime(
     finally:
         if rt is not None:
             drop_machines(rt)
+
+
+# -- crash after every append, with timers that really fire and a step that backs off ------------
+
+
+@af.step
+async def throttled_once(x: int) -> int:
+    if af.get_step_metadata().attempt == 1:
+        raise af.RetryableError("busy", retry_after="10m")
+    return x * 3
+
+
+@af.workflow
+async def timed_journey(tag: str) -> list[Any]:
+    hook = af.create_hook(token=f"timed:{tag}")
+    a = await throttled_once(1)
+    await af.sleep("1h")
+    try:
+        await hook.wait(timeout="30m")  # nothing is sent before the timeout
+        timed_out = False
+    except af.HookTimeoutError:
+        timed_out = True
+    reached_last_await.add(tag)  # test-only side effect: the driver may send its payload now
+    payload = await hook
+    return [a, timed_out, payload]
+
+
+reached_last_await: set[str] = set()
+
+
+async def test_crash_after_every_append_with_real_timers(
+    tmp_path: Path, autojump_clock: Any
+) -> None:
+    """Every prefix of a run with a backoff, a sleep and a timeout that fire, in virtual time.
+
+    The driver sends its one payload, with an idempotency key, once the workflow says it has
+    passed the timeout. It waits with ``trio.sleep`` (harmless if the autojump clock races
+    ahead of the log writer's thread) and holds no deadline that could fail the test early.
+    """
+
+    async def drive(rt: af.Runtime, run_id: str) -> list[Any]:
+        state = rt.state.runs[run_id]
+        for _ in range(10_000):
+            if state.finished:
+                break
+            if "t" in reached_last_await:
+                try:
+                    await rt.resume_hook("timed:t", "late", idempotency_key="only")
+                    break
+                except af.HookNotFoundError:
+                    pass
+            await trio.sleep(60)
+        else:
+            raise AssertionError(f"the run never reached its last await: {state.status}")
+        return await rt.get_run(run_id).result()  # type: ignore[no-any-return]
+
+    reached_last_await.clear()
+    async with af.Runtime(tmp_path / "ref", workflows=[timed_journey]) as rt:
+        run = await rt.start(timed_journey, "t")
+        expected = await drive(rt, run.run_id)
+    assert expected == [3, True, "late"]
+    records = read_records(tmp_path / "ref" / "log")
+    for k in range(1, len(records) + 1):
+        reached_last_await.clear()
+        directory = tmp_path / f"k{k}"
+        copy_prefix(records, k, directory / "log")
+        async with af.Runtime(directory, workflows=[timed_journey]) as rt:
+            assert await drive(rt, run.run_id) == expected, f"k={k}"
+        events = read_events(directory / "log")
+        received = [e for e in events if e.type == "hook_received"]
+        assert len(received) == 1, f"k={k}"
+        assert [e.type for e in events].count("run_completed") == 1
