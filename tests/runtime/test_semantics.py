@@ -564,13 +564,6 @@ async def test_payloads_buffered_before_the_dispose_are_still_yielded(tmp_path: 
         assert await run.result() == ["a", "b"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="machine.py _hook_next answers DISPOSED as soon as a disposed hook's buffer is "
-    "empty, though a payload logged before hook_disposed may not have been fed yet (same or "
-    "next batch): async for ends, the run completes, and the acknowledged payload is never "
-    "seen (9b2013d now buffers it in the disposed hook, but nobody asks any more)",
-)
 async def test_a_payload_accepted_before_the_dispose_is_not_lost(tmp_path: Path) -> None:
     async with af.Runtime(tmp_path, workflows=[take_one_then_dispose]) as rt:
         run = await rt.start(take_one_then_dispose, "y")

@@ -140,7 +140,7 @@ class Actor:
     def _event(self, kind: str, corr: str | None, data: dict[str, Any]) -> Event:
         return Event(new_id("evnt_"), self.run.run_id, kind, corr, self.rt.clock(), data)
 
-    def _sink(self, command: Command) -> str | None:
+    def _sink(self, command: Command) -> Any:
         rt = self.rt
         if self.run.finished:
             return None
@@ -164,7 +164,14 @@ class Actor:
                 base["schema"] = command.schema
             rt.append(self._event(ev.HOOK_CREATED, command.hook_id, base))
         elif isinstance(command, DisposeHook):
-            rt.append(self._event(ev.HOOK_DISPOSED, command.hook_id, {"token": command.token}))
+            entry = rt.state.tokens.get(command.token)
+            received = (
+                entry.received if entry is not None and entry.hook_id == command.hook_id else 0
+            )
+            rt.append(self._event(ev.HOOK_DISPOSED, command.hook_id, {
+                "token": command.token, "received": received,
+            }))  # fmt: skip
+            return received
         elif isinstance(command, CreateWait):
             rt.append(self._event(ev.WAIT_CREATED, command.wait_id, {
                 "resume_at": command.resume_at, "purpose": command.purpose,

@@ -74,6 +74,7 @@ class HookEntry:
 
     __slots__ = (
         "hook_id", "run_id", "token", "created_at", "metadata", "webhook", "verifier", "schema",
+        "received",
     )  # fmt: skip
 
     def __init__(
@@ -93,6 +94,7 @@ class HookEntry:
         self.webhook = webhook
         self.verifier: Callable[..., None] | None = None  # loaded on first use
         self.schema: str | None = None  # a typed hook's schema (import path)
+        self.received = 0  # hook_received events accepted so far
 
 
 @dataclass(slots=True)
@@ -180,6 +182,9 @@ class State:
                 if run.hooks is not None and token in run.hooks:
                     run.hooks.remove(token)
         elif kind == ev.HOOK_RECEIVED:
+            live = self.tokens.get(str(data.get("token")))
+            if live is not None and live.hook_id == corr:
+                live.received += 1
             key = data.get("idempotency_key")
             if key is not None:
                 token = str(data.get("token"))

@@ -87,6 +87,9 @@ Command = (
 
 
 class CommandSink(Protocol):
-    def __call__(self, command: Command) -> str | None:
-        """Carry out ``command``; for ``CreateHook``, the id of the run holding the token or None."""
+    def __call__(self, command: Command) -> Any:
+        """Carry out ``command``. ``CreateHook``: the id of the run holding the token, or None.
+
+        ``DisposeHook``: how many payloads the hook had accepted (its ``hook_received`` events).
+        """
         ...

@@ -97,6 +97,7 @@ _SEND, _THROW = 0, 1
 class HookState:
     __slots__ = (
         "hook_id", "token", "metadata", "webhook", "buffer", "waiters", "disposed", "conflict",
+        "fed", "expected",
     )  # fmt: skip
 
     def __init__(
@@ -110,6 +111,14 @@ class HookState:
         self.waiters: list[_Fiber] = []
         self.disposed = False
         self.conflict: HookConflictError | None = None
+        #: Payloads fed so far, and (once disposed) how many the hook had accepted in all.
+        self.fed = 0
+        self.expected = 0
+
+    @property
+    def draining(self) -> bool:
+        """Disposed, but payloads it accepted before the dispose are still on their way."""
+        return self.disposed and self.fed < self.expected
 
 
 class _Group:
@@ -241,6 +250,7 @@ class Machine:
         if kind == ev.HOOK_RECEIVED:
             hook = self._hooks.get(corr or "")
             if hook is not None:
+                hook.fed += 1
                 if hook.waiters:
                     self._resume(hook.waiters.pop(0), _SEND, self._payload(hook, event))
                 else:
@@ -576,7 +586,7 @@ class Machine:
             return (_THROW, hook.conflict)
         if hook.buffer:
             return (_SEND, self._payload(hook, hook.buffer.popleft()))
-        if hook.disposed:
+        if hook.disposed and not hook.draining:
             return (_SEND, DISPOSED)
         hook.waiters.append(fiber)
         fiber.blocked_on = ("hook", hook)
@@ -604,14 +614,21 @@ class Machine:
         # may still be on its way, and is buffered rather than dropped.
         hook.disposed = True
         self._live_hooks -= 1
-        self._call(
+        answer: list[Any] = []
+        recorded = self._call(
             "dispose",
             f"hook {hook.hook_id}",
             lambda e: e.type == ev.HOOK_DISPOSED and e.correlation_id == hook.hook_id,
-            lambda: self._sink(DisposeHook(hook.hook_id, hook.token)),
+            lambda: answer.append(self._sink(DisposeHook(hook.hook_id, hook.token))),
         )
-        while hook.waiters:
-            self._resume(hook.waiters.pop(0), _SEND, DISPOSED)
+        # Payloads accepted before the dispose (in log order) may not have reached the machine
+        # yet; the dispose records how many the hook had accepted, and the hook drains up to
+        # that count before it reports itself disposed, on replay exactly as live.
+        received = recorded.data.get("received", 0) if recorded is not None else answer[0]
+        hook.expected = int(received or 0)
+        if not hook.draining:
+            while hook.waiters:
+                self._resume(hook.waiters.pop(0), _SEND, DISPOSED)
 
     async def _hook_wait_timeout(self, handle: HookHandle[Any], timeout: Any) -> Any:
         seconds = parse_duration(timeout)
