@@ -326,6 +326,45 @@ async def test_failed_write_stops_acknowledging_and_recovers(
     assert verify_log(tmp_path / "log") == []
 
 
+# -- faults while opening -------------------------------------------------------------------------
+
+
+@CODES
+@pytest.mark.parametrize(
+    "when", ["creating-the-directory", "creating-the-first-segment", "truncating-a-torn-tail"]
+)
+async def test_fsync_failing_at_open_refuses_to_start_and_lets_the_directory_go(
+    tmp_path: Path, code: int, when: str
+) -> None:
+    if when == "truncating-a-torn-tail":
+        await suspended_run(tmp_path, "open", ["a"])
+        path = tmp_path / "log" / SEGMENT_1
+        with path.open("ab") as file:
+            file.write(b"\x01\x02\x03")  # a torn frame header
+    elif when == "creating-the-first-segment":
+        (tmp_path / "log").mkdir()
+    disk = Disk()
+    disk.fail_fsync(code)
+    # The directory entry cannot be made durable: the log cannot be opened (StorageError); a
+    # segment or a truncation cannot: the log cannot be written (LogWriteError, a StorageError).
+    expected = af.StorageError if when == "creating-the-directory" else af.LogWriteError
+    with pytest.raises(expected) as info:
+        async with faulty_runtime(tmp_path, disk, take_until_stop):
+            pytest.fail("a runtime whose log cannot be made durable must not start")
+    message = str(info.value)
+    assert MESSAGES[code] in message and str(tmp_path / "log") in message
+    if when == "truncating-a-torn-tail":
+        assert "cannot truncate the torn tail" in message
+    assert disk.calls_after_failure == 0
+    # The refused start released the directory: a healthy disk opens it.
+    async with af.Runtime(tmp_path, workflows=[take_until_stop]) as rt:
+        assert rt.healthy
+        if when == "truncating-a-torn-tail":
+            await wait_for_hook(rt, "open")
+            await rt.resume_hook("open", "stop")
+    assert verify_log(tmp_path / "log") == []
+
+
 # -- damaged data directories ------------------------------------------------------------------
 
 
