@@ -129,7 +129,15 @@ class Harness:
             base["webhook"] = command.webhook
             self.append(ev.HOOK_CREATED, command.hook_id, base)
         elif isinstance(command, DisposeHook):
-            self.append(ev.HOOK_DISPOSED, command.hook_id, {"token": command.token})
+            received = sum(
+                1
+                for e in self.events
+                if e.type == ev.HOOK_RECEIVED and e.correlation_id == command.hook_id
+            )
+            self.append(
+                ev.HOOK_DISPOSED, command.hook_id, {"token": command.token, "received": received}
+            )
+            return received
         elif isinstance(command, CreateWait):
             self.append(ev.WAIT_CREATED, command.wait_id, {
                 "resume_at": command.resume_at, "purpose": command.purpose,
@@ -396,6 +404,37 @@ def test_payloads_before_the_await_are_buffered_in_order() -> None:
     disposed = [c for c in h.commands if isinstance(c, DisposeHook)]
     assert [c.token for c in disposed] == ["buf"]
     assert "buf" not in h.tokens
+
+
+@af.workflow
+async def take_one_then_dispose(n: int) -> Any:
+    hook = af.create_hook(token="drain")
+    got = []
+    async for payload in hook:
+        got.append(payload)
+        hook.dispose()
+    return got
+
+
+def test_a_dispose_drains_payloads_accepted_before_it_but_not_yet_fed() -> None:
+    h = Harness(take_one_then_dispose, 0)
+    h.start()
+    hook_id = h.tokens["drain"][0]
+    machine = h.machine
+    assert machine is not None
+    # Both are accepted (logged) before the machine sees the first: "late" is in flight when
+    # the workflow disposes the hook, as when both share one batch of the log writer.
+    h.clock += 1
+    first = h.append(ev.HOOK_RECEIVED, hook_id, {"payload": "first", "token": "drain"})
+    late = h.append(ev.HOOK_RECEIVED, hook_id, {"payload": "late", "token": "drain"})
+    machine.feed(first)
+    disposed = h.events[-1]
+    assert disposed.type == ev.HOOK_DISPOSED and disposed.data["received"] == 2
+    assert h.finished is None  # the disposed hook still owes the payload it accepted
+    machine.feed(late)
+    assert h.outcome() == ("completed", ["first", "late"])
+    again = replay(take_one_then_dispose, h.events[:-1], 0)
+    assert again.outcome() == h.outcome()
 
 
 @af.workflow
