@@ -116,6 +116,7 @@ class Actor:
             base_url=created.data.get("base_url", self.rt.base_url),
             max_calls=self.rt.max_calls_per_run,
             max_hooks=self.rt.max_hooks_per_run,
+            scope_probe=self.rt.scope_probe,
         )
         self.machine = machine
         self.replayed_upto = events[-1].position

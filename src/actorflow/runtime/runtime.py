@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar, Token
 from pathlib import Path
 from types import TracebackType
@@ -46,6 +46,7 @@ from .log.store import Durability, EventStore
 from .log.writer import LogWriter
 from .payloads import Payloads
 from .records import SPEC_VERSION, Hook, Run, hook_created_at
+from .scope_probe import cancel_scope_probe
 from .state import HookEntry, State
 from .steps import StepExecutor
 from .supervisor import Supervisor
@@ -162,6 +163,7 @@ class Runtime:
         self.store: EventStore
         self.writer: LogWriter
         self.torn_tail: str | None = None
+        self.scope_probe: Callable[[], object] | None = None
         self.webhook_responses = WebhookResponses()
 
     # -- configuration -----------------------------------------------------------------------
@@ -199,6 +201,7 @@ class Runtime:
     async def __aenter__(self) -> Runtime:
         self._mono0 = anyio.current_time()
         self._wall0 = time.time()
+        self.scope_probe = cancel_scope_probe()
         if self.durability == "none":
             logger.warning("actorflow durability='none': events are NOT fsynced (tests/benchmarks)")
         self.store = self._open_store()

@@ -162,7 +162,7 @@ class Machine:
         "run_id", "workflow_name", "started_at", "base_url", "now", "done", "_workflow",
         "_args", "_kwargs", "_sink", "_codec", "_new_id", "_new_token", "_recorded", "_pos",
         "_ready", "_steps", "_waits", "_hooks", "_root", "_fatal", "_rng", "_closing",
-        "_calls", "_live_hooks", "max_calls", "max_hooks",
+        "_calls", "_live_hooks", "max_calls", "max_hooks", "_probe", "_scope",
     )  # fmt: skip
 
     def __init__(
@@ -182,6 +182,7 @@ class Machine:
         base_url: str | None = None,
         max_calls: int = 1_000_000,
         max_hooks: int = 10_000,
+        scope_probe: Callable[[], object] | None = None,
     ) -> None:
         self.run_id = run_id
         self.workflow_name = workflow_name
@@ -212,6 +213,10 @@ class Machine:
         self._live_hooks = 0
         self.max_calls = max_calls
         self.max_hooks = max_hooks
+        # Reports the driver's innermost cancel scope; a change while workflow code suspends
+        # means the workflow entered an event-loop scope (see runtime/scope_probe.py).
+        self._probe = scope_probe
+        self._scope: object = None
 
     @property
     def rng(self) -> _random.Random:
@@ -292,6 +297,8 @@ class Machine:
         if ready is None:
             return
         token = _current.set(self)
+        if self._probe is not None:
+            self._scope = self._probe()
         try:
             while ready and self._fatal is None and not self.done:
                 fiber, mode, value = ready.popleft()
@@ -323,6 +330,17 @@ class Machine:
                 return
             if self._fatal is not None:
                 return
+            if self._probe is not None and self._probe() is not self._scope:
+                mode, value = (
+                    _THROW,
+                    WorkflowDefinitionError(
+                        "a workflow awaited inside a cancel scope of the event loop "
+                        "(anyio.move_on_after, fail_after, a trio or asyncio timeout); such scopes "
+                        "cannot be suspended durably: use hook.wait(timeout=...) or "
+                        "af.first(awaitable, af.sleep(...)) instead"
+                    ),
+                )
+                continue
             try:
                 outcome = self._issue(fiber, op)
             except _Abort:
