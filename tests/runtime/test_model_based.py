@@ -32,6 +32,7 @@ from __future__ import annotations
 import collections
 import functools
 import itertools
+import math
 import shutil
 import tempfile
 import time
@@ -50,6 +51,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
+    initialize,
     invariant,
     precondition,
     rule,
@@ -69,7 +71,9 @@ KEYS = (None, "k0", "k1")  # None: no idempotency key
 # timer is never due exactly at the moment the model looks.
 SLEEPS = (25, 45)
 JUMPS = (10, 30, 60)
-PASSIVATE_AFTER = 45.0  # idle actors are dropped and later rebuilt by replay, often
+#: Seconds before an idle actor is dropped and later rebuilt by replay: at once (every message
+#: goes through a rebuild), often (45 s of virtual time), or never.
+PASSIVATE_AFTER = (0.0, 45.0, math.inf)
 
 #: What the examples exercised (printed by the test, and checked: a model test that never
 #: reaches a behaviour proves nothing about it).
@@ -244,6 +248,12 @@ class RuntimeModel(RuleBasedStateMachine):
         self.now = 0.0  # virtual seconds since the example began
         self.ids = itertools.count()
         self.broken = False  # a step failed: teardown only closes
+        self.passivate_after = PASSIVATE_AFTER[1]
+
+    @initialize(passivate_after=st.sampled_from(PASSIVATE_AFTER))
+    @guarded
+    def open_runtime(self, passivate_after: float) -> None:
+        self.passivate_after = passivate_after
         self._open()
 
     # -- driving the runtime -------------------------------------------------------------------
@@ -254,7 +264,7 @@ class RuntimeModel(RuleBasedStateMachine):
 
     def _open(self) -> None:
         rt = VirtualRuntime(
-            self.data_dir, workflows=[collector, racer], passivate_after=PASSIVATE_AFTER
+            self.data_dir, workflows=[collector, racer], passivate_after=self.passivate_after
         )
         self._rt_cm = self.portal.wrap_async_context_manager(rt)
         self.rt = self._rt_cm.__enter__()
