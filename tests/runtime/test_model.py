@@ -5,7 +5,9 @@ Backend-neutral (asyncio and trio through anyio's plugin); nothing here waits on
 
 from __future__ import annotations
 
+import contextlib
 import math
+import re
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
@@ -212,7 +214,7 @@ async def awaits_foreign(kind: str) -> Any:
         except af.NonDeterministicAwaitError as exc:
             return ["caught", str(exc)]
     else:
-        await anyio.lowlevel.checkpoint()
+        await anyio.sleep(5)
     return "unreachable"
 
 
@@ -226,22 +228,37 @@ async def test_awaiting_a_foreign_awaitable_fails_the_run(tmp_path: Path) -> Non
     assert "a foreign trap" in str(cause) and "step" in str(cause)
 
 
+SLEEP_SEEN_AS_SCOPE = (
+    "machine.py Machine._step (since ad687dc) runs the cancel-scope probe before it looks at "
+    "what was yielded; trio.sleep (under anyio.sleep) enters its own move_on_at scope before "
+    "yielding its trap, so on trio awaiting anyio.sleep/trio.sleep raises the cancel-scope "
+    "WorkflowDefinitionError instead of NonDeterministicAwaitError naming the awaitable"
+)
+
+
 async def test_awaiting_anyio_sleep_raises_in_the_workflow_where_it_can_be_caught(
-    tmp_path: Path,
+    tmp_path: Path, anyio_backend: str, request: pytest.FixtureRequest
 ) -> None:
+    if anyio_backend == "trio":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=SLEEP_SEEN_AS_SCOPE))
     async with af.Runtime(tmp_path, workflows=[awaits_foreign]) as rt:
         run = await rt.start(awaits_foreign, "anyio-caught")
         outcome, message = await run.result()
     assert outcome == "caught" and "@af.step" in message
 
 
-async def test_the_error_names_the_offending_awaitable(tmp_path: Path) -> None:
+async def test_the_error_names_the_offending_awaitable(
+    tmp_path: Path, anyio_backend: str, request: pytest.FixtureRequest
+) -> None:
+    if anyio_backend == "trio":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=SLEEP_SEEN_AS_SCOPE))
     async with af.Runtime(tmp_path, workflows=[awaits_foreign]) as rt:
         run = await rt.start(awaits_foreign, "anyio")
         with pytest.raises(af.WorkflowRunFailedError) as info:
             await run.result()
-    message = str(info.value.cause)
-    assert "anyio" in message and "sleep" in message
+    cause = info.value.cause
+    assert isinstance(cause, af.NonDeterministicAwaitError)
+    assert re.search(r"anyio\S*\.sleep\(\)", str(cause)), str(cause)
 
 
 # -- passivation ---------------------------------------------------------------------------------
@@ -482,35 +499,24 @@ async def scoped(tag: str) -> Any:
     return "timed out"
 
 
-async def test_a_workflow_entering_a_cancel_scope_fails_alone(
-    tmp_path: Path, anyio_backend: str, request: pytest.FixtureRequest
-) -> None:
-    """Two runs exit their scopes out of order. On trio the error is raised in the workflow (it
-    fails alone); the deadline variant, which breaks trio too, is in test_virtual_time.py."""
-    if anyio_backend == "asyncio":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="machine.py steps workflow coroutines inside the supervisor's "
-                "dispatcher task, so a cancel scope a workflow enters (anyio.move_on_after, "
-                "asyncio.timeout) is pushed on the dispatcher's own scope stack and survives "
-                "the suspension; exiting two such scopes out of order raises 'Attempted to "
-                "exit a cancel scope that isn't the current task's' out of dispatch() and the "
-                "whole runtime dies",
-            )
-        )
+async def test_a_workflow_entering_a_cancel_scope_fails_alone(tmp_path: Path) -> None:
+    """Two runs suspend inside scopes and would exit them out of order; the deadline variant
+    is in test_virtual_time.py."""
     rt: af.Runtime | None = None
     try:
         async with af.Runtime(tmp_path, workflows=[scoped, two_payloads]) as runtime:
             rt = runtime
-            a = await rt.start(scoped, "a")
-            await wait_for_hook(rt, "scoped:a")
-            b = await rt.start(scoped, "b")
-            await wait_for_hook(rt, "scoped:b")
-            await rt.resume_hook("scoped:a", "a")  # exits a's scope while b's is innermost
-            await rt.resume_hook("scoped:b", "b")
-            for run in (a, b):
-                await run.wait()
+            runs = {}
+            for tag in ("a", "b"):  # both suspend inside their scopes (or fail there: fine)
+                runs[tag] = state = rt.state.runs[(await rt.start(scoped, tag)).run_id]
+                await wait_until(
+                    lambda t=tag, s=state: f"scoped:{t}" in rt.state.tokens or s.finished
+                )
+            for tag in ("a", "b"):  # a's scope is exited while b's is the innermost
+                with contextlib.suppress(af.HookNotFoundError):
+                    await rt.resume_hook(f"scoped:{tag}", tag)
+            for state in runs.values():
+                await rt.get_run(state.run_id).wait()
             healthy = await rt.start(two_payloads, "after-scopes")
             await wait_for_hook(rt, "pv:after-scopes")
             await rt.resume_hook("pv:after-scopes", 1)
