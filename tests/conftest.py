@@ -8,15 +8,19 @@ Helpers importable by test modules (``from tests.conftest import ...``):
 
 - :class:`RecordingStore` wraps a real store and records every call, so a test can see what was
   appended and synced before an API call returned.
-- :func:`wait_until`, :func:`wait_for_hook`: poll the runtime's state at scheduler checkpoints
-  (``anyio.lowlevel.checkpoint()``), never with real sleeps, so they work under the autojump clock too.
-- :func:`read_events`, :func:`copy_prefix`: read a closed log directory, or build a new one from
-  the first ``k`` records of another (a process stopped after its k-th append).
+- :func:`wait_until`, :func:`wait_for_hook`, :func:`resume_when_ready`: poll the runtime's state
+  at scheduler checkpoints, never with real sleeps. A spinning task keeps the autojump clock
+  still, so under it they wait for work, not for timers (sleep past a deadline first).
+- :func:`read_records`, :func:`read_events`, :func:`copy_prefix`: read a closed log directory, or
+  build a new one from the first ``k`` records of another (a process stopped after its k-th
+  append).
+- :class:`LaterRuntime`: a runtime whose wall clock starts ``offset`` seconds later (a process
+  restarted later, without real waiting). :func:`drop_machines`: close live workflow coroutines
+  inside the test that made them.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,10 +37,13 @@ from actorflow.runtime.payloads import Payloads
 from actorflow.runtime.runtime import Runtime
 
 __all__ = [
+    "LaterRuntime",
     "RecordingStore",
     "copy_prefix",
+    "drop_machines",
     "read_events",
     "read_records",
+    "resume_when_ready",
     "wait_for_hook",
     "wait_until",
 ]
@@ -165,11 +172,6 @@ def copy_prefix(records: Sequence[bytes], k: int, directory: Path, *, fsync: boo
         log.close()
 
 
-def log_dir(data_dir: Path) -> Path:
-    """Where ``Runtime(data_dir)`` keeps its file log."""
-    return data_dir / "log"
-
-
 class LaterRuntime(Runtime):
     """A runtime whose wall clock is ``offset`` seconds ahead: a process restarted later.
 
@@ -182,10 +184,6 @@ class LaterRuntime(Runtime):
 
     def clock(self) -> float:
         return super().clock() + self.offset
-
-
-def wall_now() -> float:
-    return time.time()
 
 
 def drop_machines(rt: Runtime) -> None:
