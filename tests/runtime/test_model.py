@@ -228,30 +228,16 @@ async def test_awaiting_a_foreign_awaitable_fails_the_run(tmp_path: Path) -> Non
     assert "a foreign trap" in str(cause) and "step" in str(cause)
 
 
-SLEEP_SEEN_AS_SCOPE = (
-    "machine.py Machine._step (since ad687dc) runs the cancel-scope probe before it looks at "
-    "what was yielded; trio.sleep (under anyio.sleep) enters its own move_on_at scope before "
-    "yielding its trap, so on trio awaiting anyio.sleep/trio.sleep raises the cancel-scope "
-    "WorkflowDefinitionError instead of NonDeterministicAwaitError naming the awaitable"
-)
-
-
 async def test_awaiting_anyio_sleep_raises_in_the_workflow_where_it_can_be_caught(
-    tmp_path: Path, anyio_backend: str, request: pytest.FixtureRequest
+    tmp_path: Path, anyio_backend: str
 ) -> None:
-    if anyio_backend == "trio":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=SLEEP_SEEN_AS_SCOPE))
     async with af.Runtime(tmp_path, workflows=[awaits_foreign]) as rt:
         run = await rt.start(awaits_foreign, "anyio-caught")
         outcome, message = await run.result()
     assert outcome == "caught" and "@af.step" in message
 
 
-async def test_the_error_names_the_offending_awaitable(
-    tmp_path: Path, anyio_backend: str, request: pytest.FixtureRequest
-) -> None:
-    if anyio_backend == "trio":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=SLEEP_SEEN_AS_SCOPE))
+async def test_the_error_names_the_offending_awaitable(tmp_path: Path, anyio_backend: str) -> None:
     async with af.Runtime(tmp_path, workflows=[awaits_foreign]) as rt:
         run = await rt.start(awaits_foreign, "anyio")
         with pytest.raises(af.WorkflowRunFailedError) as info:

@@ -49,6 +49,7 @@ from .ops import (
     GatherOp,
     HookHandle,
     HookNextOp,
+    Op,
     RespondOp,
     SleepOp,
     StepCall,
@@ -330,7 +331,9 @@ class Machine:
                 return
             if self._fatal is not None:
                 return
-            if self._probe is not None and self._probe() is not self._scope:
+            # Foreign awaitables are named first (trio.sleep opens a scope of its own before it
+            # yields); only an actorflow op awaited inside a changed scope gets the scope error.
+            if self._probe is not None and isinstance(op, Op) and self._probe() is not self._scope:
                 mode, value = (
                     _THROW,
                     WorkflowDefinitionError(
