@@ -30,7 +30,6 @@ import base64
 import dataclasses
 import enum
 import hashlib
-import importlib
 import json
 import sys
 import uuid
@@ -44,6 +43,7 @@ import orjson
 
 from actorflow.errors import SerializationError, WorkflowDefinitionError
 from actorflow.runtime.errors_codec import StepError, error_from_tree, error_to_tree
+from actorflow.runtime.import_path import import_path
 
 __all__ = [
     "MAX_DEPTH",
@@ -575,11 +575,8 @@ def _dec_td(data: Any) -> timedelta:
 def _import_class(path: str, kind: str, check: Callable[[type], bool]) -> Any:
     cls = _classes.get(path)
     if cls is None:
-        module, _, qual = path.partition(":")
         try:
-            obj: object = importlib.import_module(module)
-            for part in qual.split("."):
-                obj = getattr(obj, part)
+            obj = import_path(path)
         except Exception as exc:
             raise _Failure(
                 f"{kind} {path} named in the log cannot be imported ({exc}); keep a class "

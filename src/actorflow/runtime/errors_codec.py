@@ -19,11 +19,11 @@ module's names.
 
 from __future__ import annotations
 
-import importlib
 import traceback
 from typing import TYPE_CHECKING, Any
 
 from actorflow.errors import SerializationError, WorkflowError
+from actorflow.runtime.import_path import import_path
 
 if TYPE_CHECKING:
     from actorflow.runtime.codec import JSONValue
@@ -188,13 +188,8 @@ def _bare(cls: type[Exception], args: list[Any], group: Any) -> BaseException | 
 
 
 def _exception_class(type_name: str) -> type[Exception] | None:
-    module, sep, qual = type_name.partition(":")
-    if not sep:
-        return None
     try:
-        obj: object = importlib.import_module(module)
-        for part in qual.split("."):
-            obj = getattr(obj, part)
+        obj = import_path(type_name)
     except Exception:
         return None
     if isinstance(obj, type) and issubclass(obj, Exception) and obj is not StepError:

@@ -9,7 +9,6 @@ Validation collects every problem, each with its path, into one ``HookPayloadErr
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import types
 from collections.abc import Mapping
 from typing import (
@@ -27,6 +26,7 @@ from typing import (
 
 from ..errors import HookPayloadError, WorkflowDefinitionError
 from .core.ops import HookHandle
+from .import_path import import_path, importable, qualified_name
 
 __all__ = ["TypedHook", "define_hook", "load_schema", "schema_path", "validate_payload"]
 
@@ -39,17 +39,12 @@ def schema_path(schema: type[Any]) -> str:
     Raises:
         WorkflowDefinitionError: the class cannot be found again by that path.
     """
-    path = f"{schema.__module__}:{schema.__qualname__}"
-    try:
-        found = load_schema(path)
-    except WorkflowDefinitionError:
-        found = None
-    if found is not schema:
+    if not importable(schema):
         raise WorkflowDefinitionError(
             f"hook schema {schema!r} must be defined at module level so it can be found again "
             "after a restart"
         )
-    return path
+    return qualified_name(schema)
 
 
 def load_schema(path: str) -> type[Any]:
@@ -58,14 +53,13 @@ def load_schema(path: str) -> type[Any]:
     Raises:
         WorkflowDefinitionError: it cannot be imported.
     """
-    module_name, _, qualname = path.partition(":")
     try:
-        obj: Any = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
+        obj = import_path(path)
+    except ImportError as exc:
         raise WorkflowDefinitionError(f"hook schema {path!r} cannot be imported: {exc}") from exc
-    return obj  # type: ignore[no-any-return]
+    if not isinstance(obj, type):
+        raise WorkflowDefinitionError(f"hook schema {path!r} is not a class")
+    return obj
 
 
 def validate_payload(schema: type[T], payload: Any, token: str) -> T:

@@ -8,11 +8,11 @@ the webhook is created rather than silently dropped later.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import Any
 
 from ..errors import WorkflowDefinitionError
+from .import_path import import_path, importable, qualified_name
 
 __all__ = ["attach_verifier", "load_verifier"]
 
@@ -36,17 +36,12 @@ def attach_verifier(options: dict[str, Any], verify: Verifier | None) -> None:
     elif isinstance(verify, presets._GitHub):
         spec = {"preset": "github"}
     else:
-        path = f"{getattr(verify, '__module__', '')}:{getattr(verify, '__qualname__', '')}"
-        try:
-            found = _import(path)
-        except Exception:
-            found = None
-        if found is not verify:
+        if not importable(verify):
             raise WorkflowDefinitionError(
                 f"verify={verify!r} cannot be found again after a restart; pass an af.verify "
                 "preset or a module-level function `(request, secrets) -> None`"
             )
-        options["verify"] = {"callable": path}
+        options["verify"] = {"callable": qualified_name(verify)}
         return
     spec["secret_name"] = verify.secret_name
     options["verify"] = spec
@@ -70,19 +65,11 @@ def load_verifier(spec: dict[str, Any]) -> Verifier:
     path = spec.get("callable")
     if isinstance(path, str):
         try:
-            found = _import(path)
+            found = import_path(path)
         except Exception as exc:
             raise WorkflowDefinitionError(
                 f"the webhook's signature check {path!r} cannot be imported: {exc}"
             ) from exc
         if callable(found):
-            return found  # type: ignore[no-any-return]
+            return found
     raise WorkflowDefinitionError(f"unknown webhook signature check {spec!r}")
-
-
-def _import(path: str) -> Any:
-    module_name, _, qualname = path.partition(":")
-    obj: Any = importlib.import_module(module_name)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return obj
