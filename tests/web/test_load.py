@@ -347,12 +347,6 @@ async def test_a_log_backlog_past_its_limit_answers_503_with_retry_after(
     assert counts == [1 if i in accepted else 0 for i in range(20)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mailbox_size bounds only messages not yet fed to the machine: a payload fed to a "
-    "hook nobody awaits waits in HookState.buffer (core/machine.py, feed), an unbounded deque, "
-    "and Actor.process (actor.py) has already given its mailbox slot back",
-)
 @pytest.mark.anyio
 async def test_a_run_that_does_not_take_its_payloads_is_refused_past_its_mailbox(
     data_dir: Path, served: Any, wait_hooks: Any

@@ -78,6 +78,7 @@ class Actor:
                 return
             if event.type in _FEEDABLE and not machine.done:
                 machine.feed(event)
+        self._count_untaken(machine)
 
     def can_build_in_place(self) -> bool:
         """True for a new run whose only event (``run_created``) is in the mailbox."""
@@ -129,6 +130,15 @@ class Actor:
                 break
             if event.type in _FEEDABLE:
                 machine.feed(event)
+        self._count_untaken(machine)
+
+    def _count_untaken(self, machine: Machine) -> None:
+        # Payloads fed to a hook that nobody awaits still count against its mailbox bound.
+        tokens = self.rt.state.tokens
+        for hook in machine.take_changed():
+            entry = tokens.get(hook.token)
+            if entry is not None and entry.hook_id == hook.hook_id:
+                entry.untaken = len(hook.buffer) if hook.buffer else 0
 
     def drop(self) -> None:
         """Forget the live machine (passivation, cancellation, crash); emits nothing."""

@@ -553,10 +553,10 @@ class Runtime:
     ) -> Event:
         run = self.state.runs[entry.run_id]
         self._admit()
-        if run.external >= self.mailbox_size:
+        if run.external + entry.untaken >= self.mailbox_size:
             raise OverloadedError(
-                f"the mailbox of run {run.run_id} is full ({self.mailbox_size} messages "
-                "waiting); retry shortly",
+                f"the mailbox of run {run.run_id} is full ({self.mailbox_size} payloads waiting "
+                "for the workflow to take them); retry shortly",
                 retry_after=1.0,
             )
         event = Event(new_id("evnt_"), entry.run_id, kind, entry.hook_id, self.clock(), data)

@@ -74,7 +74,7 @@ class HookEntry:
 
     __slots__ = (
         "hook_id", "run_id", "token", "created_at", "metadata", "webhook", "verifier", "schema",
-        "received",
+        "received", "untaken",
     )  # fmt: skip
 
     def __init__(
@@ -95,6 +95,7 @@ class HookEntry:
         self.verifier: Callable[..., None] | None = None  # loaded on first use
         self.schema: str | None = None  # a typed hook's schema (import path)
         self.received = 0  # hook_received events accepted so far
+        self.untaken = 0  # fed to the workflow's hook, not yet taken (kept when passivated)
 
 
 @dataclass(slots=True)

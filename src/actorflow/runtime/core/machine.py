@@ -163,7 +163,7 @@ class Machine:
         "run_id", "workflow_name", "started_at", "base_url", "now", "done", "_workflow",
         "_args", "_kwargs", "_sink", "_codec", "_new_id", "_new_token", "_recorded", "_pos",
         "_ready", "_steps", "_waits", "_hooks", "_root", "_fatal", "_rng", "_closing",
-        "_calls", "_live_hooks", "max_calls", "max_hooks", "_probe", "_scope",
+        "_calls", "_live_hooks", "max_calls", "max_hooks", "_probe", "_scope", "changed",
     )  # fmt: skip
 
     def __init__(
@@ -218,6 +218,8 @@ class Machine:
         # means the workflow entered an event-loop scope (see runtime/scope_probe.py).
         self._probe = scope_probe
         self._scope: object = None
+        #: Hooks whose buffer of untaken payloads changed since the driver last looked.
+        self.changed: set[HookState] | None = None
 
     @property
     def rng(self) -> _random.Random:
@@ -263,6 +265,7 @@ class Machine:
                     if hook.buffer is None:
                         hook.buffer = deque()
                     hook.buffer.append(event)
+                    self._changed(hook)
         elif kind == ev.STEP_COMPLETED:
             fiber = self._steps.pop(corr or "", None)
             if fiber is not None:
@@ -606,12 +609,23 @@ class Machine:
         if hook.conflict is not None:
             return (_THROW, hook.conflict)
         if hook.buffer:
+            self._changed(hook)
             return (_SEND, self._payload(hook, hook.buffer.popleft()))
         if hook.disposed and not hook.draining:
             return (_SEND, DISPOSED)
         hook.waiters.append(fiber)
         fiber.blocked_on = ("hook", hook)
         return None
+
+    def _changed(self, hook: HookState) -> None:
+        if self.changed is None:
+            self.changed = set()
+        self.changed.add(hook)
+
+    def take_changed(self) -> set[HookState]:
+        """Hooks whose number of untaken payloads changed since the last call."""
+        changed, self.changed = self.changed, None
+        return changed or set()
 
     def _payload(self, hook: HookState, event: Event) -> Any:
         if hook.webhook is None:
