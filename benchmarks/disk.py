@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .stats import percentile
 
-__all__ = ["default_work_dir", "filesystem_of", "fsync_latencies"]
+__all__ = ["FsyncProbe", "default_work_dir", "filesystem_of", "fsync_latencies"]
 
 # Filesystems that live in memory: an fsync there costs nothing and proves nothing.
 _MEMORY_FS = {"tmpfs", "ramfs", "devtmpfs", "overlay-tmpfs"}
@@ -63,6 +63,36 @@ def fsync_latencies(directory: Path, count: int, size: int = 128) -> list[float]
         os.close(fd)
         path.unlink(missing_ok=True)
     return out
+
+
+class FsyncProbe:
+    """One ``write(size bytes)`` + ``fsync`` per call, timed: a baseline sample taken between
+    the runtime's operations, so baseline and subject see the same disk and the same load.
+
+    Use as a context manager (it owns one ``O_APPEND`` file, deleted on exit).
+    """
+
+    def __init__(self, directory: Path, size: int = 128) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self._path = directory / f"fsync-probe-{os.getpid()}.bin"
+        self._record = b"x" * size
+        self._fd = -1
+
+    def __enter__(self) -> FsyncProbe:
+        self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o644)
+        os.write(self._fd, self._record)
+        os.fsync(self._fd)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self._fd)
+        self._path.unlink(missing_ok=True)
+
+    def __call__(self) -> float:
+        began = time.perf_counter()
+        os.write(self._fd, self._record)
+        os.fsync(self._fd)
+        return time.perf_counter() - began
 
 
 def fsync_p50(directory: Path, count: int) -> float:

@@ -70,12 +70,21 @@ def run(cfg: Config) -> ScenarioResult:
             target="<= 15", durability=d, check="value")  # fmt: skip
     res.add("starts/s, on", on_start, "/s", on_start / off_start, "encryption off",
             durability=d)  # fmt: skip
+    # CPU per operation barely moves when other processes share the machine; wall rates do.
+    off_cpu = min(r.cpu_per_resume for r in results["off"])
+    on_cpu = min(r.cpu_per_resume for r in results["on"])
+    res.add("CPU per resume, off (baseline)", off_cpu * 1e6, "us", durability=d)
+    res.add("CPU per resume, on", on_cpu * 1e6, "us", on_cpu / off_cpu, "encryption off",
+            durability=d)  # fmt: skip
+    res.add("CPU overhead (on/off - 1), load-independent", 100 * (on_cpu / off_cpu - 1), "%",
+            durability=d)  # fmt: skip
     best_on = min(results["on"], key=lambda r: percentile(r.serial_observed, 50))
     best_off = min(results["off"], key=lambda r: percentile(r.serial_observed, 50))
     res.samples_ms = {"encryption off, 1 resumer": sketch(best_off.serial_observed),
                       "encryption on, 1 resumer": sketch(best_on.serial_observed)}  # fmt: skip
     res.extra = {
         "resumes_per_s": {k: [r.resumes_per_s for r in v] for k, v in results.items()},
+        "cpu_per_resume_us": {k: [r.cpu_per_resume * 1e6 for r in v] for k, v in results.items()},
         "serial_observed_ms": {
             k: [summary(r.serial_observed) for r in v] for k, v in results.items()
         },  # fmt: skip

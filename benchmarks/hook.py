@@ -1,7 +1,8 @@
 """Scenario "hook": the durable hook round trip, fsync on, against one fsync of the same disk.
 
 Baseline: the median of ``write(128 bytes) + fsync`` on an ``O_APPEND`` file in the same folder
-as the log, measured just before and just after the runtime part (both sets pooled).
+as the log, sampled once before each serial resume (interleaved, so a disk or CPU that gets
+busier hits both alike), plus a set just before and just after the runtime part.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import anyio
 
 import actorflow as af
 
-from .disk import fsync_latencies
+from .disk import FsyncProbe, fsync_latencies
 from .roundtrip import RoundTrip, hook_round_trip
 from .scenario import Config, ScenarioResult
 from .stats import percentile, sketch, summary
@@ -32,10 +33,10 @@ async def _measure(cfg: Config, n: int, serial: int) -> RoundTrip:
     data = cfg.scratch("hook") / "data"
     meter = cfg.meter("hook round trip", 2 * n)
     try:
-        async with af.Runtime(data, workflows=[hook_once], durability="fsync") as rt:
-            return await hook_round_trip(
-                rt, n=n, serial=serial, concurrency=cfg.concurrency, tag="hook", meter=meter
-            )
+        with FsyncProbe(data.parent / "probe") as probe:
+            async with af.Runtime(data, workflows=[hook_once], durability="fsync") as rt:
+                return await hook_round_trip(rt, n=n, serial=serial, concurrency=cfg.concurrency,
+                                             tag="hook", meter=meter, probe=probe)  # fmt: skip
     finally:
         meter.close()
 
@@ -45,12 +46,12 @@ def run(cfg: Config) -> ScenarioResult:
     n, serial, fsyncs = sizes(cfg)
     res = ScenarioResult(NAME, TITLE)
     res.params = {"runs": n, "serial_resumes": serial, "concurrency": cfg.concurrency,
-                  "durability": "fsync", "fsync_samples": 2 * fsyncs}  # fmt: skip
+                  "durability": "fsync", "fsync_samples": 2 * fsyncs + serial}  # fmt: skip
     base_dir = cfg.scratch("hook-fsync")
     before = fsync_latencies(base_dir, fsyncs)
     rt = anyio.run(_measure, cfg, n, serial, backend=cfg.backend)
     after = fsync_latencies(base_dir, fsyncs)
-    fs = before + after
+    fs = before + rt.serial_probe + after
     f50 = percentile(fs, 50)
     add_round_trip_rows(res, rt, f50, fs)
     res.samples_ms = {
@@ -60,6 +61,8 @@ def run(cfg: Config) -> ScenarioResult:
     }
     res.extra = {
         "fsync_ms": summary(fs),
+        "fsync_interleaved_ms": summary(rt.serial_probe),
+        "fsync_before_after_ms": summary(before + after),
         "serial_observed_ms": summary(rt.serial_observed),
         "serial_ack_ms": summary(rt.serial_ack),
         "serial_complete_ms": summary(rt.serial_complete),
@@ -94,5 +97,7 @@ def add_round_trip_rows(res: ScenarioResult, rt: RoundTrip, f50: float, fs: list
     serial_rate = 1.0 / f50 if f50 > 0 else math.nan
     res.add(f"durable resumes/s, {c} resumers", rt.resumes_per_s, "/s",
             rt.resumes_per_s / serial_rate, "1/fsync p50", ">= 10000", d, check="value")  # fmt: skip
+    res.add("CPU per start", rt.cpu_per_start * 1e6, "us", durability=d)
+    res.add("CPU per resume (incl. its run's end)", rt.cpu_per_resume * 1e6, "us", durability=d)
     res.add(f"observed/s, {c} resumers", rt.observed_per_s, "/s", durability=d)
     res.add(f"runs ended durably/s, {c} resumers", rt.completed_per_s, "/s", durability=d)

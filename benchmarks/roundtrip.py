@@ -11,12 +11,15 @@ Phases, on one open ``Runtime``:
 
 Latencies start just before ``resume_hook`` is called; "observed" ends when the workflow's code
 sees the payload (``workflows.observe``), "ack" when ``resume_hook`` returns, "complete" when
-the run's ``run_completed`` is durable.
+the run's ``run_completed`` is durable. Process CPU time (``time.process_time``, all threads) is
+taken over the start phase and the concurrent phase: CPU per operation holds up far better than
+wall-clock rates when other work shares the machine.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
@@ -40,12 +43,15 @@ class RoundTrip:
     serial_observed: list[float] = field(default_factory=list)
     serial_ack: list[float] = field(default_factory=list)
     serial_complete: list[float] = field(default_factory=list)
+    serial_probe: list[float] = field(default_factory=list)  # baseline samples, interleaved
     concurrent_observed: list[float] = field(default_factory=list)
     concurrent_ack: list[float] = field(default_factory=list)
     acked_seconds: float = 0.0  # first concurrent resume call -> last one acknowledged
     observed_seconds: float = 0.0  # ... -> last payload observed by its workflow
     completed_seconds: float = 0.0  # ... -> every run's end durable
     overloaded: int = 0  # OverloadedError answers, retried
+    start_cpu: float = 0.0  # process CPU seconds (all threads) during the start phase
+    concurrent_cpu: float = 0.0  # ... during the concurrent resume phase, until every run ended
 
     @property
     def starts_per_s(self) -> float:
@@ -54,6 +60,16 @@ class RoundTrip:
     def _rate(self, seconds: float) -> float:
         count = self.n - self.serial
         return count / seconds if seconds else 0.0
+
+    @property
+    def cpu_per_start(self) -> float:
+        return self.start_cpu / self.n if self.n else 0.0
+
+    @property
+    def cpu_per_resume(self) -> float:
+        """CPU seconds per concurrent resume, including its run's completion."""
+        count = self.n - self.serial
+        return self.concurrent_cpu / count if count else 0.0
 
     @property
     def resumes_per_s(self) -> float:
@@ -97,8 +113,13 @@ async def hook_round_trip(
     concurrency: int,
     tag: str,
     meter: Progress | None = None,
+    probe: Callable[[], float] | None = None,
 ) -> RoundTrip:
-    """Run the three phases above on ``rt`` (which must have ``hook_once`` registered)."""
+    """Run the three phases above on ``rt`` (which must have ``hook_once`` registered).
+
+    ``probe``, if given, is called before each serial resume (the log is idle then) and its
+    result kept in ``serial_probe``: a baseline sampled under the same conditions.
+    """
     result = RoundTrip(n=n, serial=serial, concurrency=concurrency)
     tokens = [f"{tag}:{i}" for i in range(n)]
     runs: list[af.Run | None] = [None] * n
@@ -112,10 +133,12 @@ async def hook_round_trip(
                 meter.advance()
 
     began = time.perf_counter()
+    cpu = time.process_time()
     async with anyio.create_task_group() as tg:
         for _ in range(min(concurrency, n)):
             tg.start_soon(starter)
     result.start_seconds = time.perf_counter() - began
+    result.start_cpu = time.process_time() - cpu
     for token in tokens:
         await wait_for_hook(rt, token)
     await rt.wait_idle()
@@ -124,6 +147,8 @@ async def hook_round_trip(
         token = tokens[i]
         run = runs[i]
         assert run is not None
+        if probe is not None:
+            result.serial_probe.append(probe())
         sent = time.perf_counter()
         await _resume(rt, token, result)
         acked = time.perf_counter()
@@ -149,6 +174,7 @@ async def hook_round_trip(
                 meter.advance()
 
     began = time.perf_counter()
+    cpu = time.process_time()
     async with anyio.create_task_group() as tg:
         for _ in range(min(concurrency, max(n - serial, 1))):
             tg.start_soon(resumer)
@@ -158,6 +184,7 @@ async def hook_round_trip(
         assert run is not None
         await run.wait(timeout=120)
     finished = time.perf_counter()
+    result.concurrent_cpu = time.process_time() - cpu
     seen_at = [await observations.wait_for(tokens[i]) for i in range(serial, n)]
     result.acked_seconds = last_ack - began
     result.completed_seconds = finished - began

@@ -32,6 +32,8 @@ def run(cfg: Config) -> ScenarioResult:
     module = importlib.import_module("benchmarks.webhook_http")
     fn = getattr(module, "run", None)
     if fn is None:
+        if hasattr(module, "bench_server"):
+            return _from_bench_server(module, cfg)
         return ScenarioResult(
             NAME, TITLE, skipped="benchmarks/webhook_http.py has no run(quick: bool) function"
         )
@@ -43,6 +45,37 @@ def run(cfg: Config) -> ScenarioResult:
     else:
         out = fn(cfg.quick, **kwargs)
     return from_dict(out)
+
+
+def _from_bench_server(module: Any, cfg: Config) -> ScenarioResult:
+    """Drive ``webhook_http.bench_server`` as its own ``main()`` does, and tabulate it.
+
+    Used while ``webhook_http.py`` offers no ``run(quick)``: same sizes as its command line
+    (quick: 16 clients, 2 rounds of 1 s per route; full: 32 clients, 3 rounds of 3 s).
+    """
+    clients, seconds, rounds, warmup = (16, 1.0, 2, 0.3) if cfg.quick else (32, 3.0, 3, 1.0)
+    res = ScenarioResult(NAME, TITLE)
+    res.params = {"clients": clients, "seconds_per_round": seconds, "rounds": rounds,
+                  "server": "Hypercorn, asyncio worker, 127.0.0.1 (its own choice of backend)",
+                  "driver": "webhook_http.bench_server"}  # fmt: skip
+    for durability in ("fsync", "none"):
+        results = module.bench_server(durability, clients, seconds, warmup, rounds)
+        by_route = {r.route: r for r in results}
+        bare, hook = by_route["bare Quart"], by_route["actorflow webhook"]
+        target = ">= 0.7" if durability == "fsync" else None
+        res.add(f"bare Quart req/s (baseline), {durability}", bare.rps, "/s", durability=durability)
+        res.add(f"actorflow webhook req/s, {durability}", hook.rps, "/s", hook.rps / bare.rps,
+                "bare Quart req/s", target, durability)  # fmt: skip
+        res.add(f"actorflow webhook p50, {durability}", hook.p50_ms, "ms",
+                hook.p50_ms / bare.p50_ms, "bare Quart p50", durability=durability)  # fmt: skip
+        res.add(f"actorflow webhook p99, {durability}", hook.p99_ms, "ms",
+                hook.p99_ms / bare.p99_ms, "bare Quart p99", durability=durability)  # fmt: skip
+        errors = bare.errors + hook.errors
+        if errors:
+            res.notes.append(f"{errors} requests failed with durability {durability}")
+        res.extra[durability] = [vars(r) for r in results]
+    res.notes.append('durability "none" rows skip fsync: comparison only')
+    return res
 
 
 def from_dict(out: Any) -> ScenarioResult:
