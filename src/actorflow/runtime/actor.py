@@ -44,7 +44,7 @@ class Actor:
 
     __slots__ = (
         "run", "rt", "machine", "mailbox", "scheduled", "rebuilding", "replayed_upto",
-        "last_active", "crashes", "missing_workflow",
+        "last_active", "crashes", "missing_workflow", "waking",
     )  # fmt: skip
 
     def __init__(self, rt: Runtime, run: RunState) -> None:
@@ -58,6 +58,8 @@ class Actor:
         self.last_active = 0.0
         self.crashes: list[float] = []
         self.missing_workflow = False
+        #: Queued behind recovery's background wakes (see Supervisor.rebuild_worker).
+        self.waking = False
 
     # -- messages ----------------------------------------------------------------------------
 

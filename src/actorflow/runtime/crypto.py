@@ -92,7 +92,7 @@ class KeyRing:
 
     __slots__ = ("_cipher", "_keys", "_primary")
 
-    def __init__(self, keys: Sequence[str | bytes], *, cache_size: int = 4096) -> None:
+    def __init__(self, keys: Sequence[str | bytes], *, cache_size: int = 131_072) -> None:
         if isinstance(keys, str | bytes):
             keys = [keys]
         if not keys:

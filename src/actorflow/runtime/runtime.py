@@ -11,6 +11,7 @@ commands -> log writer.
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
@@ -246,6 +247,11 @@ class Runtime:
                     self._inner_scope.cancel()
                 if self._services_done is not None:
                     await self._services_done.wait()
+                # Close resident machines now, emitting nothing: left to the garbage collector,
+                # a workflow's `with hook:` would try to log a dispose with no loop running.
+                for run in self.state.runs.values():
+                    if run.actor is not None:
+                        run.actor.drop()
                 self.writer.close()
                 if self._writer_done is not None:
                     await self._writer_done.wait()
@@ -317,11 +323,16 @@ class Runtime:
             run = runs.get(event.run_id)
             if run is not None:
                 run.positions.append(position)
+            if b'{"$enc":' not in record:  # most logs: no envelope, no per-key work
+                continue
             for name in user_keys.intersection(event.data):
                 stored = event.data[name]
                 if is_envelope(stored):
                     key_ids.setdefault(str(stored["$enc"]).split(".", 2)[1], (event, name))
         self._check_keys(key_ids)
+        # What recovery built lives as long as the runtime: keep the collector from walking it
+        # again on every collection (it cost starts/s in proportion to the live runs).
+        gc.freeze()
         report = self.store.last_scan
         if report is not None and report.torn_tail_path is not None:
             self.torn_tail = (

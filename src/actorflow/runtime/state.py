@@ -145,74 +145,98 @@ class State:
         """Fold one event in. Events of unknown runs (other than ``run_created``) are ignored."""
         self.events += 1
         kind = event.type
-        data = event.data
         if kind == ev.RUN_CREATED:
             self.runs[event.run_id] = RunState(
-                event.run_id, str(data.get("workflow")), event.created_at
+                event.run_id, str(event.data.get("workflow")), event.created_at
             )
             return
         run = self.runs.get(event.run_id)
         if run is None:
             return
-        corr = event.correlation_id or ""
-        if kind in _STATUS_OF:
-            new = _STATUS_OF[kind]
+        new = _STATUS_OF.get(kind)
+        if new is not None:
             if new in RUN_TRANSITIONS[run.status]:
                 run.status = new
                 if new in TERMINAL_STATUSES:
                     run.terminal = event
                     self._release(run)
-        elif run.finished:
+            return
+        if run.status in TERMINAL_STATUSES:
             return  # late events of an ended run (a step that finished after a cancel)
-        elif kind == ev.HOOK_CREATED:
-            token = str(data["token"])
-            entry: HookEntry | None = HookEntry(
-                corr, run.run_id, token, event.created_at, data.get("metadata"), data.get("webhook")
+        # One method per event type, found by a dict lookup: recovery folds millions of events.
+        handler = self._handlers.get(kind)
+        if handler is not None:
+            handler(self, run, event, event.correlation_id or "", event.data)
+
+    def _hook_created(self, run: RunState, event: Event, corr: str, data: dict[str, Any]) -> None:
+        token = str(data["token"])
+        entry = HookEntry(
+            corr, run.run_id, token, event.created_at, data.get("metadata"), data.get("webhook")
+        )
+        entry.schema = data.get("schema")
+        self.tokens[token] = entry
+        if run.hooks is None:
+            run.hooks = []
+        run.hooks.append(token)
+
+    def _hook_disposed(self, run: RunState, event: Event, corr: str, data: dict[str, Any]) -> None:
+        token = str(data.get("token"))
+        entry = self.tokens.get(token)
+        if entry is not None and entry.hook_id == corr:
+            del self.tokens[token]
+            if run.hooks is not None and token in run.hooks:
+                run.hooks.remove(token)
+
+    def _hook_received(self, run: RunState, event: Event, corr: str, data: dict[str, Any]) -> None:
+        token = str(data.get("token"))
+        live = self.tokens.get(token)
+        if live is not None and live.hook_id == corr:
+            live.received += 1
+        key = data.get("idempotency_key")
+        if key is not None:
+            self.idempotency[(token, str(key))] = IdempotencyEntry(
+                str(data.get("digest")), corr, run.run_id, token, event.event_id, live
             )
-            assert entry is not None
-            entry.schema = data.get("schema")
-            self.tokens[token] = entry
-            if run.hooks is None:
-                run.hooks = []
-            run.hooks.append(token)
-        elif kind == ev.HOOK_DISPOSED:
-            token = str(data.get("token"))
-            entry = self.tokens.get(token)
-            if entry is not None and entry.hook_id == corr:
-                del self.tokens[token]
-                if run.hooks is not None and token in run.hooks:
-                    run.hooks.remove(token)
-        elif kind == ev.HOOK_RECEIVED:
-            live = self.tokens.get(str(data.get("token")))
-            if live is not None and live.hook_id == corr:
-                live.received += 1
-            key = data.get("idempotency_key")
-            if key is not None:
-                token = str(data.get("token"))
-                self.idempotency[(token, str(key))] = IdempotencyEntry(
-                    str(data.get("digest")), corr, run.run_id, token, event.event_id,
-                    self.tokens.get(token),
-                )  # fmt: skip
-        elif kind == ev.WAIT_CREATED:
-            self.timers[corr] = Timer(corr, run.run_id, float(data["resume_at"]))
-            self._own(run, corr)
-        elif kind in (ev.WAIT_COMPLETED, ev.WAIT_CANCELLED):
-            self.timers.pop(corr, None)
-        elif kind == ev.STEP_STARTED:
-            self.steps[corr] = PendingStep(
-                corr, run.run_id, str(data["name"]), data.get("args"),
-                int(data.get("max_retries", 3)), event.created_at,
-            )  # fmt: skip
-            self._own(run, corr)
-        elif kind == ev.STEP_RETRYING:
-            step = self.steps.get(corr)
-            if step is not None:
-                step.attempt = int(data["attempt"]) + 1
-                step.retry_at = float(data["retry_at"])
-        elif kind in (ev.STEP_COMPLETED, ev.STEP_FAILED):
-            self.steps.pop(corr, None)
-        elif kind == ev.WEBHOOK_RESPONDED:
-            self.responses[str(data["request_event_id"])] = event
+
+    def _wait_created(self, run: RunState, event: Event, corr: str, data: dict[str, Any]) -> None:
+        self.timers[corr] = Timer(corr, run.run_id, float(data["resume_at"]))
+        self._own(run, corr)
+
+    def _wait_ended(self, run: RunState, event: Event, corr: str, data: dict[str, Any]) -> None:
+        self.timers.pop(corr, None)
+
+    def _step_started(self, run: RunState, event: Event, corr: str, data: dict[str, Any]) -> None:
+        self.steps[corr] = PendingStep(
+            corr, run.run_id, str(data["name"]), data.get("args"),
+            int(data.get("max_retries", 3)), event.created_at,
+        )  # fmt: skip
+        self._own(run, corr)
+
+    def _step_retrying(self, run: RunState, event: Event, corr: str, data: dict[str, Any]) -> None:
+        step = self.steps.get(corr)
+        if step is not None:
+            step.attempt = int(data["attempt"]) + 1
+            step.retry_at = float(data["retry_at"])
+
+    def _step_ended(self, run: RunState, event: Event, corr: str, data: dict[str, Any]) -> None:
+        self.steps.pop(corr, None)
+
+    def _responded(self, run: RunState, event: Event, corr: str, data: dict[str, Any]) -> None:
+        self.responses[str(data["request_event_id"])] = event
+
+    _handlers: dict[str, Callable[[State, RunState, Event, str, dict[str, Any]], None]] = {
+        ev.HOOK_CREATED: _hook_created,
+        ev.HOOK_DISPOSED: _hook_disposed,
+        ev.HOOK_RECEIVED: _hook_received,
+        ev.WAIT_CREATED: _wait_created,
+        ev.WAIT_COMPLETED: _wait_ended,
+        ev.WAIT_CANCELLED: _wait_ended,
+        ev.STEP_STARTED: _step_started,
+        ev.STEP_RETRYING: _step_retrying,
+        ev.STEP_COMPLETED: _step_ended,
+        ev.STEP_FAILED: _step_ended,
+        ev.WEBHOOK_RESPONDED: _responded,
+    }
 
     def _release(self, run: RunState) -> None:
         """A run ended: its tokens are free, its timers and steps are void."""

@@ -56,6 +56,8 @@ class Supervisor:
         self._resident: OrderedDict[str, Actor] = OrderedDict()
         self._reaper_wake = anyio.Event()
         self._to_rebuild: deque[Actor] = deque()
+        #: Runs woken by recovery, rebuilt when no run with a message is waiting.
+        self._to_wake: deque[Actor] = deque()
         self._rebuild_wake = anyio.Event()
         self.passivate_after = passivate_after
         self.max_resident = max_resident
@@ -117,14 +119,25 @@ class Supervisor:
                 self._forget(actor)
                 continue
             if actor.machine is None:
-                if actor.rebuilding or actor.missing_workflow:
+                if actor.missing_workflow:
+                    continue
+                if actor.rebuilding:
+                    if actor.waking and actor.mailbox:
+                        # A message for a run still queued behind recovery's wakes: go first.
+                        actor.waking = False
+                        self._to_rebuild.append(actor)
+                        self._rebuild_wake.set()
                     continue
                 if actor.can_build_in_place():
                     created = actor.mailbox.popleft()
                     self._guard(actor, functools.partial(actor.build, [created]))
                 else:
                     actor.rebuilding = True
-                    self._to_rebuild.append(actor)
+                    if actor.mailbox:
+                        self._to_rebuild.append(actor)
+                    else:
+                        actor.waking = True
+                        self._to_wake.append(actor)
                     self._rebuild_wake.set()
                     continue
             if actor.machine is not None:
@@ -173,15 +186,21 @@ class Supervisor:
         entry each, not a task each.
         """
         task_status.started()
-        queue = self._to_rebuild
+        urgent = self._to_rebuild
+        background = self._to_wake
         while True:
-            if not queue:
+            if urgent:
+                await self._rebuild(urgent.popleft())
+            elif background:
+                actor = background.popleft()
+                if actor.waking:  # else it was promoted to the urgent queue meanwhile
+                    actor.waking = False
+                    await self._rebuild(actor, background=True)
+            else:
                 await self._rebuild_wake.wait()
                 self._rebuild_wake = anyio.Event()
-                continue
-            await self._rebuild(queue.popleft())
 
-    async def _rebuild(self, actor: Actor) -> None:
+    async def _rebuild(self, actor: Actor, *, background: bool = False) -> None:
         rt = self._rt
         run = actor.run
         try:
@@ -197,7 +216,13 @@ class Supervisor:
             self._crashed(actor, exc)
         finally:
             actor.rebuilding = False
-            if actor.machine is not None or actor.mailbox:
+            if actor.mailbox:
+                self.schedule(actor)
+            elif background and actor.machine is not None:
+                # Woken by recovery to replay what the log alone could not settle; nothing
+                # arrived meanwhile, so do not keep every suspended run resident after a restart.
+                self._passivate(actor)
+            elif actor.machine is not None:
                 self.schedule(actor)
 
     def _crashed(self, actor: Actor, exc: Exception) -> None:
