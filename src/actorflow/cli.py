@@ -43,6 +43,10 @@ RESUME_SECRET_ENV = "ACTORFLOW_RESUME_SECRET"
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``actorflow`` command with ``argv`` (default: ``sys.argv[1:]``); the exit status."""
     parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        # Everything after `bench` belongs to the harness, options included.
+        return _bench(argv[1:])
     args = parser.parse_args(argv)
     if not hasattr(args, "command"):
         parser.print_help(sys.stderr)
@@ -104,7 +108,30 @@ def _parser() -> argparse.ArgumentParser:
     dump.add_argument("dir", metavar="DIR", help="the data directory (or its log/)")
     dump.add_argument("--run", help="only this run's events")
     dump.set_defaults(command=_log_dump)
+
+    commands.add_parser(
+        "bench",
+        help="run the benchmark harness of the checkout in the current directory "
+        "(python -m benchmarks; `actorflow bench --help` for its options)",
+    )
     return parser
+
+
+def _bench(bench_args: list[str]) -> int:
+    # The harness lives in the repository's benchmarks/ (it is not installed with the package):
+    # run it from the checkout, with this interpreter, so it measures this installation.
+    import subprocess
+    from pathlib import Path
+
+    checkout = Path.cwd()
+    if not (checkout / "benchmarks" / "__main__.py").is_file():
+        print(
+            f"actorflow bench: no benchmarks/ harness in {checkout}; run it from the root of a "
+            "checkout of actorflow",
+            file=sys.stderr,
+        )
+        return 2
+    return subprocess.call([sys.executable, "-m", "benchmarks", *bench_args], cwd=checkout)
 
 
 # -- serve ---------------------------------------------------------------------------------------
