@@ -88,7 +88,8 @@ class Target:
             h11.Request(method="HEAD" if head else "GET", target="/", headers=[("host", "x")])
         )
         parser.send(h11.EndOfMessage())
-        status, headers, body = 0, {}, bytearray()
+        status, body = 0, bytearray()
+        headers: dict[str, str] = {}
         with socket.create_connection(self.address, timeout=5) as sock:
             try:
                 sock.sendall(raw)

@@ -14,7 +14,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -277,7 +278,7 @@ def _check_refusals(answers: dict[int, httpx.Response], accepted_status: int) ->
     return accepted
 
 
-async def _until_accepted(send: Callable[[], Any]) -> httpx.Response:
+async def _until_accepted(send: Callable[[], Awaitable[httpx.Response]]) -> httpx.Response:
     """A sender honouring 503: try again until it is taken."""
     for _ in range(1000):
         answer = await send()
@@ -338,9 +339,9 @@ async def test_a_log_backlog_past_its_limit_answers_503_with_retry_after(
             )
             accepted = _check_refusals(answers, 202)
             assert len(accepted) == 2
-            for i in range(20):
+            for token in tokens:
                 stop = await _until_accepted(
-                    lambda i=i: client.post(f"{PREFIX}/webhook/{tokens[i]}", content=b"stop")
+                    partial(client.post, f"{PREFIX}/webhook/{token}", content=b"stop")
                 )
                 assert stop.status_code == 202
         counts = [await run.result(timeout=10) for run in runs]
