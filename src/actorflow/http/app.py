@@ -35,6 +35,7 @@ from werkzeug.exceptions import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from werkzeug.routing import PathConverter
 
 from ..errors import HookNotFoundError, WorkflowDefinitionError
 from ..runtime import codec
@@ -118,6 +119,21 @@ def create_app(
     return app
 
 
+def _register_token_converter(state: Any) -> None:
+    state.app.url_map.converters.setdefault("token", TokenConverter)
+
+
+class TokenConverter(PathConverter):
+    """A token as it was chosen: any characters, slashes included, even a leading one.
+
+    Werkzeug's ``path`` refuses a leading slash, so ``/webhook/%2Fx`` would miss the route and
+    get a generic 404 instead of the one the route gives for every unknown token.
+    """
+
+    regex = ".+?"
+    part_isolating = False  # it spans "/" (Werkzeug would infer True from the regex)
+
+
 def create_blueprint(
     runtime: Runtime,
     *,
@@ -142,12 +158,17 @@ def create_blueprint(
     edge = _Edge(runtime, resume_secret, _check_max_body(max_body))
     bp = Blueprint(name, __name__)
     bp.record_once(lambda state: state.app.extensions.setdefault(EXTENSION, []).append(edge))
+    # Registered before the rules below use it (deferred functions run in order).
+    bp.record_once(_register_token_converter)
     bp.add_url_rule(
-        f"{PREFIX}/webhook/<path:token>",
+        f"{PREFIX}/webhook/<token:token>",
         "webhook",
         edge.webhook,
         methods=list(WEBHOOK_METHODS),
         provide_automatic_options=False,
+        # A token may start with or contain "//": merging slashes would redirect (308) the
+        # request to another token.
+        merge_slashes=False,
     )
     for bare in (f"{PREFIX}/webhook", f"{PREFIX}/webhook/"):
         # No token at all: the same 404 as a wrong one, for every method.
@@ -164,7 +185,13 @@ def create_blueprint(
     bp.add_url_rule(f"{PREFIX}/openapi.json", "openapi", edge.openapi, methods=["GET"])
     if resume_secret is not None:
         bp.add_url_rule(f"{PREFIX}/hooks/resume", "resume_hook", edge.resume, methods=["POST"])
-        bp.add_url_rule(f"{PREFIX}/hooks/<path:token>", "get_hook", edge.get_hook, methods=["GET"])
+        bp.add_url_rule(
+            f"{PREFIX}/hooks/<token:token>",
+            "get_hook",
+            edge.get_hook,
+            methods=["GET"],
+            merge_slashes=False,
+        )
         bp.add_url_rule(f"{PREFIX}/runs", "start_run", edge.start_run, methods=["POST"])
         bp.add_url_rule(f"{PREFIX}/runs/<run_id>", "get_run", edge.get_run, methods=["GET"])
         bp.add_url_rule(
