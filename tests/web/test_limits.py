@@ -3,8 +3,10 @@ length, tokens with ``/``, ``..``, ``%2F`` and unicode, paths that try to leave 
 directory, the bearer check, the randomness of tokens, and what the server writes to its own
 log (never a token, a payload or the resume secret).
 
-Limits the runtime does not enforce yet (the size of a resumed payload, hooks per run, events per
-run) are not tested here; see the issue-6 report.
+The runtime's own limits are checked as a caller meets them over HTTP: a value over
+``max_payload_bytes`` is 413 with nothing committed; a run past ``max_hooks_per_run`` live hooks,
+past ``max_calls_per_run`` durable calls, or choosing a token over 1,024 characters fails with a
+``WorkflowDefinitionError`` that says which limit.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from urllib.parse import quote
 import anyio
 import httpx
 import pytest
-from tests.fixtures.reliability_app import holder
+from tests.fixtures.reliability_app import holder, hooker
 from tests.fixtures.server_process import SECRET, ServerProcess
 from tests.web.conftest import AUTH
 
@@ -100,6 +102,93 @@ async def test_a_body_over_max_body_is_413_and_commits_nothing(
         assert len(log_events(rt, run.run_id, "hook_received")) == 1
         await rt.resume_hook("big", "stop")
         assert await run.result(timeout=10) == ["d" * 1024]
+
+
+@pytest.mark.anyio
+async def test_a_value_over_max_payload_bytes_is_413_and_commits_nothing(
+    data_dir: Path, served: Any, wait_hooks: Any, log_events: Any
+) -> None:
+    async with af.Runtime(data_dir, [holder], durability="none", max_payload_bytes=2048) as rt:
+        run, webhook = await _run_with_hooks(rt, "sized", wait_hooks)
+        async with served(rt) as client:  # max_body stays 1 MiB: the runtime's limit acts
+            answers = [
+                await client.post(
+                    f"{PREFIX}/hooks/resume",
+                    headers=AUTH,
+                    json={"token": "sized", "payload": "x" * 5000},
+                ),
+                await client.post(f"{PREFIX}/webhook/{webhook}", content=b"y" * 5000),
+                await client.post(
+                    f"{PREFIX}/runs",
+                    headers=AUTH,
+                    json={"workflow": "holder", "args": ["z" * 5000]},
+                ),
+            ]
+            for answer in answers:
+                assert answer.status_code == 413, answer.text
+                assert answer.json()["error"] == "PayloadTooLargeError"
+            fits = await client.post(
+                f"{PREFIX}/hooks/resume",
+                headers=AUTH,
+                json={"token": "sized", "payload": "x" * 100},
+            )
+            assert fits.status_code == 200
+        assert len(rt.state.runs) == 1
+        assert len(log_events(rt, run.run_id, "hook_received")) == 1
+
+
+async def _ended(client: httpx.AsyncClient, workflow: str, *args: Any) -> dict[str, Any]:
+    """Start a run over HTTP and wait for it to end; its description."""
+    started = await client.post(
+        f"{PREFIX}/runs", headers=AUTH, json={"workflow": workflow, "args": list(args)}
+    )
+    assert started.status_code == 201, started.text
+    with anyio.fail_after(10):
+        while True:
+            run: dict[str, Any] = (
+                await client.get(f"{PREFIX}/runs/{started.json()['run_id']}", headers=AUTH)
+            ).json()
+            if run["status"] not in ("pending", "running"):
+                return run
+            await anyio.sleep(0.005)
+
+
+@pytest.mark.anyio
+async def test_a_run_past_its_hooks_or_calls_limit_fails_and_says_which(
+    data_dir: Path, served: Any
+) -> None:
+    async with af.Runtime(
+        data_dir, [hooker], durability="none", max_hooks_per_run=5, max_calls_per_run=20
+    ) as rt:
+        async with served(rt) as client:
+            assert (await _ended(client, "hooker", 5, False))["status"] == "completed"
+            too_many = await _ended(client, "hooker", 6, False)
+            assert too_many["status"] == "failed"
+            assert too_many["error"]["type"] == "WorkflowDefinitionError"
+            assert "max_hooks_per_run" in too_many["error"]["message"]
+            # Disposed hooks do not count against the live limit; every call counts.
+            assert (await _ended(client, "hooker", 10, True))["status"] == "completed"
+            too_long = await _ended(client, "hooker", 11, True)
+            assert too_long["status"] == "failed"
+            assert too_long["error"]["type"] == "WorkflowDefinitionError"
+            assert "max_calls_per_run" in too_long["error"]["message"]
+
+
+@pytest.mark.anyio
+async def test_a_chosen_token_over_1024_characters_fails_the_run(
+    data_dir: Path, served: Any, wait_hooks: Any
+) -> None:
+    async with af.Runtime(data_dir, [holder], durability="none") as rt:
+        run, _ = await _run_with_hooks(rt, "k" * 1024, wait_hooks)
+        async with served(rt) as client:
+            got = await client.get(f"{PREFIX}/hooks/{'k' * 1024}", headers=AUTH)
+            assert got.status_code == 200
+            refused = await _ended(client, "holder", "k" * 1025)
+        assert refused["status"] == "failed"
+        assert refused["error"]["type"] == "WorkflowDefinitionError"
+        assert "the limit is 1024" in refused["error"]["message"]
+        await rt.resume_hook("k" * 1024, "stop")
+        assert await run.result(timeout=10) == []
 
 
 # -- header size ---------------------------------------------------------------------------------
