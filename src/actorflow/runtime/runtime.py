@@ -12,6 +12,7 @@ commands -> log writer.
 from __future__ import annotations
 
 import gc
+import inspect
 import logging
 import math
 import os
@@ -334,6 +335,7 @@ class Runtime:
             run = runs.get(event.run_id)
             if run is not None:
                 run.positions.append(position)
+                run.submitted += 1
             if b'{"$enc":' not in record:  # most logs: no envelope, no per-key work
                 continue
             for name in user_keys.intersection(event.data):
@@ -389,6 +391,10 @@ class Runtime:
             self.steps.cancel(pending)
         else:
             self.state.apply(event)
+        if run is None:
+            run = self.state.runs.get(event.run_id)
+        if run is not None:
+            run.submitted += 1
         return ticket
 
     def _on_durable(self, events: Sequence[Event]) -> None:
@@ -474,6 +480,13 @@ class Runtime:
                 )
             workflow = found
         self.register(workflow)
+        try:
+            inspect.signature(workflow.fn).bind(*args, **kwargs)
+        except TypeError as exc:
+            raise WorkflowDefinitionError(
+                f"the arguments do not fit workflow {workflow.name!r}{inspect.signature(workflow.fn)}: "
+                f"{exc}"
+            ) from exc
         tree = codec.to_tree({"args": list(args), "kwargs": kwargs}, root="args")
         self.check_size("the run's arguments", tree)
         self._admit()

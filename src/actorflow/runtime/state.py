@@ -42,7 +42,7 @@ class RunState:
 
     __slots__ = (
         "run_id", "workflow_name", "status", "created_at", "positions", "hooks", "terminal",
-        "actor", "done", "external", "pending",
+        "actor", "done", "external", "pending", "submitted",
     )  # fmt: skip
 
     def __init__(self, run_id: str, workflow_name: str, created_at: float) -> None:
@@ -52,6 +52,8 @@ class RunState:
         self.created_at = created_at
         #: Where the run's events sit in the log, in order (filled in once written).
         self.positions: list[int] = []
+        #: Events submitted for the run; more than ``len(positions)`` while some are unwritten.
+        self.submitted = 0
         #: Tokens of the run's live hooks (released when the run ends).
         self.hooks: list[str] | None = None
         self.terminal: Event | None = None

@@ -39,6 +39,9 @@ __all__ = ["Supervisor"]
 
 logger = logging.getLogger("actorflow.runtime")
 
+#: Runs rebuilt per thread hop to the store.
+REBUILD_BATCH = 64
+
 
 class Supervisor:
     def __init__(
@@ -182,48 +185,73 @@ class Supervisor:
     ) -> None:
         """Rebuild absent actors that got messages: read their events, replay them.
 
-        A few workers share one queue, so waking 100,000 runs after recovery costs a queue
-        entry each, not a task each.
+        A few workers share two queues (runs with a message first, then recovery's wakes), so
+        waking 100,000 runs after recovery costs a queue entry each, not a task each. A worker
+        takes a batch: one thread hop reads the events of all its runs.
         """
         task_status.started()
         urgent = self._to_rebuild
         background = self._to_wake
         while True:
-            if urgent:
-                await self._rebuild(urgent.popleft())
-            elif background:
+            batch: list[tuple[Actor, bool]] = []
+            while urgent and len(batch) < REBUILD_BATCH:
+                batch.append((urgent.popleft(), False))
+            while background and len(batch) < REBUILD_BATCH:
                 actor = background.popleft()
                 if actor.waking:  # else it was promoted to the urgent queue meanwhile
                     actor.waking = False
-                    await self._rebuild(actor, background=True)
-            else:
+                    batch.append((actor, True))
+            if batch:
+                await self._rebuild(batch)
+            elif not urgent and not background:
                 await self._rebuild_wake.wait()
                 self._rebuild_wake = anyio.Event()
 
-    async def _rebuild(self, actor: Actor, *, background: bool = False) -> None:
+    async def _rebuild(self, batch: list[tuple[Actor, bool]]) -> None:
         rt = self._rt
-        run = actor.run
+        # A run with events still on their way to disk needs them written (and positioned)
+        # before its history can be read; most runs woken here have none.
+        if any(a.run.submitted > len(a.run.positions) for a, _ in batch):
+            try:
+                await rt.writer.flush()
+            except Exception as exc:
+                for actor, _ in batch:
+                    actor.rebuilding = False
+                    self._crashed(actor, exc)
+                return
+        wanted = [list(actor.run.positions) for actor, _ in batch]
+        flat = [p for positions in wanted for p in positions]
         try:
-            await rt.writer.flush()
-            positions = list(run.positions)
-            records = await anyio.to_thread.run_sync(rt.store.read, positions)
-            events = [rt.payloads.decode(r, p) for r, p in zip(records, positions, strict=True)]
-            self.rebuilt += 1
-            actor.rebuilding = False
-            self._guard(actor, lambda: actor.build(events))
+            records = await anyio.to_thread.run_sync(rt.store.read, flat)
         except Exception as exc:
-            actor.rebuilding = False
-            self._crashed(actor, exc)
-        finally:
-            actor.rebuilding = False
-            if actor.mailbox:
-                self.schedule(actor)
-            elif background and actor.machine is not None:
-                # Woken by recovery to replay what the log alone could not settle; nothing
-                # arrived meanwhile, so do not keep every suspended run resident after a restart.
-                self._passivate(actor)
-            elif actor.machine is not None:
-                self.schedule(actor)
+            for actor, _ in batch:
+                actor.rebuilding = False
+                self._crashed(actor, exc)
+            return
+        offset = 0
+        for (actor, background), positions in zip(batch, wanted, strict=True):
+            mine = records[offset : offset + len(positions)]
+            offset += len(positions)
+            try:
+                events = [rt.payloads.decode(r, p) for r, p in zip(mine, positions, strict=True)]
+                self.rebuilt += 1
+                actor.rebuilding = False
+                self._guard(actor, functools.partial(actor.build, events))
+            except Exception as exc:
+                actor.rebuilding = False
+                self._crashed(actor, exc)
+            self._after_rebuild(actor, background)
+
+    def _after_rebuild(self, actor: Actor, background: bool) -> None:
+        actor.rebuilding = False
+        if actor.mailbox:
+            self.schedule(actor)
+        elif background and actor.machine is not None:
+            # Woken by recovery to replay what the log alone could not settle; nothing arrived
+            # meanwhile, so do not keep every suspended run resident after a restart.
+            self._passivate(actor)
+        elif actor.machine is not None:
+            self.schedule(actor)
 
     def _crashed(self, actor: Actor, exc: Exception) -> None:
         rt = self._rt
