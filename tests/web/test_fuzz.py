@@ -461,12 +461,6 @@ def test_requests_that_are_not_http_get_no_server_error(target: Target) -> None:
     assert alive is not None and alive.status == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="POST /runs accepts arguments the workflow cannot bind (201), and the TypeError "
-    "raised when the machine calls the function (core/machine.py, Machine.start) is handled as "
-    "a runtime crash: restarted with tracebacks logged until the budget fails the run",
-)
 @pytest.mark.anyio
 async def test_a_start_with_arguments_the_workflow_cannot_take_is_refused(
     data_dir: Path, served: Any

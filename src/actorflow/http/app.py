@@ -364,7 +364,11 @@ class _Edge:
                 f"no workflow named {name!r} is registered; known: "
                 f"{', '.join(sorted(self.rt.workflows)) or 'none'}",
             )
-        run = await self.rt.start(name, *args, **kwargs)
+        try:
+            run = await self.rt.start(name, *args, **kwargs)
+        except WorkflowDefinitionError as exc:
+            # Arguments that do not fit the workflow: the request's mistake, nothing committed.
+            return problem(400, "WorkflowDefinitionError", str(exc))
         return json_response(
             201, {"run_id": run.run_id}, {"location": f"{PREFIX}/runs/{run.run_id}"}
         )

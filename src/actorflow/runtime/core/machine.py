@@ -238,7 +238,11 @@ class Machine:
 
     def start(self) -> None:
         """Run the workflow from its beginning until every fiber is blocked."""
-        coro = self._workflow(*self._args, **self._kwargs)
+        try:
+            coro = self._workflow(*self._args, **self._kwargs)
+        except Exception as exc:  # the recorded arguments do not fit: the run fails, once
+            self._fail(exc)
+            return
         if not isinstance(coro, Coroutine):
             raise WorkflowDefinitionError(
                 f"workflow {self.workflow_name!r} did not return a coroutine; "
