@@ -1,7 +1,7 @@
 """Kill -9 under load: a real ``actorflow serve`` process (fsync on) killed with SIGKILL at
-random moments, at least 20 times, while concurrent clients start runs, resume hooks and post to
-webhooks; restarted each time on the same data directory, alternately on the asyncio and the
-trio worker.
+random moments, 40 times (the issue asks for 20 at least), while concurrent clients start runs,
+resume hooks and post to webhooks; restarted each time on the same data directory, alternately
+on the asyncio and the trio worker; about 45 s.
 
 Clients act as real senders: every payload carries a unique id, and a request that got no 2xx
 (connection refused or reset by the kill, 503) is sent again with the same idempotency key
@@ -40,7 +40,7 @@ pytestmark = pytest.mark.slow
 PREFIX = "/.well-known/workflow/v1"
 AUTH = {"authorization": f"Bearer {SECRET}"}
 
-KILLS = 24
+KILLS = 40
 SENDERS = 16
 PAYLOADS_PER_RUN = 12
 #: The share of kills that land while the server is still starting (recovering).
@@ -148,6 +148,7 @@ class Clients:
                     # The webhook was seen before its hook_created was durable and the kill
                     # lost it; replay made a new one (nothing was delivered to the old one).
                     self.ledger.webhook_urls.pop(name, None)
+                    self.ledger.unanswered["webhook: 404, URL looked up again"] += 1
             if got.status_code != 404:
                 self.ledger.acked[name].append(payload_id)
                 self.ledger.order[(sender, name)].append(payload_id)
