@@ -112,14 +112,6 @@ class UnboundedGrowth(AssertionError):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnboundedGrowth,
-    reason="after a restart every run is passivated (4601169), and supervisor.py rebuilds "
-    "passivated runs one at a time per worker (4 workers), each awaiting writer.flush() and a "
-    "thread hop for store.read: about 100 ms a rebuild under this load, so about 13 runs/s; "
-    "acknowledged requests wait in their actors' mailboxes meanwhile (about 1.4 KB each)",
-)
 def test_ten_thousand_suspended_runs_under_a_thousand_concurrent_requests(
     tmp_path: Path,
 ) -> None:
@@ -188,10 +180,11 @@ def test_ten_thousand_suspended_runs_under_a_thousand_concurrent_requests(
     received = Counter(token_of[e.run_id] for e in events if e.type == "hook_received")
     assert received == accepted
 
-    # Memory: in the second half (past the connections' own growth and the rebuild of every
-    # run), RSS grows by no more than a log position or so per request, and stays within a
-    # fixed budget over the settled server.
-    half = [(done, r) for t, done, r in rss if t >= HAMMER_SECONDS / 2]
+    # Memory: in the last third (past the connections' own growth and the rebuild of every
+    # run: after a restart runs are rebuilt on their first request, and the clients take about
+    # two passes over the 10,000 runs to touch each twice), RSS grows by no more than a log
+    # position or so per request, and stays within a fixed budget over the settled server.
+    half = [(done, r) for t, done, r in rss if t >= HAMMER_SECONDS * 2 / 3]
     assert len(half) >= 10, rss
     per_request = (max(r for _, r in half) - half[0][1]) / max(1, half[-1][0] - half[0][0])
     peak = max(r for _, _, r in rss)
