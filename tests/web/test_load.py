@@ -39,12 +39,13 @@ RUNS = 10_000
 CONCURRENT = 1_000
 HAMMER_SECONDS = 30.0
 MiB = 1024 * 1024
-#: How much the server's RSS may grow per request in the second half of the hammering: a log
+#: How much the server's RSS may grow per request in the last third of the hammering: a log
 #: position per event (about 50 bytes) is all that should grow with the number of requests.
 RSS_PER_REQUEST_LIMIT = 400
-#: How much above the settled server (10,000 resident runs) the RSS may ever be: 1,000 open
-#: connections with a request each in flight take about 40 MiB.
-RSS_BUDGET = 96 * MiB
+#: How much above the settled server (its runs passivated) the RSS may ever be: 10,000 runs
+#: rebuilt on their first request take about 45 MiB, 1,000 open connections with a request each
+#: in flight about 35 MiB (80 MiB measured on the 2-core machine).
+RSS_BUDGET = 128 * MiB
 
 
 # -- 10,000 suspended runs, 1,000 concurrent requests --------------------------------------------
@@ -194,7 +195,7 @@ def test_ten_thousand_suspended_runs_under_a_thousand_concurrent_requests(
         f"server in {started_at - parked_at:.1f}s; {CONCURRENT} concurrent connections sent "
         f"{total} webhook requests in {HAMMER_SECONDS:.0f}s ({total / HAMMER_SECONDS:.0f}/s), "
         f"all 202, each in the log once; server RSS {settled >> 20} MiB settled, {peak >> 20} "
-        f"MiB peak, {per_request:.0f} bytes per request in the second half; "
+        f"MiB peak, {per_request:.0f} bytes per request in the last third; "
         f"total {hammered_at - began:.1f}s"
     )
     if per_request > RSS_PER_REQUEST_LIMIT or peak - settled > RSS_BUDGET:
