@@ -71,6 +71,16 @@ class StepExecutor:
                     await self._attempts(step_id)
         except StorageError as exc:
             logger.error("step %s stopped: the log failed: %s", step_id, exc)
+        except Exception as exc:
+            # Not the step's own error (those are recorded by _attempts) but ours, e.g. its
+            # recorded arguments no longer decrypt: fail the step, never the task group.
+            logger.exception("step %s could not run", step_id)
+            step = self._rt.state.steps.get(step_id)
+            if step is not None:
+                try:
+                    self._finish(step, ev.STEP_FAILED, {"error": codec.error_to_tree(exc)})
+                except StorageError:
+                    pass
         finally:
             self._scopes.pop(step_id, None)
 
