@@ -364,8 +364,13 @@ class _Edge:
                 f"no workflow named {name!r} is registered; known: "
                 f"{', '.join(sorted(self.rt.workflows)) or 'none'}",
             )
+        key = request.headers.get("idempotency-key")
         try:
-            run = await self.rt.start(name, *args, **kwargs)
+            if key:
+                # A sender retrying a start it got no answer to gets the first run back.
+                run = await self.rt.start_once(key[:512], name, *args, **kwargs)
+            else:
+                run = await self.rt.start(name, *args, **kwargs)
         except WorkflowDefinitionError as exc:
             # Arguments that do not fit the workflow: the request's mistake, nothing committed.
             return problem(400, "WorkflowDefinitionError", str(exc))

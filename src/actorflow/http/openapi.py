@@ -206,10 +206,21 @@ def openapi_document(*, resume_routes: bool) -> dict[str, Any]:
             "post": {
                 "operationId": "start_run",
                 "security": bearer,
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "description": "a retry with the same key returns the first run",
+                        "schema": {"type": "string"},
+                    }
+                ],
                 "requestBody": _body("StartRun"),
                 "responses": {
-                    "201": _json("the run is durably created", "Started"),
-                    "400": _error("bad JSON, or no workflow has this name"),
+                    "201": _json("the run is durably created (or was, for this key)", "Started"),
+                    "400": _error(
+                        "bad JSON, no workflow has this name, or the arguments do not fit it"
+                    ),
                     **{k: v for k, v in _COMMON.items() if k != "400"},
                 },
             }

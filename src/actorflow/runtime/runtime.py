@@ -466,11 +466,45 @@ class Runtime:
         """Start a run: durably records ``run_created`` and returns before the run finishes.
 
         Raises:
-            WorkflowDefinitionError: an unknown workflow name, or not a workflow.
+            WorkflowDefinitionError: an unknown workflow name, not a workflow, or arguments
+                that do not fit its signature (nothing committed).
             SerializationError: the arguments cannot be stored (nothing committed).
             OverloadedError: the log backlog is full; retry later.
             LogWriteError: the log failed.
         """
+        return await self._start(None, workflow, args, kwargs)
+
+    async def start_once(
+        self,
+        idempotency_key: str,
+        workflow: WorkflowFunction[..., Any] | str,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Run:
+        """Start a run unless one was started with ``idempotency_key``: then return that run.
+
+        For callers that retry a start whose answer they did not get (``POST .../runs`` with
+        an ``Idempotency-Key`` header): the retry returns the first run instead of a second.
+
+        Raises:
+            The errors of ``start``.
+        """
+        if not isinstance(idempotency_key, str) or not idempotency_key:
+            raise WorkflowDefinitionError("idempotency_key must be a non-empty string")
+        return await self._start(idempotency_key, workflow, args, kwargs)
+
+    async def _start(
+        self,
+        key: str | None,
+        workflow: WorkflowFunction[..., Any] | str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Run:
+        if key is not None:
+            prior = self.state.start_keys.get(key)
+            if prior is not None:
+                await self.writer.flush()  # the first start may still be on its way to disk
+                return Run(self, prior)
         if isinstance(workflow, str):
             found = self.workflows.get(workflow)
             if found is None:
@@ -495,6 +529,8 @@ class Runtime:
         if self.base_url is not None:
             # Recorded, so webhook.url replays the same even if the server moves.
             data["base_url"] = self.base_url
+        if key is not None:
+            data["idempotency_key"] = key
         event = Event(new_id("evnt_"), run_id, ev.RUN_CREATED, None, self.clock(), data)
         await self.append(event).wait()
         return Run(self, run_id)

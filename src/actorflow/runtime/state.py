@@ -141,6 +141,8 @@ class State:
         self.timers: dict[str, Timer] = {}
         #: request event id -> its ``webhook_responded`` event (manual webhook responses).
         self.responses: dict[str, Event] = {}
+        #: idempotency key of a start -> the run it started.
+        self.start_keys: dict[str, str] = {}
         self.events = 0
 
     def apply(self, event: Event) -> None:
@@ -151,6 +153,9 @@ class State:
             self.runs[event.run_id] = RunState(
                 event.run_id, str(event.data.get("workflow")), event.created_at
             )
+            key = event.data.get("idempotency_key")
+            if key is not None:
+                self.start_keys[str(key)] = event.run_id
             return
         run = self.runs.get(event.run_id)
         if run is None:
