@@ -43,6 +43,7 @@ import actorflow as af
 from actorflow.runtime.log.file_log import FileLog
 from actorflow.runtime.log.postgres import PostgresLog
 from actorflow.runtime.log.store import Durability, EventStore
+from benchmarks.stats import percentile
 
 DEFAULT_DSN = os.environ.get(
     "ACTORFLOW_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
@@ -52,17 +53,6 @@ DEFAULT_DSN = os.environ.get(
 @af.workflow(name="postgres_roundtrip_hook_once")
 async def hook_once(token: str) -> Any:
     return await af.create_hook(token=token)
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0..100), linear interpolation; NaN for no values."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100.0
-    low = math.floor(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
 def latency(values_s: Sequence[float]) -> dict[str, float]:
