@@ -438,6 +438,8 @@ class _Edge:
     async def _describe_run(self, run_id: str) -> dict[str, Any]:
         run = self.rt.get_run(run_id)
         status = await run.status()
+        # The hooks listed below (webhook URLs) must be on disk before anyone can see them.
+        await self.rt.writer.flush()
         state = self.rt.state.runs[run_id]
         out: dict[str, Any] = {
             "run_id": run_id,

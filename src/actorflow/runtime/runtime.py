@@ -564,6 +564,9 @@ class Runtime:
         entry = self.state.tokens.get(token) if isinstance(token, str) else None
         if entry is None:
             raise HookNotFoundError(str(token))
+        # Never hand out a hook (a webhook's URL) before its hook_created is on disk: a crash
+        # before then would replay it under a new random token.
+        await self.writer.flush()
         return self.hook_record(entry)
 
     async def resume_hook(
