@@ -73,7 +73,7 @@ class Harness:
         self.ids += 1
         return f"{prefix}{self.ids:04d}"
 
-    def new_token(self) -> str:
+    def new_token(self, index: int) -> str:
         self.token_count += 1
         return f"random-token-{self.token_count:04d}"
 

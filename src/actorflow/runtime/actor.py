@@ -10,7 +10,7 @@ from the log; messages that the replay already covered (by log position) are ski
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import codec
@@ -28,7 +28,7 @@ from .core.commands import (
 )
 from .core.events import Event
 from .core.machine import Machine
-from .ids import new_id, new_token
+from .ids import derived_token, new_id, new_token
 from .state import RunState
 
 if TYPE_CHECKING:
@@ -114,7 +114,7 @@ class Actor:
             sink=self._sink,
             codec=codec,
             new_id=new_id,
-            new_token=new_token,
+            new_token=self._token_maker(created),
             recorded=recorded,
             base_url=created.data.get("base_url", self.rt.base_url),
             max_calls=self.rt.max_calls_per_run,
@@ -141,6 +141,13 @@ class Actor:
             entry = tokens.get(hook.token)
             if entry is not None and entry.hook_id == hook.hook_id:
                 entry.untaken = len(hook.buffer) if hook.buffer else 0
+
+    def _token_maker(self, created: Event) -> Callable[[int], str]:
+        seed = created.data.get("token_seed")
+        if not isinstance(seed, str):  # a run created before seeds were recorded
+            return lambda index: new_token()
+        run_id = self.run.run_id
+        return lambda index: derived_token(seed, run_id, index)
 
     def drop(self) -> None:
         """Forget the live machine (passivation, cancellation, crash); emits nothing."""

@@ -7,11 +7,14 @@ within a process. Tokens are unguessable: 192 bits from ``secrets``.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import random
 import secrets
 import time
 
-__all__ = ["new_id", "new_token"]
+__all__ = ["derived_token", "new_id", "new_token"]
 
 _rng = random.Random(secrets.randbits(64))
 _last_ms = 0
@@ -33,6 +36,14 @@ def new_id(prefix: str) -> str:
     # Hex, not base32: CPython's base32 encoder is pure Python and 20x slower, and ids are made
     # for every event on the hot path. Fixed width keeps them sorting by time.
     return f"{prefix}{(ms << 80) | _counter:032x}"
+
+
+def derived_token(seed: str, run_id: str, index: int) -> str:
+    """The token of a run's ``index``-th durable call: unguessable (HMAC-SHA256 under the run's
+    secret seed, 192 bits kept) and the same on every replay, so a webhook URL that escaped
+    before its ``hook_created`` was durable still works after a crash."""
+    digest = hmac.new(seed.encode(), f"{run_id}:{index}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest[:24]).decode()
 
 
 def new_token() -> str:

@@ -42,7 +42,7 @@ from .core import events as ev
 from .core.events import Event
 from .core.ops import HookHandle
 from .crypto import KeyRing
-from .ids import new_id
+from .ids import new_id, new_token
 from .log.file_log import FileLog
 from .log.store import Durability, EventStore
 from .log.writer import LogWriter
@@ -525,7 +525,13 @@ class Runtime:
         self.check_size("the run's arguments", tree)
         self._admit()
         run_id = new_id("wrun_")
-        data: dict[str, Any] = {"workflow": workflow.name, "input": tree}
+        # The seed of the run's random hook tokens: they are derived from it and the call's
+        # index, so a replay re-creates the same token even if its hook_created was lost.
+        data: dict[str, Any] = {
+            "workflow": workflow.name,
+            "input": tree,
+            "token_seed": new_token(),
+        }
         if self.base_url is not None:
             # Recorded, so webhook.url replays the same even if the server moves.
             data["base_url"] = self.base_url

@@ -178,7 +178,7 @@ class Machine:
         sink: CommandSink,
         codec: Codec,
         new_id: Callable[[str], str],
-        new_token: Callable[[], str],
+        new_token: Callable[[int], str],
         recorded: Sequence[Event] = (),
         base_url: str | None = None,
         max_calls: int = 1_000_000,
@@ -579,7 +579,8 @@ class Machine:
 
         def emit() -> None:
             hook_id = self._new_id("hook_")
-            tok = token if token is not None else self._new_token()
+            # The call's index is the same on every replay: a derived token then is too.
+            tok = token if token is not None else self._new_token(self._calls)
             holder = self._sink(CreateHook(hook_id, tok, chosen, meta_tree, webhook, schema))
             new.append((hook_id, tok, holder))
 
