@@ -3,7 +3,9 @@
 ::
 
     actorflow serve MODULE[:ATTR] [--bind 127.0.0.1:8000] [--data-dir .actorflow]
-                    [--base-url URL] [--worker asyncio|trio] [--resume-secret S]
+                    [--store postgresql://...] [--base-url URL] [--worker asyncio|trio]
+                    [--resume-secret S]
+    actorflow db migrate --store postgresql://... [--schema actorflow]
     actorflow keys generate
     actorflow log verify DIR
     actorflow log dump DIR [--run ID]
@@ -38,6 +40,7 @@ __all__ = ["main"]
 logger = logging.getLogger("actorflow.cli")
 
 RESUME_SECRET_ENV = "ACTORFLOW_RESUME_SECRET"
+STORE_ENV = "ACTORFLOW_STORE"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -70,6 +73,17 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--bind", default="127.0.0.1:8000", help="HOST:PORT (default %(default)s)")
     serve.add_argument("--data-dir", default=".actorflow", help="default %(default)s")
     serve.add_argument(
+        "--store",
+        help="postgresql://... URL: keep the log in PostgreSQL, shared by every process given "
+        f"the same URL, instead of in --data-dir (default: ${STORE_ENV})",
+    )
+    serve.add_argument(
+        "--no-migrate",
+        action="store_true",
+        help="refuse to start on a PostgreSQL schema that `actorflow db migrate` has not "
+        "brought up to date (default: migrate at start)",
+    )
+    serve.add_argument(
         "--base-url",
         help="public URL of this server, for webhook.url (default: the bound address)",
     )
@@ -95,6 +109,12 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds in-flight requests get to finish at shutdown (default %(default)s)",
     )
     serve.set_defaults(command=_serve)
+
+    db = commands.add_parser("db", help="the PostgreSQL store").add_subparsers(metavar="ACTION")
+    migrate = db.add_parser("migrate", help="create or upgrade actorflow's tables")
+    migrate.add_argument("--store", help=f"postgresql://... URL (default: ${STORE_ENV})")
+    migrate.add_argument("--schema", default="actorflow", help="default %(default)s")
+    migrate.set_defaults(command=_db_migrate)
 
     keys = commands.add_parser("keys", help="encryption keys").add_subparsers(metavar="ACTION")
     generate = keys.add_parser("generate", help="print a new random encryption key (base64)")
@@ -150,7 +170,15 @@ def _serve(args: argparse.Namespace) -> int:
     sock = bind_socket(args.bind)
     try:
         base_url = args.base_url or _default_base_url(socket_url(sock))
-        runtime = Runtime(args.data_dir, workflows, base_url=base_url, durability=args.durability)
+        store = args.store or os.environ.get(STORE_ENV) or None
+        runtime = Runtime(
+            args.data_dir,
+            workflows,
+            store=store,
+            base_url=base_url,
+            durability=args.durability,
+            migrate=not args.no_migrate,
+        )
         app = create_app(
             runtime,
             resume_secret=secret,
@@ -163,9 +191,9 @@ def _serve(args: argparse.Namespace) -> int:
         def ready(url: str) -> None:
             names = ", ".join(sorted(runtime.workflows))
             logger.info(
-                "serving %s at %s (worker %s, data dir %s); webhooks at "
+                "serving %s at %s (worker %s, %s); webhooks at "
                 "%s/.well-known/workflow/v1/webhook/<token>; resume routes %s",
-                names, url, args.worker, args.data_dir, base_url,
+                names, url, args.worker, runtime.describe_store(), base_url,
                 "on (bearer secret)" if secret else f"off (set {RESUME_SECRET_ENV})",
             )  # fmt: skip
 
@@ -241,6 +269,30 @@ def _first_leaf(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     return exc
+
+
+# -- db ------------------------------------------------------------------------------------------
+
+
+def _db_migrate(args: argparse.Namespace) -> int:
+    store = args.store or os.environ.get(STORE_ENV)
+    if not store:
+        print(f"actorflow db migrate: give --store postgresql://... (or set {STORE_ENV})",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        from .runtime.log.postgres import SCHEMA_VERSION, migrate
+    except ImportError:
+        print("actorflow db migrate: needs psycopg: pip install 'actorflow[postgres]'",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    try:
+        version = migrate(store, schema=args.schema)
+    except (WorkflowError, ValueError) as exc:
+        print(f"actorflow db migrate: {exc}", file=sys.stderr)
+        return 1
+    print(f"schema {args.schema!r} is at version {version} (this actorflow: {SCHEMA_VERSION})")
+    return 0
 
 
 # -- keys ----------------------------------------------------------------------------------------

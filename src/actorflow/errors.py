@@ -28,6 +28,7 @@ caller can do about them::
         ├── LogCorruptedError       a record before the tail fails its checksum
         ├── LogFormatError          the data directory holds another format version
         └── LogWriteError           a write or fsync failed; the log accepts nothing more
+            └── LeaseLostError      another process took this one's runs (PostgreSQL store)
 
 Foreign exceptions are translated at one boundary and chained with ``raise ... from exc``.
 """
@@ -48,6 +49,7 @@ __all__ = [
     "IdempotencyKeyConflictError",
     "LogCorruptedError",
     "LogFormatError",
+    "LeaseLostError",
     "LogWriteError",
     "NonDeterministicAwaitError",
     "OverloadedError",
@@ -268,6 +270,14 @@ class LogFormatError(StorageError):
 
 class LogWriteError(StorageError):
     """A write or fsync failed. The log accepts nothing more until the runtime restarts."""
+
+
+class LeaseLostError(LogWriteError):
+    """This process's lease on its runs ran out and another process took them over.
+
+    Raised (on the shared PostgreSQL store) by the append that found it, which commits
+    nothing, and by the lease renewal. The runtime stops; a restart joins as a new process.
+    """
 
 
 def _short(token: str) -> str:

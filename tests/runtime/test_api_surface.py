@@ -29,6 +29,7 @@ EXPECTED_ALL = {
     "IdempotencyKeyConflictError",
     "LogCorruptedError",
     "LogFormatError",
+    "LeaseLostError",
     "LogWriteError",
     "NonDeterministicAwaitError",
     "OverloadedError",

@@ -37,7 +37,7 @@ from werkzeug.exceptions import (
 )
 from werkzeug.routing import PathConverter
 
-from ..errors import HookNotFoundError, WorkflowDefinitionError
+from ..errors import HookNotFoundError, WorkflowDefinitionError, WorkflowRunNotFoundError
 from ..runtime import codec
 from ..runtime.runtime import Runtime
 from ..runtime.webhook_request import Request
@@ -440,7 +440,13 @@ class _Edge:
         status = await run.status()
         # The hooks listed below (webhook URLs) must be on disk before anyone can see them.
         await self.rt.writer.flush()
-        state = self.rt.state.runs[run_id]
+        fold = self.rt.state
+        if run_id not in fold.runs and self.rt.cluster is not None:
+            found = await self.rt.cluster.snapshot(run_id)  # a run another node owns
+            if found is None:
+                raise WorkflowRunNotFoundError(run_id)
+            fold = found
+        state = fold.runs[run_id]
         out: dict[str, Any] = {
             "run_id": run_id,
             "workflow": state.workflow_name,
@@ -456,7 +462,7 @@ class _Edge:
                 out["error"] = {"type": type(cause).__name__, "message": str(cause)}
         hooks = []
         for token in list(state.hooks or ()):
-            entry = self.rt.state.tokens.get(token)
+            entry = fold.tokens.get(token)
             if entry is None:
                 continue
             hook: dict[str, Any] = {

@@ -171,13 +171,17 @@ class Actor:
             }))  # fmt: skip
             rt.steps.start(command.step_id)
         elif isinstance(command, CreateHook):
-            holder = rt.state.tokens.get(command.token)
+            entry = rt.state.tokens.get(command.token)
+            holder = entry.run_id if entry is not None else None
+            if holder is None and command.chosen and rt.cluster is not None:
+                # Other nodes' hooks are not in this node's index: the shared one decides.
+                holder = rt.cluster.claim_token(command.token, self.run.run_id, command.hook_id)
             base = {"token": command.token, "chosen": command.chosen}
             if holder is not None:
-                base["holder"] = holder.run_id
+                base["holder"] = holder
                 base["webhook"] = command.webhook is not None
                 rt.append(self._event(ev.HOOK_CONFLICT, command.hook_id, base))
-                return holder.run_id
+                return holder
             base["metadata"] = command.metadata
             base["webhook"] = command.webhook
             if command.schema is not None:

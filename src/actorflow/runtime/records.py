@@ -72,8 +72,12 @@ class Run:
     def __hash__(self) -> int:
         return hash(self.run_id)
 
-    def _state(self) -> RunState:
-        run = self._rt.state.runs.get(self.run_id)
+    async def _state(self) -> RunState:
+        rt = self._rt
+        run = rt.state.runs.get(self.run_id)
+        if run is None and rt.cluster is not None:
+            found = await rt.cluster.snapshot(self.run_id)  # a run another node owns
+            run = None if found is None else found.runs.get(self.run_id)
         if run is None:
             raise WorkflowRunNotFoundError(self.run_id)
         return run
@@ -84,7 +88,7 @@ class Run:
         Raises:
             WorkflowRunNotFoundError: no run has this id.
         """
-        return self._state().status
+        return (await self._state()).status
 
     async def wait(self, timeout: float | None = None) -> None:
         """Wait until the run has ended and its end is durable.
@@ -93,12 +97,18 @@ class Run:
             WorkflowRunNotFoundError: no run has this id.
             TimeoutError: ``timeout`` seconds passed first.
         """
-        run = self._state()
+        run = await self._state()
         if run.terminal is not None and run.terminal.position >= 0:
             return
-        if run.done is None:
-            run.done = anyio.Event()
         with anyio.fail_after(timeout):
+            while run is not self._rt.state.runs.get(self.run_id):
+                # Owned by another node: its end shows in the database; poll for it.
+                await anyio.sleep(self._rt.poll_interval)
+                run = await self._state()
+                if run.terminal is not None and run.terminal.position >= 0:
+                    return
+            if run.done is None:
+                run.done = anyio.Event()
             await run.done.wait()
 
     async def result(self, timeout: float | None = None) -> Any:
@@ -111,7 +121,7 @@ class Run:
             TimeoutError: ``timeout`` seconds passed first.
         """
         await self.wait(timeout)
-        run = self._state()
+        run = await self._state()
         terminal = run.terminal
         assert terminal is not None
         rt = self._rt

@@ -16,12 +16,13 @@ import inspect
 import logging
 import math
 import os
+import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar, Token
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import anyio
 import anyio.abc
@@ -58,6 +59,10 @@ from .webhook_request import Request, Response
 from .webhooks import WebhookResponses, resume_webhook
 from .workflow import WorkflowFunction
 
+if TYPE_CHECKING:
+    from .cluster import Cluster
+    from .log.postgres_cluster import ClusterLog
+
 __all__ = ["Runtime", "current_runtime"]
 
 logger = logging.getLogger("actorflow.runtime")
@@ -71,6 +76,11 @@ _DELIVERED = frozenset(
     {ev.RUN_CREATED, ev.HOOK_RECEIVED, ev.STEP_COMPLETED, ev.STEP_FAILED, ev.WAIT_COMPLETED,
      ev.RUN_CANCELLED}
 )  # fmt: skip
+
+
+def _is_cluster_store(store: EventStore) -> TypeGuard[ClusterLog]:
+    # Checked by attribute, not isinstance: the PostgreSQL modules need psycopg, an extra.
+    return hasattr(store, "node_id") and hasattr(store, "lease_seconds")
 
 
 def current_runtime() -> Runtime:
@@ -118,6 +128,11 @@ class Runtime:
         owner_id: str = "local",
         project_id: str = "default",
         environment: str = "development",
+        migrate: bool = True,
+        schema: str = "actorflow",
+        lease_seconds: float = 10.0,
+        poll_interval: float = 1.0,
+        node_id: str | None = None,
     ) -> None:
         if durability not in ("fsync", "none"):
             raise WorkflowDefinitionError(
@@ -133,6 +148,13 @@ class Runtime:
                 f"store must be an EventStore or a postgresql:// URL, not {store!r}"
             )
         self._store_arg = store
+        self._migrate = migrate
+        self.schema = schema
+        self.lease_seconds = lease_seconds
+        self.poll_interval = poll_interval
+        self.node_id = node_id or f"{socket.gethostname()}-{os.getpid()}-{new_token()[:8]}"
+        #: This runtime's part in a PostgreSQL schema shared by several runtimes, if it has one.
+        self.cluster: Cluster | None = None
         self.payloads = Payloads(KeyRing.from_config(encryption_key))
         self.secrets: Mapping[str, str | bytes] = dict(secrets or {})
         self.base_url = base_url.rstrip("/") if base_url else None
@@ -207,6 +229,11 @@ class Runtime:
         if self.durability == "none":
             logger.warning("actorflow durability='none': events are NOT fsynced (tests/benchmarks)")
         self.store = self._open_store()
+        if _is_cluster_store(self.store):
+            from .cluster import Cluster
+
+            self.node_id = self.store.node_id
+            self.cluster = Cluster(self, self.store, poll_interval=self.poll_interval)
         try:
             await anyio.to_thread.run_sync(self._recover_without_gc)
         except BaseException:
@@ -265,6 +292,8 @@ class Runtime:
             finally:
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(self.store.close)
+                if self.cluster is not None:
+                    self.cluster.close()
         return None
 
     async def _run_writer(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
@@ -286,6 +315,8 @@ class Runtime:
                     await tg.start(self.supervisor.reap)
                     for _ in range(4):
                         await tg.start(self.supervisor.rebuild_worker)
+                    if self.cluster is not None:
+                        await tg.start(self.cluster.run)
                     self._resume_after_recovery()
                     task_status.started()
         finally:
@@ -303,13 +334,29 @@ class Runtime:
             return FileLog(self.data_dir / "log", durability=self.durability)
         if isinstance(store, str):
             try:
-                from .log.postgres import PostgresLog
+                from .log.postgres_cluster import ClusterLog
             except ImportError as exc:
                 raise WorkflowDefinitionError(
                     "store='postgresql://...' needs psycopg: pip install 'actorflow[postgres]'"
                 ) from exc
-            return PostgresLog(store, durability=self.durability)
+            return ClusterLog(
+                store,
+                node_id=self.node_id,
+                durability=self.durability,
+                schema=self.schema,
+                migrate=self._migrate,
+                lease_seconds=self.lease_seconds,
+            )
         return store
+
+    def describe_store(self) -> str:
+        """Where the log is, for messages (never a password)."""
+        if self.cluster is not None:
+            store = self.cluster.store
+            return f"PostgreSQL {store._where}, node {self.node_id}"
+        if isinstance(self._store_arg, str) or self._store_arg is not None:
+            return f"store {type(self._store_arg).__name__}"
+        return f"data dir {self.data_dir}"
 
     def _recover_without_gc(self) -> None:
         # Recovery creates objects that all stay alive; letting the collector walk them again
@@ -376,14 +423,18 @@ class Runtime:
 
     # -- the log -----------------------------------------------------------------------------
 
-    def append(self, event: Event, key: bytes | str | None = None) -> Any:
+    def append(
+        self, event: Event, key: bytes | str | None = None, *, record: bytes | None = None
+    ) -> Any:
         """Submit ``event`` to the log and fold it into the state. Returns its ``Ticket``.
+
+        ``record``: the event already encoded (an inbox record another node made).
 
         Raises:
             LogWriteError: the log has failed.
             SerializationError: the event cannot be encoded (nothing committed).
         """
-        ticket = self.writer.submit(event, key)
+        ticket = self.writer.submit(event, key, record=record)
         run = self.state.runs.get(event.run_id)
         if event.type in ev.TERMINAL_EVENTS and run is not None and not run.finished:
             pending = list(run.pending or ())
@@ -502,6 +553,8 @@ class Runtime:
     ) -> Run:
         if key is not None:
             prior = self.state.start_keys.get(key)
+            if prior is None and self.cluster is not None:
+                prior = await self.cluster.start_key(key)
             if prior is not None:
                 await self.writer.flush()  # the first start may still be on its way to disk
                 return Run(self, prior)
@@ -525,6 +578,11 @@ class Runtime:
         self.check_size("the run's arguments", tree)
         self._admit()
         run_id = new_id("wrun_")
+        if key is not None and self.cluster is not None:
+            # The key is unique in the shared index; whoever inserts it first starts the run.
+            holder = await self.cluster.reserve_start_key(key, run_id, workflow.name)
+            if holder != run_id:
+                return Run(self, holder)
         # The seed of the run's random hook tokens: they are derived from it and the call's
         # index, so a replay re-creates the same token even if its hook_created was lost.
         data: dict[str, Any] = {
@@ -568,6 +626,8 @@ class Runtime:
             HookNotFoundError: no live hook owns it.
         """
         entry = self.state.tokens.get(token) if isinstance(token, str) else None
+        if entry is None and self.cluster is not None and isinstance(token, str):
+            entry = await self.cluster.lookup(token)
         if entry is None:
             raise HookNotFoundError(str(token))
         # Never hand out a hook (a webhook's URL) before its hook_created is on disk: a crash
@@ -595,6 +655,9 @@ class Runtime:
         """
         token = token_or_hook if isinstance(token_or_hook, str) else token_or_hook.token
         entry = self.state.tokens.get(token)
+        if self.cluster is not None and (entry is None or idempotency_key is not None):
+            return await self._resume_shared(token, entry, payload, encryption_key,
+                                             idempotency_key)  # fmt: skip
         prior = None
         if idempotency_key is not None:
             prior = self.state.idempotency.get((token, idempotency_key))
@@ -626,6 +689,38 @@ class Runtime:
                 "Runtime(encryption_key=...) with that key among the keys"
             )
         await self.deliver_external(entry, ev.HOOK_RECEIVED, data, encryption_key)
+        return self.hook_record(entry)
+
+    async def _resume_shared(
+        self,
+        token: str,
+        entry: HookEntry | None,
+        payload: Any,
+        encryption_key: bytes | str | None,
+        idempotency_key: str | None,
+    ) -> Hook:
+        """``resume_hook`` through the shared inbox: a run on another node, or a keyed delivery
+        (the key must be checked across nodes)."""
+        assert self.cluster is not None
+        if entry is None and isinstance(token, str):
+            entry = await self.cluster.lookup(token)
+        if entry is None or entry.webhook is not None:
+            raise HookNotFoundError(token)
+        if entry.schema is not None:
+            payload = validate_payload(load_schema(entry.schema), payload, token)
+        tree = codec.to_tree(payload, root="payload")
+        self.check_size("the payload", tree)
+        if encryption_key is not None and self.payloads.keys is None:
+            raise WorkflowDefinitionError(
+                "encryption_key= was given but encryption is off; configure "
+                "Runtime(encryption_key=...) with that key among the keys"
+            )
+        data: dict[str, Any] = {"payload": tree, "token": token, "external": True}
+        if idempotency_key is not None:
+            data["idempotency_key"] = idempotency_key
+            data["digest"] = codec.digest(tree)
+        self.writer.check()
+        await self.cluster.deliver(entry, ev.HOOK_RECEIVED, data, encryption_key)
         return self.hook_record(entry)
 
     async def deliver_external(
@@ -664,6 +759,13 @@ class Runtime:
             LogWriteError: the log failed.
         """
         run = self.state.runs.get(run_id)
+        if run is None and self.cluster is not None:
+            remote = await self.cluster.snapshot(run_id)
+            if remote is None:
+                raise WorkflowRunNotFoundError(run_id)
+            if not remote.runs[run_id].finished:
+                await self.cluster.cancel(run_id, reason)
+            return
         if run is None:
             raise WorkflowRunNotFoundError(run_id)
         if run.finished:

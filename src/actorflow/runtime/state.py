@@ -76,7 +76,7 @@ class HookEntry:
 
     __slots__ = (
         "hook_id", "run_id", "token", "created_at", "metadata", "webhook", "verifier", "schema",
-        "received", "untaken",
+        "received", "untaken", "remote",
     )  # fmt: skip
 
     def __init__(
@@ -98,6 +98,8 @@ class HookEntry:
         self.schema: str | None = None  # a typed hook's schema (import path)
         self.received = 0  # hook_received events accepted so far
         self.untaken = 0  # fed to the workflow's hook, not yet taken (kept when passivated)
+        #: Set on an entry read from the shared PostgreSQL index: the hook of another node's run.
+        self.remote: Any = None
 
 
 @dataclass(slots=True)

@@ -24,6 +24,7 @@ from .webhook_request import Request, Response
 
 if TYPE_CHECKING:
     from .runtime import Runtime
+    from .state import HookEntry
 
 __all__ = ["WebhookResponses", "resume_webhook", "to_request"]
 
@@ -43,8 +44,19 @@ class WebhookResponses:
             found = self._waiters[request_event_id] = anyio.Event()
         return found
 
+    def renew(self, request_event_id: str) -> anyio.Event:
+        """A fresh waiter for a request whose waiter was set (woken; keep waiting)."""
+        found = self._waiters[request_event_id] = anyio.Event()
+        return found
+
     def release(self, request_event_id: str) -> None:
         self._waiters.pop(request_event_id, None)
+
+    def poke(self, request_event_id: str) -> None:
+        """Wake whoever waits on a request: its response may be committed (another node's)."""
+        waiter = self._waiters.get(request_event_id)
+        if waiter is not None:
+            waiter.set()
 
     def responded(self, event: Event) -> None:
         waiter = self._waiters.pop(str(event.data.get("request_event_id")), None)
@@ -94,6 +106,16 @@ async def resume_webhook(rt: Runtime, token: str, raw: Request | Any) -> Respons
     request = await to_request(raw)
     live = rt.state.tokens.get(token)
     key = _delivery_key(request)
+    cluster = rt.cluster
+    if cluster is not None and (live is None or key is not None):
+        # A webhook of another node's run, or a delivery id to check across nodes: through
+        # the shared inbox, which also answers retries.
+        if live is None:
+            live = await cluster.lookup(token)
+        if live is None or live.webhook is None:
+            raise HookNotFoundError(token)
+        _verify(rt, live, request)
+        return await _deliver_shared(rt, live, request, key)
     prior = rt.state.idempotency.get((token, key)) if key is not None else None
     if prior is not None and live is not None and live.hook_id != prior.hook_id:
         prior = None  # the key was spent on an earlier webhook with this token
@@ -102,18 +124,7 @@ async def resume_webhook(rt: Runtime, token: str, raw: Request | Any) -> Respons
     if entry is None or entry.webhook is None:
         raise HookNotFoundError(token)
     options = entry.webhook
-    spec = options.get("verify")
-    if spec is not None:
-        if entry.verifier is None:
-            entry.verifier = load_verifier(spec)
-        try:
-            entry.verifier(request, rt.resolve_secret)
-        except (WebhookSignatureError, WorkflowDefinitionError):
-            raise
-        except Exception as exc:
-            raise WebhookSignatureError(
-                f"the webhook's signature check rejected it: {exc}"
-            ) from exc
+    _verify(rt, entry, request)
     manual = options.get("respond_with") == "manual"
     if prior is not None:
         await rt.writer.flush()
@@ -132,25 +143,88 @@ async def resume_webhook(rt: Runtime, token: str, raw: Request | Any) -> Respons
     return await _manual_response(rt, event.event_id, float(options["respond_timeout"]))
 
 
+def _verify(rt: Runtime, entry: HookEntry, request: Request) -> None:
+    assert entry.webhook is not None
+    spec = entry.webhook.get("verify")
+    if spec is None:
+        return
+    if entry.verifier is None:
+        entry.verifier = load_verifier(spec)
+    try:
+        entry.verifier(request, rt.resolve_secret)
+    except (WebhookSignatureError, WorkflowDefinitionError):
+        raise
+    except Exception as exc:
+        raise WebhookSignatureError(f"the webhook's signature check rejected it: {exc}") from exc
+
+
+async def _deliver_shared(
+    rt: Runtime, entry: HookEntry, request: Request, key: str | None
+) -> Response:
+    assert rt.cluster is not None and entry.webhook is not None
+    options = entry.webhook
+    tree = codec.to_tree(request.to_data(), root="request")
+    rt.check_size("the webhook request", tree)
+    data: dict[str, Any] = {"request": tree, "token": entry.token, "external": True}
+    if key is not None:
+        data["idempotency_key"] = key
+        data["digest"] = codec.digest(tree)
+    rt.writer.check()
+    event_id, _ = await rt.cluster.deliver(entry, ev.HOOK_RECEIVED, data)
+    if options.get("respond_with") != "manual":
+        return _immediate(options)
+    return await _manual_response(
+        rt, event_id, float(options["respond_timeout"]), run_id=entry.run_id
+    )
+
+
 def _immediate(options: Mapping[str, Any]) -> Response:
     if options.get("respond_with") == "static":
         return Response.from_data(codec.from_tree(options["response"]))
     return ACCEPTED
 
 
-async def _manual_response(rt: Runtime, request_event_id: str, timeout: float) -> Response:
+async def _manual_response(
+    rt: Runtime, request_event_id: str, timeout: float, *, run_id: str | None = None
+) -> Response:
     responses = rt.webhook_responses
     stored = rt.state.responses.get(request_event_id)
     if stored is None or stored.position < 0:
         waiter = responses.waiter(request_event_id)
         try:
             with anyio.move_on_after(timeout):
-                await waiter.wait()
+                if run_id is None or rt.cluster is None:
+                    await waiter.wait()
+                else:
+                    stored = await _remote_response(rt, run_id, request_event_id, waiter)
         finally:
             responses.release(request_event_id)
-        stored = rt.state.responses.get(request_event_id)
+        if stored is None or stored.position < 0:
+            stored = rt.state.responses.get(request_event_id)
         if stored is None:
             return Response(504, TIMED_OUT_BODY, {"content-type": "application/json"})
         if stored.position < 0:  # answered at the deadline, not yet durable: never send early
             await rt.writer.flush()
     return Response.from_data(rt.decode_value(stored, "response"))
+
+
+async def _remote_response(
+    rt: Runtime, run_id: str, request_event_id: str, waiter: anyio.Event
+) -> Event | None:
+    """Wait for the answer to a request whose run may live on another node.
+
+    Woken by the owner's ``NOTIFY`` (or this node's own append), and polled, so a lost
+    notification only delays the answer.
+    """
+    assert rt.cluster is not None
+    while True:
+        local = rt.state.responses.get(request_event_id)
+        if local is not None and local.position >= 0:
+            return local
+        found = await rt.cluster.response(run_id, request_event_id)
+        if found is not None:
+            return found
+        with anyio.move_on_after(rt.poll_interval):
+            await waiter.wait()
+        if waiter.is_set():
+            waiter = rt.webhook_responses.renew(request_event_id)

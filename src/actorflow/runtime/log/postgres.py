@@ -97,6 +97,103 @@ _MIGRATIONS: tuple[_Migration, ...] = (
             "CREATE INDEX events_run_position ON {schema}.events (run_id, position)",
         ),
     ),
+    _Migration(
+        2,
+        "many runtimes on one schema: nodes, run owners, live hooks, timers, inbox",
+        (
+            # A runtime process: it owns runs while its lease lasts. A node whose lease ran
+            # out is fenced by whoever takes its runs, and must not come back as if alive.
+            """CREATE TABLE {schema}.nodes (
+                node_id text PRIMARY KEY,
+                lease_until timestamptz NOT NULL,
+                fenced boolean NOT NULL DEFAULT false,
+                started_at timestamptz NOT NULL DEFAULT now()
+            )""",
+            # One row per run; owner is the node whose runtime holds the run's actor.
+            """CREATE TABLE {schema}.runs (
+                run_id text PRIMARY KEY,
+                workflow text NOT NULL,
+                status text NOT NULL,
+                owner text,
+                start_key text UNIQUE,
+                created_at timestamptz NOT NULL DEFAULT now()
+            )""",
+            "CREATE INDEX runs_owner ON {schema}.runs (owner) "
+            "WHERE status IN ('pending', 'running')",
+            # Live hooks. The primary key is what makes a token unique across processes.
+            # event_id is the hook_created event; NULL while a chosen token is only claimed.
+            """CREATE TABLE {schema}.hooks (
+                token text PRIMARY KEY,
+                run_id text NOT NULL,
+                hook_id text NOT NULL,
+                event_id text
+            )""",
+            "CREATE INDEX hooks_run ON {schema}.hooks (run_id)",
+            """CREATE TABLE {schema}.timers (
+                wait_id text PRIMARY KEY,
+                run_id text NOT NULL,
+                due_at double precision NOT NULL
+            )""",
+            "CREATE INDEX timers_run ON {schema}.timers (run_id)",
+            "CREATE INDEX timers_due ON {schema}.timers (due_at)",
+            # Deliveries accepted by a process that does not own the run: durable (the sender
+            # has its answer), waiting for the owner to append them to the run's history.
+            """CREATE TABLE {schema}.inbox (
+                id bigserial PRIMARY KEY,
+                run_id text NOT NULL,
+                token text NOT NULL,
+                event_id text NOT NULL UNIQUE,
+                record bytea NOT NULL,
+                created_at timestamptz NOT NULL DEFAULT now()
+            )""",
+            "CREATE INDEX inbox_run ON {schema}.inbox (run_id, id)",
+            # Idempotency keys of deliveries, so a retry sent to any process is recognised.
+            """CREATE TABLE {schema}.delivery_keys (
+                token text NOT NULL,
+                key text NOT NULL,
+                hook_id text NOT NULL,
+                digest text NOT NULL,
+                event_id text NOT NULL,
+                PRIMARY KEY (token, key)
+            )""",
+            # A log written by version 1 (one runtime) gets its runs, live hooks and timers
+            # indexed, so the runtimes that share it from now on find them.
+            """INSERT INTO {schema}.runs (run_id, workflow, status, start_key)
+            SELECT DISTINCT ON (c.run_id) c.run_id,
+                coalesce(convert_from(c.record, 'UTF8')::json -> 5 ->> 'workflow', ''),
+                coalesce((
+                    SELECT CASE s.type WHEN 'run_started' THEN 'running'
+                        WHEN 'run_completed' THEN 'completed' WHEN 'run_failed' THEN 'failed'
+                        ELSE 'cancelled' END
+                    FROM {schema}.events s
+                    WHERE s.run_id = c.run_id AND s.type IN
+                        ('run_started', 'run_completed', 'run_failed', 'run_cancelled')
+                    ORDER BY (s.type = 'run_started'), s.position LIMIT 1
+                ), 'pending'),
+                convert_from(c.record, 'UTF8')::json -> 5 ->> 'idempotency_key'
+            FROM {schema}.events c WHERE c.type = 'run_created'
+            ORDER BY c.run_id, c.position
+            ON CONFLICT DO NOTHING""",
+            """INSERT INTO {schema}.hooks (token, run_id, hook_id, event_id)
+            SELECT convert_from(h.record, 'UTF8')::json -> 5 ->> 'token', h.run_id,
+                h.correlation_id, h.event_id
+            FROM {schema}.events h JOIN {schema}.runs r ON r.run_id = h.run_id
+            WHERE h.type = 'hook_created' AND r.status IN ('pending', 'running')
+                AND NOT EXISTS (SELECT 1 FROM {schema}.events d WHERE d.run_id = h.run_id
+                    AND d.type = 'hook_disposed' AND d.correlation_id = h.correlation_id)
+            ORDER BY h.position DESC
+            ON CONFLICT DO NOTHING""",
+            """INSERT INTO {schema}.timers (wait_id, run_id, due_at)
+            SELECT w.correlation_id, w.run_id,
+                (convert_from(w.record, 'UTF8')::json -> 5 ->> 'resume_at')::double precision
+            FROM {schema}.events w JOIN {schema}.runs r ON r.run_id = w.run_id
+            WHERE w.type = 'wait_created' AND r.status IN ('pending', 'running')
+                AND NOT EXISTS (SELECT 1 FROM {schema}.events d WHERE d.run_id = w.run_id
+                    AND d.type IN ('wait_completed', 'wait_cancelled')
+                    AND d.correlation_id = w.correlation_id)
+            ON CONFLICT DO NOTHING""",
+        ),
+    ),
 )
 
 #: The schema version this code creates, reads and writes.
@@ -402,6 +499,14 @@ class PostgresLog:
         # Closing a connection rolls back whatever it had not committed and frees its locks.
         conn, self._conn = self._conn, None
         if conn is not None:
+            if not conn.closed and not conn.broken:
+                # Unlock before closing: a backend frees its locks only as it exits, after
+                # close() has returned, so a reopen right away could still find the schema held.
+                try:
+                    conn.rollback()
+                    conn.execute("SELECT pg_advisory_unlock_all()")
+                except psycopg.Error:
+                    pass
             conn.close()
         with self._read_lock:
             reader, self._reader = self._reader, None

@@ -20,7 +20,7 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 
-from ...errors import LogWriteError
+from ...errors import LeaseLostError, LogWriteError
 from ..core.events import Event
 from .store import EventStore, Position
 
@@ -57,6 +57,8 @@ class Ticket:
         if not batch.done.is_set():
             await batch.done.wait()
         if batch.error is not None:
+            if isinstance(batch.error, LeaseLostError):
+                raise LeaseLostError(str(batch.error)) from batch.error
             raise LogWriteError(f"the event log could not be written: {batch.error}") from (
                 batch.error
             )
@@ -64,6 +66,11 @@ class Ticket:
     @property
     def durable(self) -> bool:
         return self._batch.done.is_set() and self._batch.error is None
+
+    @property
+    def done(self) -> bool:
+        """Written, or failed."""
+        return self._batch.done.is_set()
 
 
 class LogWriter:
@@ -116,17 +123,21 @@ class LogWriter:
         if self._closing:
             raise LogWriteError("the event log is closed")
 
-    def submit(self, event: Event, key: bytes | str | None = None) -> Ticket:
+    def submit(
+        self, event: Event, key: bytes | str | None = None, *, record: bytes | None = None
+    ) -> Ticket:
         """Encode ``event`` (its payload under ``key`` if given) and add it to the open batch.
 
-        Never blocks.
+        ``record``, if given, is ``event`` already encoded (a record made by another process,
+        appended byte for byte). Never blocks.
 
         Raises:
             LogWriteError: the writer has failed or is closed.
             SerializationError: the event cannot be encoded (nothing was added).
         """
         self.check()
-        record = self._encode(event, key)
+        if record is None:
+            record = self._encode(event, key)
         batch = self._open
         batch.events.append(event)
         batch.records.append(record)

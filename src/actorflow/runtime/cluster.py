@@ -1,0 +1,320 @@
+"""A runtime's part in a shared PostgreSQL schema: its lease, takeovers, and the inbox.
+
+The storage side (fenced appends, the shared indexes, the SQL) is ``log/postgres_cluster.py``;
+this module is what the running runtime does with it:
+
+- **Lease.** Every ``lease_seconds / 3`` the node renews its lease. A renewal that finds the
+  node fenced (another node took its runs while it was paused or cut off) stops the runtime with
+  :class:`~actorflow.errors.LeaseLostError`; so does the first append that finds a run taken.
+- **Takeover.** After each renewal the node claims runs whose owner's lease ran out, reads their
+  events, folds them into its state, arms their timers, restarts their steps, and wakes them:
+  what recovery does at start, for a few runs.
+- **Inbox.** A resume for a run owned elsewhere is committed to the inbox by the receiving node
+  (that commit is the acknowledgement) and the owner is woken by ``NOTIFY``; each node also polls
+  its inbox every ``poll_interval``, so a lost notification only delays a delivery. The owner
+  appends the record unchanged (same event id, same encrypted bytes) to the run's history, and
+  the append deletes the inbox row in its transaction.
+- **Remote reads.** A run or hook owned by another node is read from the database: the live-hook
+  index for tokens, the run's events (folded here) for ``Run.status``/``result``, and the
+  ``webhook_responded`` event for a manual webhook response, woken by ``NOTIFY`` and polled.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+import anyio.from_thread
+import anyio.to_thread
+
+from ..errors import (
+    HookNotFoundError,
+    IdempotencyKeyConflictError,
+    LeaseLostError,
+    OverloadedError,
+    StorageError,
+)
+from .core import events as ev
+from .core.events import Event
+from .ids import new_id
+from .log.postgres_cluster import ClusterLog, Directory, ForeignHook
+from .log.writer import Ticket
+from .state import HookEntry, State
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+__all__ = ["Cluster"]
+
+logger = logging.getLogger("actorflow.cluster")
+
+# Runs a takeover claims per round; the rest wait for the next round (a third of a lease).
+_CLAIM_PER_ROUND = 2000
+_INBOX_BATCH = 1000
+
+
+class Cluster:
+    """One node of a shared schema; owned by the runtime, run in its task group."""
+
+    def __init__(self, rt: Runtime, store: ClusterLog, *, poll_interval: float) -> None:
+        self.rt = rt
+        self.store = store
+        self.node_id = store.node_id
+        self.lease_seconds = store.lease_seconds
+        self.poll_interval = poll_interval
+        self.directory = Directory(store.dsn, schema=store.schema, node_id=store.node_id)
+        self._wake = anyio.Event()
+        # Inbox records submitted to the writer and not yet durable, by event id, so a poll
+        # that reads them again before the commit does not append them twice.
+        self._inflight: dict[str, Ticket] = {}
+        self.adopted = 0
+        self.ingested = 0
+
+    # -- the services -------------------------------------------------------------------------
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._keep_lease)
+            tg.start_soon(self._listen)
+            tg.start_soon(self._ingest_loop)
+            task_status.started()
+
+    async def _keep_lease(self) -> None:
+        interval = self.lease_seconds / 3
+        while True:
+            await anyio.sleep(interval)
+            try:
+                renewed = await anyio.to_thread.run_sync(self.directory.renew, self.lease_seconds)
+            except StorageError as exc:
+                # Keep serving: appends stay fenced, so if the lease runs out meanwhile and
+                # another node takes the runs, the next append or renewal stops this runtime.
+                logger.warning("lease renewal failed, retrying: %s", exc)
+                continue
+            if not renewed:
+                raise LeaseLostError(
+                    f"node {self.node_id} was fenced: its lease ran out (the process was paused "
+                    "or cut off from PostgreSQL) and other nodes took its runs over; this "
+                    "runtime stops, a restart joins as a new node"
+                )
+            await self.take_over()
+
+    async def take_over(self) -> int:
+        """Claim runs whose owner is gone, rebuild them here; return how many were adopted."""
+        try:
+            groups = await anyio.to_thread.run_sync(self.directory.claim, _CLAIM_PER_ROUND)
+        except StorageError as exc:
+            logger.warning("takeover round failed, retrying next round: %s", exc)
+            return 0
+        adopted = self.adopt(groups)
+        if adopted:
+            logger.info("node %s took over %d run(s)", self.node_id, adopted)
+            self._wake.set()  # their inbox may hold deliveries
+        return adopted
+
+    def adopt(self, groups: Sequence[tuple[str, Sequence[tuple[int, bytes]]]]) -> int:
+        """Fold claimed runs' events into the state and start them, as recovery would."""
+        rt = self.rt
+        state = rt.state
+        runs = state.runs
+        decode = rt.payloads.decode_plain
+        adopted = 0
+        for run_id, rows in groups:
+            if not rows or run_id in runs:
+                continue
+            for position, record in rows:
+                event = decode(record, position)
+                state.apply(event)
+                run = runs.get(event.run_id)
+                if run is not None:
+                    run.positions.append(position)
+                    run.submitted += 1
+            run = runs.get(run_id)
+            if run is None or run.finished:
+                continue
+            adopted += 1
+            for pending_id in list(run.pending or ()):
+                timer = state.timers.get(pending_id)
+                if timer is not None:
+                    rt.timers.add(timer.wait_id, timer.resume_at)
+                elif pending_id in state.steps:
+                    rt.steps.start(pending_id)
+            rt.supervisor.wake(run)
+        self.adopted += adopted
+        return adopted
+
+    async def _listen(self) -> None:
+        stop = threading.Event()
+        try:
+            await anyio.to_thread.run_sync(
+                self.directory.listen, self._notified, stop, abandon_on_cancel=True
+            )
+        finally:
+            stop.set()
+
+    def _notified(self, payload: str) -> None:
+        # In the listener's thread: hop to the event loop.
+        try:
+            anyio.from_thread.run_sync(self._on_notification, payload)
+        except RuntimeError:  # the loop is shutting down
+            pass
+
+    def _on_notification(self, payload: str) -> None:
+        kind, _, value = payload.partition(":")
+        if kind == "wake" and value == self.node_id:
+            self._wake.set()
+        elif kind == "resp":
+            self.rt.webhook_responses.poke(value)
+
+    async def _ingest_loop(self) -> None:
+        while True:
+            with anyio.move_on_after(self.poll_interval):
+                await self._wake.wait()
+            self._wake = anyio.Event()
+            try:
+                while await self.ingest() >= _INBOX_BATCH:
+                    pass
+            except StorageError as exc:
+                logger.warning("reading the inbox failed, retrying: %s", exc)
+
+    async def ingest(self) -> int:
+        """Append inbox records of runs this node owns to their history; return how many."""
+        for event_id, ticket in list(self._inflight.items()):
+            if ticket.done:
+                del self._inflight[event_id]
+        rows = await anyio.to_thread.run_sync(self.directory.fetch_inbox, _INBOX_BATCH)
+        rt = self.rt
+        count = 0
+        for _, run_id, record in rows:
+            event = rt.payloads.decode_plain(record)
+            run = rt.state.runs.get(run_id)
+            if run is None or event.event_id in self._inflight:
+                continue  # claimed a moment ago and not adopted yet, or already on its way
+            rt.writer.check()
+            self._inflight[event.event_id] = rt.append(event, record=record)
+            if event.type == ev.HOOK_RECEIVED and event.data.get("external"):
+                run.external += 1
+            count += 1
+        self.ingested += count
+        return len(rows)
+
+    # -- tokens and deliveries ----------------------------------------------------------------
+
+    def claim_token(self, token: str, run_id: str, hook_id: str) -> str | None:
+        """Reserve a chosen token across nodes (blocking: one round trip); the holder's run."""
+        return self.directory.claim_token(token, run_id, hook_id)
+
+    async def lookup(self, token: str) -> HookEntry | None:
+        """The live hook holding ``token`` on any node, as a ``HookEntry`` marked remote."""
+        found = await anyio.to_thread.run_sync(self.directory.lookup, token)
+        if found is None:
+            return None
+        if found.owner == self.node_id:
+            local = self.rt.state.tokens.get(token)
+            if local is not None:
+                return local
+        created = self.rt.payloads.decode_plain(found.created)
+        entry = HookEntry(
+            found.hook_id,
+            found.run_id,
+            token,
+            created.created_at,
+            created.data.get("metadata"),
+            created.data.get("webhook"),
+        )
+        entry.schema = created.data.get("schema")
+        entry.remote = found
+        return entry
+
+    async def deliver(
+        self, entry: HookEntry, kind: str, data: dict[str, Any], key: bytes | str | None = None
+    ) -> tuple[str, bool]:
+        """Commit a delivery to the inbox of the hook's run.
+
+        Returns the event id that holds it and whether it is new (``False``: a retry with the
+        same idempotency key and payload, answered by the first delivery).
+
+        Raises:
+            HookNotFoundError: the hook is gone (disposed, or its run ended) by now.
+            IdempotencyKeyConflictError: the key was used before with another payload.
+            OverloadedError: the run's inbox is full.
+            StorageError: the database failed (nothing committed, or the outcome unknown).
+        """
+        rt = self.rt
+        remote = entry.remote
+        if remote is None:
+            # A hook of a run this node owns, delivered through the inbox for the shared
+            # idempotency check: its hook_created must be committed first.
+            await rt.writer.flush()
+            remote = ForeignHook(entry.token, entry.run_id, entry.hook_id, self.node_id, b"")
+        data = {**data, "via": "inbox"}
+        event = Event(new_id("evnt_"), entry.run_id, kind, entry.hook_id, rt.clock(), data)
+        record = rt.payloads.encode(event, key)
+        idempotency_key = data.get("idempotency_key")
+        outcome = await anyio.to_thread.run_sync(
+            lambda: self.directory.deliver(
+                remote,
+                event.event_id,
+                record,
+                key=None if idempotency_key is None else str(idempotency_key),
+                digest=None if idempotency_key is None else str(data.get("digest")),
+                mailbox_size=rt.mailbox_size,
+            )
+        )
+        if outcome.status == "gone":
+            raise HookNotFoundError(entry.token)
+        if outcome.status == "full":
+            raise OverloadedError(
+                f"the inbox of run {entry.run_id} is full ({rt.mailbox_size} deliveries waiting "
+                "for its owner); retry shortly",
+                retry_after=1.0,
+            )
+        if outcome.status == "conflict":
+            raise IdempotencyKeyConflictError(entry.token, str(idempotency_key))
+        if outcome.owner == self.node_id:
+            self._wake.set()
+        return outcome.event_id, outcome.status == "accepted"
+
+    async def response(self, run_id: str, request_event_id: str) -> Event | None:
+        """The committed ``webhook_responded`` answering a request of a run on another node."""
+        found = await anyio.to_thread.run_sync(
+            self.directory.find_response, run_id, request_event_id
+        )
+        return None if found is None else self.rt.payloads.decode_plain(found[1], found[0])
+
+    # -- runs on other nodes ------------------------------------------------------------------
+
+    async def snapshot(self, run_id: str) -> State | None:
+        """A run owned by another node, folded from its committed events (``None``: no run).
+
+        The state holds that one run, its live hooks among ``tokens``.
+        """
+        rows = await anyio.to_thread.run_sync(self.directory.run_events, run_id)
+        if not rows:
+            return None
+        state = State()
+        decode = self.rt.payloads.decode_plain
+        for position, record in rows:
+            state.apply(decode(record, position))
+        return state if run_id in state.runs else None
+
+    async def start_key(self, key: str) -> str | None:
+        return await anyio.to_thread.run_sync(self.directory.start_key, key)
+
+    async def reserve_start_key(self, key: str, run_id: str, workflow: str) -> str:
+        return await anyio.to_thread.run_sync(
+            self.directory.reserve_start_key, key, run_id, workflow
+        )
+
+    async def cancel(self, run_id: str, reason: str | None) -> None:
+        """Ask the owner of a run on another node to cancel it (through the inbox)."""
+        event = Event(new_id("evnt_"), run_id, ev.RUN_CANCELLED, None, self.rt.clock(),
+                      {"reason": reason, "via": "inbox"})  # fmt: skip
+        record = self.rt.payloads.encode(event)
+        await anyio.to_thread.run_sync(self.directory.enqueue, run_id, event.event_id, record)
+
+    def close(self) -> None:
+        self.directory.close()

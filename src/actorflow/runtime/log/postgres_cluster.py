@@ -1,0 +1,804 @@
+"""Many runtimes on one PostgreSQL schema: run ownership, leases, and the shared indexes.
+
+Each runtime process is a *node*. It holds a lease in ``nodes`` that it renews; each unfinished
+run has one owner in ``runs.owner``, the only node that holds the run's actor and the only one
+that appends the run's events. The rules that keep that true:
+
+- **Appends are fenced.** ``ClusterLog.append`` locks the rows of the batch's runs (``FOR SHARE``)
+  and checks that this node still owns every one of them, in the transaction that inserts the
+  events. A node whose runs were taken over cannot append to them: its store fails, and with it
+  the runtime (:class:`~actorflow.errors.LeaseLostError`), before anything is acknowledged.
+- **Takeover.** A run whose owner's lease ran out (or that has no owner) is claimed with
+  ``FOR UPDATE SKIP LOCKED``, so two nodes never claim one run, and runs with the earliest due
+  timers first. The claimer also fences the dead node, so a node that was only paused (a stop, a
+  long GC, a partition) finds on waking that it must stop, instead of acting as an owner.
+- **Indexes commit with the events.** The append that inserts ``hook_created`` inserts the
+  token into ``hooks`` (its primary key makes a token unique among live hooks across every
+  node), ``hook_disposed`` and the end of a run delete it, ``wait_created`` adds the timer, and a
+  run's status follows its events: all in the same transaction.
+- **Outside deliveries go through the owner.** A node that receives a resume or webhook for a
+  run it does not own commits the ``hook_received`` record to ``inbox`` (locking the live hook's
+  row, so the hook cannot be disposed under it) and sends ``NOTIFY``; that commit is the
+  acknowledgement. The owner moves the record into the run's history with its next append,
+  deleting the inbox row in the same transaction, so it is appended exactly once whoever owns
+  the run by then. The owner also polls the inbox, so a lost notification delays a delivery and
+  never drops it. A single writer per run keeps the order in which the owner fed events to the
+  workflow equal to the order a replay feeds them.
+
+:class:`Directory` holds the operations that are not appends (lease renewal, claims, lookups,
+inbox), on connections of its own, so they never wait behind a batch being committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg import sql
+
+from actorflow.errors import LeaseLostError, StorageError, WorkflowRunNotFoundError
+from actorflow.runtime.log.postgres import (
+    _COPY_FROM,
+    _SCAN_BATCH,
+    PostgresLog,
+    _Columns,
+    _connect,
+    _ensure_schema,
+    _is_text,
+)
+from actorflow.runtime.log.store import Durability, Position, ScanReport
+
+__all__ = ["ClusterLog", "Delivery", "Directory", "ForeignHook", "channel_name"]
+
+logger = logging.getLogger("actorflow.cluster")
+
+_TERMINAL = {"run_completed": "completed", "run_failed": "failed", "run_cancelled": "cancelled"}
+# Runs claimed per statement at takeover; each claim reads the runs' events right after.
+_CLAIM_BATCH = 5000
+
+
+def channel_name(schema: str) -> str:
+    """The ``LISTEN`` channel of a schema's nodes (a PostgreSQL identifier, at most 63 bytes)."""
+    return f"actorflow_{schema}"[:63]
+
+
+@dataclass(slots=True)
+class _Changes:
+    """What a batch changes besides ``events``: the rows of the shared indexes."""
+
+    columns: _Columns = field(default_factory=lambda: _Columns([], [], [], []))
+    created_runs: dict[str, str] = field(default_factory=dict)  # run id -> workflow
+    status: dict[str, str] = field(default_factory=dict)  # run id -> its latest status
+    ended: list[str] = field(default_factory=list)
+    hooks_added: dict[str, tuple[str, str, str, str]] = field(default_factory=dict)
+    hooks_removed: list[tuple[str, str]] = field(default_factory=list)  # (token, hook id)
+    timers_added: list[tuple[str, str, float]] = field(default_factory=list)
+    timers_removed: list[str] = field(default_factory=list)
+    from_inbox: list[str] = field(default_factory=list)  # event ids
+    responses: list[str] = field(default_factory=list)  # request event ids answered
+
+
+def _changes(records: Sequence[bytes]) -> _Changes:
+    """Parse each record and collect the index changes of the batch.
+
+    Raises:
+        ValueError: a record is not an actorflow event (nothing was written).
+    """
+    out = _Changes()
+    for index, record in enumerate(records):
+        try:
+            fields = orjson.loads(record)
+        except orjson.JSONDecodeError:
+            fields = None
+        if (
+            type(fields) is not list
+            or len(fields) != 6
+            or not all(_is_text(value) for value in fields[:3])
+            or not (fields[3] is None or _is_text(fields[3]))
+            or type(fields[5]) is not dict
+        ):
+            raise ValueError(
+                f"record {index} of the batch is not an actorflow event "
+                "([event_id, run_id, type, correlation_id, created_at, data] with text ids): "
+                "the PostgreSQL log indexes events by their ids; nothing was written"
+            )
+        event_id, run_id, kind, corr, _, data = fields
+        columns = out.columns
+        columns.event_ids.append(event_id)
+        columns.run_ids.append(run_id)
+        columns.types.append(kind)
+        columns.correlation_ids.append(corr)
+        if kind == "run_created":
+            out.created_runs[run_id] = str(data.get("workflow", ""))
+            out.status[run_id] = "pending"
+        elif kind == "run_started":
+            out.status[run_id] = "running"
+        elif kind in _TERMINAL:
+            out.status[run_id] = _TERMINAL[kind]
+            out.ended.append(run_id)
+        elif kind == "hook_created":
+            token = str(data.get("token"))
+            out.hooks_added[token] = (token, run_id, corr or "", event_id)
+        elif kind == "hook_disposed":
+            # Net effect per token: one statement cannot insert the same token twice.
+            token, hook_id = str(data.get("token")), corr or ""
+            added = out.hooks_added.get(token)
+            if added is not None and added[2] == hook_id:
+                del out.hooks_added[token]
+            out.hooks_removed.append((token, hook_id))
+        elif kind == "wait_created":
+            out.timers_added.append((corr or "", run_id, float(data.get("resume_at", 0.0))))
+        elif kind in ("wait_completed", "wait_cancelled"):
+            out.timers_removed.append(corr or "")
+        elif kind == "hook_received" and data.get("via") == "inbox":
+            out.from_inbox.append(event_id)
+        elif kind == "webhook_responded":
+            out.responses.append(str(data.get("request_event_id")))
+    return out
+
+
+class ClusterLog(PostgresLog):
+    """The PostgreSQL event store of one node among many sharing a schema.
+
+    ``scan()`` registers the node, claims every run that has no live owner, and yields those
+    runs' events (not the whole log: other nodes own the rest). ``append()`` is fenced and keeps
+    the shared indexes (see the module docstring). ``close()`` hands the node's runs back, so
+    another node (or this one, restarted) takes them at once instead of after the lease.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        node_id: str,
+        durability: Durability = "fsync",
+        schema: str = "actorflow",
+        migrate: bool = True,
+        lease_seconds: float = 10.0,
+    ) -> None:
+        super().__init__(dsn, durability=durability, schema=schema, migrate=migrate)
+        if not node_id or "\x00" in node_id:
+            raise ValueError("node_id must be a non-empty string without NUL")
+        if not lease_seconds > 0:
+            raise ValueError(f"lease_seconds must be positive, not {lease_seconds!r}")
+        self.node_id = node_id
+        self.lease_seconds = lease_seconds
+        self._cq = _ClusterQueries(schema)
+
+    def _scan(self) -> Generator[tuple[Position, bytes], None, None]:
+        conn = self._conn = _connect(self.dsn, self._where)
+        count = 0
+        try:
+            if self.durability == "none":
+                conn.execute("SET synchronous_commit = off")
+                conn.commit()
+            _ensure_schema(conn, self.schema, apply=self._apply_migrations, where=self._where)
+            conn.execute(self._cq.register, (self.node_id, self.lease_seconds))
+            conn.commit()
+            while True:
+                claimed = claim_orphans(conn, self._cq, self.node_id, _CLAIM_BATCH)
+                if not claimed:
+                    break
+                with conn.cursor("actorflow_scan", binary=True) as cursor:
+                    cursor.itersize = _SCAN_BATCH
+                    cursor.execute(self._cq.run_events, (claimed,))
+                    for position, _, record in cursor:
+                        count += 1
+                        yield position, record
+                conn.commit()
+        except psycopg.Error as exc:
+            message = f"cannot read the PostgreSQL event log {self._where}: {exc}"
+            raise StorageError(message) from exc
+        self._report = ScanReport(records=count)
+
+    def append(self, records: Sequence[bytes]) -> list[Position]:
+        """Insert records and their index changes in the open transaction, fenced.
+
+        Raises:
+            LeaseLostError: another node owns one of the batch's runs now (nothing of the batch
+                commits; the store accepts nothing more).
+            LogWriteError: the insert failed; the store accepts nothing more.
+            ValueError: a record is not an actorflow event (nothing was written).
+        """
+        conn = self._check_writable()
+        if not records:
+            return []
+        changes = _changes(records)
+        q = self._cq
+        node = self.node_id
+        try:
+            columns = changes.columns
+            owned_before = [r for r in set(columns.run_ids) if r not in changes.created_runs]
+            if owned_before:
+                found = conn.execute(q.check_owner, (owned_before, node)).fetchall()
+                if len(found) != len(owned_before):
+                    lost = sorted(set(owned_before) - {row[0] for row in found})
+                    raise self._lost(lost)
+            if changes.created_runs:
+                conn.execute(
+                    q.insert_runs,
+                    (list(changes.created_runs), list(changes.created_runs.values()), node),
+                )
+            if len(records) < _COPY_FROM:
+                positions = self._insert(conn, columns, records)
+            else:
+                positions = self._copy(conn, columns, records)
+            if changes.status:
+                conn.execute(q.set_status, (list(changes.status), list(changes.status.values())))
+            if changes.hooks_removed:
+                tokens, hook_ids = map(list, zip(*changes.hooks_removed, strict=True))
+                conn.execute(q.remove_hooks, (tokens, hook_ids))
+            if changes.hooks_added:
+                added = changes.hooks_added.values()
+                tokens, runs, hook_ids, events = map(list, zip(*added, strict=True))
+                conn.execute(q.add_hooks, (tokens, runs, hook_ids, events))
+            if changes.timers_added:
+                waits, runs, due = map(list, zip(*changes.timers_added, strict=True))
+                conn.execute(q.add_timers, (waits, runs, due))
+            if changes.timers_removed:
+                conn.execute(q.remove_timers, (changes.timers_removed,))
+            if changes.ended:
+                conn.execute(q.end_runs_hooks, (changes.ended,))
+                conn.execute(q.end_runs_timers, (changes.ended,))
+            if changes.from_inbox:
+                taken = conn.execute(q.take_inbox, (changes.from_inbox,)).fetchall()
+                if len(taken) != len(changes.from_inbox):
+                    raise self._lost(sorted(set(columns.run_ids)))
+            if changes.responses:
+                conn.execute(q.notify_responses, (q.channel, changes.responses))
+        except LeaseLostError:
+            raise
+        except psycopg.Error as exc:
+            raise self._fail("append", exc) from exc
+        with self._pending_lock:
+            self._pending.update(zip(positions, records, strict=True))
+        self._dirty = True
+        return positions
+
+    def _lost(self, runs: list[str]) -> LeaseLostError:
+        shown = ", ".join(runs[:5]) + (f" and {len(runs) - 5} more" if len(runs) > 5 else "")
+        error = LeaseLostError(
+            f"node {self.node_id} no longer owns run(s) {shown} in PostgreSQL {self._where}: "
+            "its lease ran out and another node took them over; nothing of this batch was "
+            "committed, and this runtime must stop (a restart joins as a new node)"
+        )
+        self._failure = psycopg.OperationalError(str(error))
+        with self._pending_lock:
+            self._pending.clear()
+        return error
+
+    def _release(self) -> None:
+        conn = self._conn
+        if conn is not None and self._failure is None and not conn.closed and not conn.broken:
+            # A clean stop: give the runs back now rather than when the lease runs out.
+            try:
+                conn.rollback()
+                conn.execute(self._cq.release_runs, (self.node_id,))
+                conn.execute(self._cq.forget_node, (self.node_id,))
+                conn.commit()
+            except psycopg.Error as exc:
+                logger.warning("could not hand runs back at close (they wait for the lease): %s",
+                               exc)  # fmt: skip
+        super()._release()
+
+
+def claim_orphans(
+    conn: psycopg.Connection[Any], q: _ClusterQueries, node_id: str, limit: int
+) -> list[str]:
+    """Claim up to ``limit`` unfinished runs with no live owner; commit; return their ids.
+
+    The owners whose lease ran out are fenced in the same transaction.
+    """
+    with conn.transaction():
+        conn.execute(q.fence_dead)
+        claimed = [row[0] for row in conn.execute(q.claim, (limit, node_id)).fetchall()]
+        if claimed:
+            # A start_once whose node died between reserving its key and writing run_created
+            # left a row with no events: drop it, so a retry of that start can succeed.
+            conn.execute(q.drop_phantoms, (claimed,))
+    return claimed
+
+
+@dataclass(frozen=True, slots=True)
+class ForeignHook:
+    """A live hook as the shared index shows it: its run, owner, and ``hook_created`` record."""
+
+    token: str
+    run_id: str
+    hook_id: str
+    owner: str | None
+    created: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """The outcome of :meth:`Directory.deliver`."""
+
+    status: str  # "accepted", "duplicate", "conflict", "gone", "full"
+    event_id: str = ""
+    owner: str | None = None
+
+
+class Directory:
+    """A node's side connections: leases, claims, lookups and the inbox.
+
+    Thread-safe: each call borrows a connection of a small pool (one per concurrent caller, at
+    most ``size``), so lookups and deliveries from many requests run side by side.
+    """
+
+    def __init__(self, dsn: str, *, schema: str, node_id: str, size: int = 4) -> None:
+        self.dsn = dsn
+        self.schema = schema
+        self.node_id = node_id
+        self.q = _ClusterQueries(schema)
+        self._where = f"(schema {schema})"
+        self._idle: list[psycopg.Connection[Any]] = []
+        self._lock = threading.Lock()
+        self._slots = threading.Semaphore(size)
+        self._closed = False
+        # Token claims run on the event loop's thread (a workflow step cannot wait): they get a
+        # connection of their own, so they never queue behind the pool's longer calls.
+        self._claimer: psycopg.Connection[Any] | None = None
+        self._claimer_lock = threading.Lock()
+
+    # -- the pool ----------------------------------------------------------------------------
+
+    def _borrow(self) -> psycopg.Connection[Any]:
+        self._slots.acquire()
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None or conn.closed or conn.broken:
+            try:
+                conn = _connect(self.dsn, self._where, autocommit=True)
+            except BaseException:
+                self._slots.release()
+                raise
+        return conn
+
+    def _give_back(self, conn: psycopg.Connection[Any]) -> None:
+        with self._lock:
+            if self._closed or conn.broken:
+                conn.close()
+            else:
+                self._idle.append(conn)
+        self._slots.release()
+
+    def _call(self, what: str, fn: Callable[[psycopg.Connection[Any]], Any]) -> Any:
+        conn = self._borrow()
+        try:
+            return fn(conn)
+        except psycopg.Error as exc:
+            raise StorageError(f"PostgreSQL {what} failed {self._where}: {exc}") from exc
+        finally:
+            self._give_back(conn)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+        with self._claimer_lock:
+            if self._claimer is not None:
+                self._claimer.close()
+                self._claimer = None
+
+    # -- leases and takeover ------------------------------------------------------------------
+
+    def renew(self, lease_seconds: float) -> bool:
+        """Extend this node's lease; ``False`` if it was fenced (or its row is gone)."""
+
+        def run(conn: psycopg.Connection[Any]) -> bool:
+            row = conn.execute(self.q.renew, (lease_seconds, self.node_id)).fetchone()
+            return row is not None
+
+        return bool(self._call("lease renewal", run))
+
+    def claim(self, limit: int) -> list[tuple[str, list[tuple[Position, bytes]]]]:
+        """Claim runs without a live owner and read their events (grouped per run, in order)."""
+
+        def run(conn: psycopg.Connection[Any]) -> list[tuple[str, list[tuple[Position, bytes]]]]:
+            claimed = claim_orphans(conn, self.q, self.node_id, limit)
+            return _group(claimed, conn.execute(self.q.run_events, (claimed,)).fetchall())
+
+        if self._closed:
+            return []
+        result: list[tuple[str, list[tuple[Position, bytes]]]] = self._call("takeover", run)
+        return result
+
+    def run_events(self, run_id: str) -> list[tuple[Position, bytes]]:
+        """Every event of one run, in log order (for reading a run another node owns)."""
+
+        def run(conn: psycopg.Connection[Any]) -> list[tuple[Position, bytes]]:
+            return [(p, bytes(r)) for p, _, r in conn.execute(self.q.run_events, ([run_id],))]
+
+        result: list[tuple[Position, bytes]] = self._call("read", run)
+        return result
+
+    def owner_of(self, run_id: str) -> tuple[str, str | None] | None:
+        """``(status, owner)`` of a run, or ``None`` if no run has this id."""
+
+        def run(conn: psycopg.Connection[Any]) -> tuple[str, str | None] | None:
+            row = conn.execute(self.q.run_owner, (run_id,)).fetchone()
+            return None if row is None else (str(row[0]), row[1])
+
+        result: tuple[str, str | None] | None = self._call("read", run)
+        return result
+
+    # -- tokens --------------------------------------------------------------------------------
+
+    def claim_token(self, token: str, run_id: str, hook_id: str) -> str | None:
+        """Reserve a chosen token for a run's new hook; the run holding it instead, if any.
+
+        Raises:
+            StorageError: the database failed (twice: a lost connection is reopened once).
+        """
+        with self._claimer_lock:
+            for attempt in (1, 2):
+                conn = self._claimer
+                try:
+                    if conn is None or conn.closed or conn.broken:
+                        conn = self._claimer = _connect(self.dsn, self._where, autocommit=True)
+                    return self._claim_token(conn, token, run_id, hook_id)
+                except psycopg.Error as exc:
+                    # Retrying is safe: the claim is an upsert keyed by token and run.
+                    if attempt == 2 or (conn is not None and not conn.broken):
+                        raise StorageError(
+                            f"PostgreSQL token claim failed {self._where}: {exc}"
+                        ) from exc
+        return None  # unreachable
+
+    def _claim_token(
+        self, conn: psycopg.Connection[Any], token: str, run_id: str, hook_id: str
+    ) -> str | None:
+        for _ in range(3):
+            row = conn.execute(self.q.claim_token, (token, run_id, hook_id)).fetchone()
+            if row is not None:
+                return None
+            holder = conn.execute(self.q.token_holder, (token,)).fetchone()
+            if holder is not None:
+                return str(holder[0])
+        return None  # released three times in a row by its holder: taken as free
+
+    def lookup(self, token: str) -> ForeignHook | None:
+        """The live hook holding ``token`` (``None`` if none, or if not yet created durably)."""
+
+        def run(conn: psycopg.Connection[Any]) -> ForeignHook | None:
+            row = conn.execute(self.q.lookup, (token,)).fetchone()
+            if row is None or row[3] is None:
+                return None
+            return ForeignHook(token, row[0], row[1], row[2], bytes(row[3]))
+
+        result: ForeignHook | None = self._call("hook lookup", run)
+        return result
+
+    # -- the inbox ------------------------------------------------------------------------------
+
+    def deliver(
+        self,
+        hook: ForeignHook,
+        event_id: str,
+        record: bytes,
+        *,
+        key: str | None,
+        digest: str | None,
+        mailbox_size: int,
+    ) -> Delivery:
+        """Commit a ``hook_received`` record to the inbox of the hook's run, and wake its owner.
+
+        Checked in the same transaction: the hook is still live (its row is locked, so it cannot
+        be disposed before the commit), the idempotency key, and the run's inbox bound.
+        """
+        q = self.q
+
+        def run(conn: psycopg.Connection[Any]) -> Delivery:
+            with conn.transaction():
+                live = conn.execute(q.lock_hook, (hook.token, hook.hook_id)).fetchone()
+                if live is None:
+                    return Delivery("gone")
+                owner = live[0]
+                if key is not None:
+                    prior = conn.execute(
+                        q.add_key, (hook.token, key, hook.hook_id, digest, event_id)
+                    ).fetchone()
+                    if prior is None:
+                        found = conn.execute(q.find_key, (hook.token, key)).fetchone()
+                        if found is not None and found[0] == hook.hook_id:
+                            status = "duplicate" if found[1] == digest else "conflict"
+                            return Delivery(status, str(found[2]), owner)
+                        # The key was spent on an earlier hook with this token: reuse it.
+                        conn.execute(q.reuse_key, (hook.hook_id, digest, event_id, hook.token, key))
+                waiting = conn.execute(q.inbox_count, (hook.run_id,)).fetchone()
+                if waiting is not None and waiting[0] >= mailbox_size:
+                    raise _Full
+                conn.execute(q.add_inbox, (hook.run_id, hook.token, event_id, record))
+                if owner is not None and owner != self.node_id:
+                    conn.execute(q.notify, (q.channel, f"wake:{owner}"))
+                return Delivery("accepted", event_id, owner)
+
+        try:
+            result: Delivery = self._call("delivery", run)
+        except _Full:
+            return Delivery("full")
+        return result
+
+    def enqueue(self, run_id: str, event_id: str, record: bytes) -> None:
+        """Commit a record (not a hook delivery: a cancel) to a run's inbox, and wake its owner.
+
+        Raises:
+            WorkflowRunNotFoundError: no run has this id.
+        """
+        q = self.q
+
+        def run(conn: psycopg.Connection[Any]) -> bool:
+            with conn.transaction():
+                row = conn.execute(q.run_owner, (run_id,)).fetchone()
+                if row is None:
+                    return False
+                conn.execute(q.add_inbox, (run_id, "", event_id, record))
+                if row[1] is not None and row[1] != self.node_id:
+                    conn.execute(q.notify, (q.channel, f"wake:{row[1]}"))
+                return True
+
+        if not self._call("delivery", run):
+            raise WorkflowRunNotFoundError(run_id)
+
+    def fetch_inbox(self, limit: int) -> list[tuple[int, str, bytes]]:
+        """Inbox rows of runs this node owns, oldest first: ``(id, run_id, record)``."""
+
+        def run(conn: psycopg.Connection[Any]) -> list[tuple[int, str, bytes]]:
+            rows = conn.execute(self.q.fetch_inbox, (self.node_id, limit)).fetchall()
+            return [(int(i), str(r), bytes(rec)) for i, r, rec in rows]
+
+        result: list[tuple[int, str, bytes]] = self._call("inbox read", run)
+        return result
+
+    def find_response(self, run_id: str, request_event_id: str) -> tuple[Position, bytes] | None:
+        """The ``webhook_responded`` record answering a request, once committed."""
+
+        def run(conn: psycopg.Connection[Any]) -> tuple[Position, bytes] | None:
+            for position, record in conn.execute(self.q.responses, (run_id,)):
+                data = orjson.loads(record)[5]
+                if data.get("request_event_id") == request_event_id:
+                    return position, bytes(record)
+            return None
+
+        result: tuple[Position, bytes] | None = self._call("read", run)
+        return result
+
+    def start_key(self, key: str) -> str | None:
+        """The run started with this idempotency key, if any."""
+
+        def run(conn: psycopg.Connection[Any]) -> str | None:
+            row = conn.execute(self.q.start_key, (key,)).fetchone()
+            return None if row is None else str(row[0])
+
+        result: str | None = self._call("read", run)
+        return result
+
+    def reserve_start_key(self, key: str, run_id: str, workflow: str) -> str:
+        """Insert the run's row with ``key``, owned by this node, before its ``run_created``.
+
+        Returns the run id that holds the key: ``run_id`` if this call won it.
+        """
+
+        def run(conn: psycopg.Connection[Any]) -> str:
+            with conn.transaction():
+                row = conn.execute(
+                    self.q.reserve_start, (run_id, workflow, self.node_id, key)
+                ).fetchone()
+                if row is not None:
+                    return run_id
+                found = conn.execute(self.q.start_key, (key,)).fetchone()
+                assert found is not None
+                return str(found[0])
+
+        result: str = self._call("start", run)
+        return result
+
+    # -- notifications -------------------------------------------------------------------------
+
+    def listen(self, on_payload: Callable[[str], None], stop: threading.Event) -> None:
+        """Call ``on_payload`` for each notification on the schema's channel until ``stop``.
+
+        A lost connection is reopened after a pause; deliveries meanwhile wait for the poll.
+        """
+        while not stop.is_set():
+            try:
+                conn = _connect(self.dsn, self._where, autocommit=True)
+            except StorageError as exc:
+                logger.warning("LISTEN connection failed (polling meanwhile): %s", exc)
+                stop.wait(1.0)
+                continue
+            try:
+                conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.q.channel)))
+                while not stop.is_set():
+                    for note in conn.notifies(timeout=0.25):
+                        on_payload(note.payload)
+            except psycopg.Error as exc:
+                if not stop.is_set():
+                    logger.warning("LISTEN connection lost (polling meanwhile): %s", exc)
+                    stop.wait(1.0)
+            finally:
+                conn.close()
+
+
+class _Full(Exception):
+    """The run's inbox is at its bound (rolls the delivery back)."""
+
+
+def _group(
+    claimed: list[str], rows: list[tuple[Position, str, bytes]]
+) -> list[tuple[str, list[tuple[Position, bytes]]]]:
+    by_run: dict[str, list[tuple[Position, bytes]]] = {run_id: [] for run_id in claimed}
+    for position, run_id, record in rows:
+        by_run[run_id].append((position, bytes(record)))
+    return list(by_run.items())
+
+
+class _ClusterQueries:
+    """The cluster's SQL, rendered once for its schema."""
+
+    def __init__(self, schema: str) -> None:
+        self.channel = channel_name(schema)
+
+        def t(name: str) -> sql.Identifier:
+            return sql.Identifier(schema, name)
+
+        def render(template: str, **tables: str) -> bytes:
+            return sql.SQL(template).format(**{k: t(v) for k, v in tables.items()}).as_bytes(None)
+
+        live = "('pending', 'running')"
+        self.register = render(
+            "INSERT INTO {nodes} (node_id, lease_until) "
+            "VALUES (%s, now() + make_interval(secs => %s))",
+            nodes="nodes",
+        )
+        self.renew = render(
+            "UPDATE {nodes} SET lease_until = now() + make_interval(secs => %s) "
+            "WHERE node_id = %s AND NOT fenced RETURNING node_id",
+            nodes="nodes",
+        )
+        self.fence_dead = render(
+            "UPDATE {nodes} SET fenced = true WHERE lease_until < now() AND NOT fenced",
+            nodes="nodes",
+        )
+        # Runs with a due timer first (timers due while every node was down fire at once).
+        self.claim = render(
+            "WITH orphan AS ("
+            " SELECT r.run_id FROM {runs} r LEFT JOIN {nodes} n ON n.node_id = r.owner"
+            f" WHERE r.status IN {live}"
+            "  AND (r.owner IS NULL OR n.node_id IS NULL OR n.fenced OR n.lease_until < now())"
+            " ORDER BY (SELECT min(due_at) FROM {timers} w WHERE w.run_id = r.run_id)"
+            "  NULLS LAST"
+            " LIMIT %s FOR UPDATE OF r SKIP LOCKED)"
+            " UPDATE {runs} SET owner = %s FROM orphan WHERE {runs}.run_id = orphan.run_id"
+            " RETURNING {runs}.run_id",
+            runs="runs",
+            nodes="nodes",
+            timers="timers",
+        )
+        self.run_events = render(
+            "SELECT position, run_id, record FROM {events} WHERE run_id = ANY(%s) "
+            "ORDER BY position",
+            events="events",
+        )
+        self.drop_phantoms = render(
+            "DELETE FROM {runs} r WHERE r.run_id = ANY(%s) AND NOT EXISTS "
+            "(SELECT 1 FROM {events} e WHERE e.run_id = r.run_id)",
+            runs="runs",
+            events="events",
+        )
+        self.run_owner = render("SELECT status, owner FROM {runs} WHERE run_id = %s", runs="runs")
+        self.release_runs = render(
+            f"UPDATE {{runs}} SET owner = NULL WHERE owner = %s AND status IN {live}",
+            runs="runs",
+        )
+        self.forget_node = render("DELETE FROM {nodes} WHERE node_id = %s", nodes="nodes")
+        self.check_owner = render(
+            "SELECT run_id FROM {runs} WHERE run_id = ANY(%s) AND owner = %s FOR SHARE",
+            runs="runs",
+        )
+        self.insert_runs = render(
+            "INSERT INTO {runs} (run_id, workflow, status, owner) "
+            "SELECT r, w, 'pending', o FROM unnest(%s::text[], %s::text[]) AS x(r, w), "
+            "(SELECT %s::text AS o) AS node ON CONFLICT (run_id) DO NOTHING",
+            runs="runs",
+        )
+        self.set_status = render(
+            "UPDATE {runs} SET status = x.s FROM unnest(%s::text[], %s::text[]) AS x(r, s) "
+            "WHERE {runs}.run_id = x.r",
+            runs="runs",
+        )
+        # A chosen token was claimed first (claim_token): the same run fills in its event.
+        self.add_hooks = render(
+            "INSERT INTO {hooks} (token, run_id, hook_id, event_id) "
+            "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) "
+            "ON CONFLICT (token) DO UPDATE SET hook_id = excluded.hook_id, "
+            "event_id = excluded.event_id WHERE {hooks}.run_id = excluded.run_id",
+            hooks="hooks",
+        )
+        self.remove_hooks = render(
+            "DELETE FROM {hooks} h USING unnest(%s::text[], %s::text[]) AS x(t, i) "
+            "WHERE h.token = x.t AND h.hook_id = x.i",
+            hooks="hooks",
+        )
+        self.add_timers = render(
+            "INSERT INTO {timers} (wait_id, run_id, due_at) "
+            "SELECT * FROM unnest(%s::text[], %s::text[], %s::float8[]) "
+            "ON CONFLICT (wait_id) DO NOTHING",
+            timers="timers",
+        )
+        self.remove_timers = render("DELETE FROM {timers} WHERE wait_id = ANY(%s)", timers="timers")
+        self.end_runs_hooks = render("DELETE FROM {hooks} WHERE run_id = ANY(%s)", hooks="hooks")
+        self.end_runs_timers = render(
+            "DELETE FROM {timers} WHERE run_id = ANY(%s)", timers="timers"
+        )
+        self.take_inbox = render(
+            "DELETE FROM {inbox} WHERE event_id = ANY(%s) RETURNING id", inbox="inbox"
+        )
+        self.notify = b"SELECT pg_notify(%s, %s)"
+        self.notify_responses = b"SELECT pg_notify(%s, 'resp:' || x) FROM unnest(%s::text[]) x"
+        self.claim_token = render(
+            "INSERT INTO {hooks} (token, run_id, hook_id) VALUES (%s, %s, %s) "
+            "ON CONFLICT (token) DO UPDATE SET hook_id = excluded.hook_id, event_id = NULL "
+            "WHERE {hooks}.run_id = excluded.run_id RETURNING run_id",
+            hooks="hooks",
+        )
+        self.token_holder = render("SELECT run_id FROM {hooks} WHERE token = %s", hooks="hooks")
+        self.lookup = render(
+            "SELECT h.run_id, h.hook_id, r.owner, e.record FROM {hooks} h "
+            "JOIN {runs} r ON r.run_id = h.run_id "
+            "LEFT JOIN {events} e ON e.event_id = h.event_id WHERE h.token = %s",
+            hooks="hooks",
+            runs="runs",
+            events="events",
+        )
+        self.lock_hook = render(
+            "SELECT r.owner FROM {hooks} h JOIN {runs} r ON r.run_id = h.run_id "
+            f"WHERE h.token = %s AND h.hook_id = %s AND h.event_id IS NOT NULL "
+            f"AND r.status IN {live} FOR SHARE OF h",
+            hooks="hooks",
+            runs="runs",
+        )
+        self.add_key = render(
+            "INSERT INTO {keys} (token, key, hook_id, digest, event_id) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING 1",
+            keys="delivery_keys",
+        )
+        self.find_key = render(
+            "SELECT hook_id, digest, event_id FROM {keys} WHERE token = %s AND key = %s",
+            keys="delivery_keys",
+        )
+        self.reuse_key = render(
+            "UPDATE {keys} SET hook_id = %s, digest = %s, event_id = %s "
+            "WHERE token = %s AND key = %s",
+            keys="delivery_keys",
+        )
+        self.inbox_count = render("SELECT count(*) FROM {inbox} WHERE run_id = %s", inbox="inbox")
+        self.add_inbox = render(
+            "INSERT INTO {inbox} (run_id, token, event_id, record) VALUES (%s, %s, %s, %s)",
+            inbox="inbox",
+        )
+        self.fetch_inbox = render(
+            "SELECT i.id, i.run_id, i.record FROM {inbox} i JOIN {runs} r ON r.run_id = i.run_id "
+            "WHERE r.owner = %s ORDER BY i.id LIMIT %s",
+            inbox="inbox",
+            runs="runs",
+        )
+        self.responses = render(
+            "SELECT position, record FROM {events} "
+            "WHERE run_id = %s AND type = 'webhook_responded'",
+            events="events",
+        )
+        self.start_key = render("SELECT run_id FROM {runs} WHERE start_key = %s", runs="runs")
+        self.reserve_start = render(
+            "INSERT INTO {runs} (run_id, workflow, status, owner, start_key) "
+            "VALUES (%s, %s, 'pending', %s, %s) ON CONFLICT DO NOTHING RETURNING run_id",
+            runs="runs",
+        )

@@ -1,0 +1,360 @@
+"""Several runtimes on one PostgreSQL schema, in one test process: routing, tokens, takeover.
+
+Each runtime is a node with its own connections, lease and in-memory state, exactly as in
+separate processes; only the event loop is shared. What needs separate processes (SIGKILL,
+SIGSTOP) is in ``test_cluster_processes.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+import pytest
+from psycopg import sql
+from tests.postgres.conftest import Database, require_psycopg
+
+require_psycopg()
+
+import actorflow as af  # noqa: E402
+from actorflow.errors import (  # noqa: E402
+    HookConflictError,
+    HookNotFoundError,
+    IdempotencyKeyConflictError,
+    LeaseLostError,
+)
+from actorflow.runtime.log.postgres_cluster import ClusterLog  # noqa: E402
+
+pytestmark = pytest.mark.anyio
+
+
+@af.workflow
+async def approval(order: str) -> dict[str, Any]:
+    decision = await af.create_hook(token=f"approval:{order}")
+    return {"order": order, "decision": decision}
+
+
+@af.workflow
+async def collect(name: str, count: int) -> list[Any]:
+    got = []
+    with af.create_hook(token=f"collect:{name}") as hook:
+        async for payload in hook:
+            got.append(payload)
+            if len(got) == count:
+                break
+    return got
+
+
+@af.workflow
+async def holder(token: str) -> str:
+    try:
+        await af.create_hook(token=token)
+    except HookConflictError as exc:
+        return f"conflict with {exc.conflicting_run_id}"
+    return "received"
+
+
+@af.workflow
+async def sleeper(seconds: float) -> str:
+    await af.sleep(seconds)
+    return "woke"
+
+
+@af.workflow
+async def manual_webhook() -> str:
+    webhook = af.create_webhook(respond_with="manual")
+    request = await webhook
+    await request.respond_with(af.Response(status=200, body=b"seen " + request.body))
+    return "answered"
+
+
+WORKFLOWS = [approval, collect, holder, sleeper, manual_webhook]
+
+
+class Nodes:
+    """Runtimes sharing one schema; each ``node()`` is a new node."""
+
+    def __init__(self, db: Database, schema: str, tmp_path: Path, stack: AsyncExitStack) -> None:
+        self.db = db
+        self.schema = schema
+        self.tmp_path = tmp_path
+        self.stack = stack
+        self.count = 0
+
+    def store(self, name: str, lease: float = 10.0) -> ClusterLog:
+        return ClusterLog(
+            self.db.dsn, node_id=name, schema=self.schema, durability="none", lease_seconds=lease
+        )
+
+    async def node(self, lease: float = 10.0, **options: Any) -> af.Runtime:
+        self.count += 1
+        name = f"node{self.count}"
+        rt = af.Runtime(
+            self.tmp_path / name,
+            WORKFLOWS,
+            store=self.store(name, lease),
+            poll_interval=0.05,
+            **options,
+        )
+        return await self.stack.enter_async_context(rt)
+
+    def owner(self, run_id: str) -> str | None:
+        rows = self.db.query(
+            sql.SQL("SELECT owner FROM {} WHERE run_id = %s").format(
+                sql.Identifier(self.schema, "runs")
+            ),
+            (run_id,),
+        )
+        return rows[0][0] if rows else None
+
+    def count_events(self, run_id: str, kind: str) -> int:
+        rows = self.db.query(
+            sql.SQL("SELECT count(*) FROM {} WHERE run_id = %s AND type = %s").format(
+                sql.Identifier(self.schema, "events")
+            ),
+            (run_id, kind),
+        )
+        return int(rows[0][0])
+
+
+@pytest.fixture
+async def nodes(
+    pg_database: Database, pg_schema: str, tmp_path: Path
+) -> AsyncIterator[Nodes]:
+    async with AsyncExitStack() as stack:
+        yield Nodes(pg_database, pg_schema, tmp_path, stack)
+
+
+async def until(check: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Poll ``check`` until it returns something truthy (bounded in time)."""
+    with anyio.fail_after(timeout):
+        while True:
+            value = check()
+            if value:
+                return value
+            await anyio.sleep(0.02)
+
+
+async def hook_of(rt: af.Runtime, token: str, timeout: float = 10.0) -> af.Hook:
+    with anyio.fail_after(timeout):
+        while True:
+            try:
+                return await rt.get_hook_by_token(token)
+            except HookNotFoundError:
+                await anyio.sleep(0.02)
+
+
+# -- routing ----------------------------------------------------------------------------------
+
+
+async def test_a_resume_at_another_node_reaches_the_run(nodes: Nodes) -> None:
+    a = await nodes.node()
+    b = await nodes.node()
+    run = await a.start(approval, "o-1")
+    hook = await hook_of(b, "approval:o-1")  # b reads it from the shared index
+    assert hook.run_id == run.run_id
+    await b.resume_hook("approval:o-1", {"ok": True})
+    assert await run.result(timeout=10) == {"order": "o-1", "decision": {"ok": True}}
+    # b answers for a run it does not own, from the database.
+    assert await b.get_run(run.run_id).result(timeout=10) == {
+        "order": "o-1",
+        "decision": {"ok": True},
+    }
+    assert nodes.owner(run.run_id) == "node1"
+    assert nodes.count_events(run.run_id, "hook_received") == 1
+    with pytest.raises(HookNotFoundError):
+        await b.resume_hook("approval:o-1", {"ok": False})  # the run ended: the token is free
+
+
+async def test_every_payload_sent_to_any_node_arrives_once_in_order_per_sender(
+    nodes: Nodes,
+) -> None:
+    a = await nodes.node()
+    b = await nodes.node()
+    c = await nodes.node()
+    run = await b.start(collect, "x", 60)
+    await hook_of(a, "collect:x")
+    senders = [a, b, c]
+    for i in range(60):
+        await senders[i % 3].resume_hook("collect:x", i)
+    got = await run.result(timeout=20)
+    assert sorted(got) == list(range(60))
+    assert nodes.count_events(run.run_id, "hook_received") == 60
+
+
+async def test_an_idempotency_key_is_honoured_across_nodes(nodes: Nodes) -> None:
+    a = await nodes.node()
+    b = await nodes.node()
+    run = await a.start(collect, "k", 2)
+    await hook_of(b, "collect:k")
+    await b.resume_hook("collect:k", "one", idempotency_key="k1")
+    await a.resume_hook("collect:k", "one", idempotency_key="k1")  # a retry, at the owner
+    await b.resume_hook("collect:k", "one", idempotency_key="k1")
+    with pytest.raises(IdempotencyKeyConflictError):
+        await a.resume_hook("collect:k", "other", idempotency_key="k1")
+    await a.resume_hook("collect:k", "two", idempotency_key="k2")
+    assert await run.result(timeout=10) == ["one", "two"]
+    assert nodes.count_events(run.run_id, "hook_received") == 2
+
+
+async def test_a_manual_webhook_answer_reaches_the_node_holding_the_request(
+    nodes: Nodes,
+) -> None:
+    a = await nodes.node()
+    b = await nodes.node()
+    run = await a.start(manual_webhook)
+    await until(lambda: nodes.count_events(run.run_id, "hook_created"))
+    token = nodes.db.query(
+        sql.SQL("SELECT token FROM {} WHERE run_id = %s").format(
+            sql.Identifier(nodes.schema, "hooks")
+        ),
+        (run.run_id,),
+    )[0][0]
+    request = af.Request(method="POST", url="http://x/", headers={}, body=b"ping")
+    response = await b.resume_webhook(token, request)
+    assert (response.status, response.body) == (200, b"seen ping")
+    assert await run.result(timeout=10) == "answered"
+
+
+async def test_start_once_starts_one_run_across_nodes(nodes: Nodes) -> None:
+    a = await nodes.node()
+    b = await nodes.node()
+    first = await a.start_once("order-7", approval, "o-7")
+    again = await b.start_once("order-7", approval, "o-7")
+    assert again.run_id == first.run_id
+    assert await b.get_run(first.run_id).status() in ("pending", "running")
+
+
+async def test_a_cancel_at_another_node_reaches_the_owner(nodes: Nodes) -> None:
+    a = await nodes.node()
+    b = await nodes.node()
+    run = await a.start(approval, "o-c")
+    await hook_of(b, "approval:o-c")
+    await b.cancel_run(run.run_id, "no longer needed")
+    with pytest.raises(af.WorkflowRunCancelledError):
+        await run.result(timeout=10)
+    with pytest.raises(HookNotFoundError):
+        await b.resume_hook("approval:o-c", 1)
+
+
+# -- tokens -----------------------------------------------------------------------------------
+
+
+async def test_a_chosen_token_is_unique_across_nodes(nodes: Nodes) -> None:
+    a = await nodes.node()
+    b = await nodes.node()
+    first = await a.start(holder, "shared-token")
+    await hook_of(a, "shared-token")
+    second = await b.start(holder, "shared-token")
+    assert await second.result(timeout=10) == f"conflict with {first.run_id}"
+    await b.resume_hook("shared-token", 1)
+    assert await first.result(timeout=10) == "received"
+    third = await b.start(holder, "shared-token")  # released with the first run: free again
+    await hook_of(a, "shared-token")
+    await a.resume_hook("shared-token", 2)
+    assert await third.result(timeout=10) == "received"
+
+
+# -- ownership --------------------------------------------------------------------------------
+
+
+async def test_a_stopped_nodes_runs_are_taken_over_and_finish(
+    pg_database: Database, pg_schema: str, tmp_path: Path
+) -> None:
+    async with AsyncExitStack() as stack_b:
+        # b first: runtimes nest like task groups, and a must stop while b runs on.
+        b = await Nodes(pg_database, pg_schema, tmp_path, stack_b).node(lease=1.5)
+        nodes = Nodes(pg_database, pg_schema, tmp_path, stack_b)
+        nodes.count = 10
+        async with AsyncExitStack() as stack_a:
+            nodes.stack = stack_a
+            a = await nodes.node()
+            run = await a.start(approval, "o-t")
+            sleeping = await a.start(sleeper, 1.0)
+            await hook_of(a, "approval:o-t")
+            await b.resume_hook("approval:o-t", "before")  # into a's inbox...
+        # ...a stopped (handing its runs back) before or after taking it: b finishes the run.
+        assert await b.get_run(run.run_id).result(timeout=20) == {
+            "order": "o-t",
+            "decision": "before",
+        }
+        assert await b.get_run(sleeping.run_id).result(timeout=20) == "woke"
+        assert nodes.count_events(run.run_id, "hook_received") == 1
+        assert nodes.count_events(sleeping.run_id, "wait_completed") == 1
+        assert b.cluster is not None
+
+
+def test_a_fenced_owner_cannot_append(pg_database: Database, pg_schema: str) -> None:
+    """The store-level fence: after another node claims a run, its old owner's append fails."""
+    old = ClusterLog(pg_database.dsn, node_id="old", schema=pg_schema, lease_seconds=60)
+    list(old.scan())
+    created = orjson.dumps(["evnt_1", "wrun_f", "run_created", None, 1.0, {"workflow": "w"}])
+    old.append([created])
+    old.sync()
+    # The old node's lease runs out (as if it had been paused for a minute).
+    pg_database.run(
+        sql.SQL("UPDATE {} SET lease_until = now() - interval '1 second'").format(
+            sql.Identifier(pg_schema, "nodes")
+        )
+    )
+    new = ClusterLog(pg_database.dsn, node_id="new", schema=pg_schema, lease_seconds=60)
+    taken = [record for _, record in new.scan()]
+    assert taken == [created]
+    late = orjson.dumps(["evnt_2", "wrun_f", "run_started", None, 2.0, {}])
+    with pytest.raises(LeaseLostError, match="no longer owns run"):
+        old.append([late])
+    with pytest.raises(Exception, match="failed earlier"):
+        old.append([late])
+    old.close()
+    ok = orjson.dumps(["evnt_3", "wrun_f", "run_started", None, 3.0, {}])
+    new.append([ok])
+    new.sync()
+    new.close()
+    types = [
+        row[0]
+        for row in pg_database.query(
+            sql.SQL("SELECT type FROM {} ORDER BY position").format(
+                sql.Identifier(pg_schema, "events")
+            )
+        )
+    ]
+    assert types == ["run_created", "run_started"]
+    fenced = pg_database.query(
+        sql.SQL("SELECT fenced FROM {} WHERE node_id = 'old'").format(
+            sql.Identifier(pg_schema, "nodes")
+        )
+    )
+    assert fenced == [(True,)]
+
+
+async def test_a_fenced_runtime_stops_and_commits_nothing(nodes: Nodes) -> None:
+    """An owner that lost its lease (fenced by the node that took its runs) is refused."""
+    b = await nodes.node(lease=1.5)  # first: runtimes nest like task groups
+    rt = af.Runtime(
+        nodes.tmp_path / "stale", WORKFLOWS, store=nodes.store("stale", lease=3), poll_interval=0.05
+    )
+    with pytest.raises(BaseException) as caught:  # noqa: PT011 (an ExceptionGroup or the error)
+        async with rt:
+            run = await rt.start(approval, "o-f")
+            await hook_of(rt, "approval:o-f")
+            # What a claimer does to a node whose lease ran out (a pause too long, a partition).
+            nodes.db.run(
+                sql.SQL("UPDATE {} SET fenced = true WHERE node_id = 'stale'").format(
+                    sql.Identifier(nodes.schema, "nodes")
+                )
+            )
+            await until(lambda: nodes.owner(run.run_id) == b.node_id)
+            with pytest.raises(LeaseLostError):
+                await rt.resume_hook("approval:o-f", "from the stale owner")
+            await anyio.sleep(10)  # the lease task finds the fence and stops the runtime
+    assert "LeaseLostError" in repr(caught.value)
+    assert nodes.count_events(run.run_id, "hook_received") == 0
+    await b.resume_hook("approval:o-f", "from the new owner")
+    assert await b.get_run(run.run_id).result(timeout=10) == {
+        "order": "o-f",
+        "decision": "from the new owner",
+    }
