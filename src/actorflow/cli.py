@@ -78,6 +78,16 @@ def _parser() -> argparse.ArgumentParser:
         f"the same URL, instead of in --data-dir (default: ${STORE_ENV})",
     )
     serve.add_argument(
+        "--schema", default="actorflow", help="PostgreSQL schema of the log (default %(default)s)"
+    )
+    serve.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=10.0,
+        help="PostgreSQL: how long this process's runs stay its own without a renewal; another "
+        "process takes them over after that (default %(default)s)",
+    )
+    serve.add_argument(
         "--no-migrate",
         action="store_true",
         help="refuse to start on a PostgreSQL schema that `actorflow db migrate` has not "
@@ -178,6 +188,8 @@ def _serve(args: argparse.Namespace) -> int:
             base_url=base_url,
             durability=args.durability,
             migrate=not args.no_migrate,
+            schema=args.schema,
+            lease_seconds=args.lease_seconds,
         )
         app = create_app(
             runtime,
@@ -204,6 +216,7 @@ def _serve(args: argparse.Namespace) -> int:
                 worker=args.worker,
                 graceful_timeout=args.graceful_timeout,
                 on_ready=ready,
+                fatal=runtime.wait_failed,
             )
         except BaseException as exc:
             if not isinstance(exc, Exception):

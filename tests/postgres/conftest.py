@@ -17,6 +17,7 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NoReturn
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -57,6 +58,15 @@ class Database:
     dsn: str
     name: str
     admin: Any  # an autocommit psycopg connection to it, for setting up and inspecting
+
+    @property
+    def url(self) -> str:
+        """A ``postgresql://`` URL of this database (what ``--store`` and ``store=`` take)."""
+        parts = urlsplit(ADMIN_DSN)
+        assert parts.scheme in ("postgresql", "postgres"), (
+            f"ACTORFLOW_TEST_POSTGRES must be a postgresql:// URL, not {ADMIN_DSN!r}"
+        )
+        return urlunsplit(parts._replace(path=f"/{self.name}"))
 
     def query(self, statement: Any, params: Any = None) -> list[tuple[Any, ...]]:
         """Run one statement and return its rows."""

@@ -8,7 +8,7 @@ SIGSTOP) is in ``test_cluster_processes.py``.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -122,9 +122,7 @@ class Nodes:
 
 
 @pytest.fixture
-async def nodes(
-    pg_database: Database, pg_schema: str, tmp_path: Path
-) -> AsyncIterator[Nodes]:
+async def nodes(pg_database: Database, pg_schema: str, tmp_path: Path) -> AsyncIterator[Nodes]:
     async with AsyncExitStack() as stack:
         yield Nodes(pg_database, pg_schema, tmp_path, stack)
 

@@ -79,7 +79,7 @@ class Clients:
         """Send until a 2xx (or a 404 the caller handles): a sender's retry loop."""
         while True:
             try:
-                response = await self.client.request(method, path, **kw)
+                response = await self.client.request(method, self.url_for(path), **kw)
             except httpx.TransportError as exc:
                 # Refused while the server is down, reset by the kill, or a dead pooled
                 # connection: nothing says whether it arrived, so send it again.
@@ -95,6 +95,10 @@ class Clients:
             message = f"{what} {method} {path}: {response.status_code} {response.text[:300]}"
             self.ledger.unexpected.append(message)
             raise Unexpected(message)
+
+    def url_for(self, path: str) -> str:
+        """Where to send a request for ``path`` (relative to the client's one server here)."""
+        return path
 
     async def start_run(self, name: str) -> None:
         await self.send(

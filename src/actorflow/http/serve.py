@@ -182,11 +182,14 @@ def run(
     worker: Worker = "asyncio",
     graceful_timeout: float = 10.0,
     on_ready: Callable[[str], None] | None = None,
+    fatal: Callable[[], Awaitable[BaseException]] | None = None,
 ) -> None:
     """Serve ``app`` on a new event loop of ``worker`` until SIGINT or SIGTERM (blocking).
 
     The first signal shuts down gracefully; a second one stops at once (acknowledged events
-    are on disk already; only unacknowledged work is dropped).
+    are on disk already; only unacknowledged work is dropped). When ``fatal()`` returns (the
+    runtime can no longer work: it lost its lease on a shared store), the server shuts down
+    gracefully too, and the error it returned is raised.
 
     Raises:
         WorkflowDefinitionError: see :func:`serve`.
@@ -194,9 +197,17 @@ def run(
             open its log, for example); the cause is logged.
     """
 
+    failure: list[BaseException] = []
+
     async def main() -> None:
         stop = anyio.Event()
         async with anyio.create_task_group() as tg:
+
+            async def watch_runtime() -> None:
+                assert fatal is not None
+                failure.append(await fatal())
+                logger.critical("the runtime stopped working, shutting down: %s", failure[0])
+                stop.set()
 
             async def watch_signals() -> None:
                 with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -224,8 +235,12 @@ def run(
                 tg.cancel_scope.cancel()  # served and shut down: stop watching signals
 
             tg.start_soon(watch_signals)
+            if fatal is not None:
+                tg.start_soon(watch_runtime)
             url = await tg.start(serving)
             if on_ready is not None:
                 on_ready(url)
 
     anyio.run(main, backend=worker)
+    if failure:
+        raise failure[0]

@@ -95,11 +95,13 @@ class Cluster:
                 logger.warning("lease renewal failed, retrying: %s", exc)
                 continue
             if not renewed:
-                raise LeaseLostError(
+                lost = LeaseLostError(
                     f"node {self.node_id} was fenced: its lease ran out (the process was paused "
                     "or cut off from PostgreSQL) and other nodes took its runs over; this "
                     "runtime stops, a restart joins as a new node"
                 )
+                self.rt.fail(lost)
+                raise lost
             await self.take_over()
 
     async def take_over(self) -> int:

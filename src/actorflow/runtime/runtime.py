@@ -32,6 +32,7 @@ import orjson
 from ..errors import (
     HookNotFoundError,
     IdempotencyKeyConflictError,
+    LeaseLostError,
     OverloadedError,
     PayloadTooLargeError,
     WorkflowDefinitionError,
@@ -189,6 +190,9 @@ class Runtime:
         self.torn_tail: str | None = None
         self.scope_probe: Callable[[], object] | None = None
         self.webhook_responses = WebhookResponses()
+        #: Why this runtime can no longer work, once it cannot (see ``fail``).
+        self.failure: BaseException | None = None
+        self._failed: anyio.Event | None = None
 
     # -- configuration -----------------------------------------------------------------------
 
@@ -240,7 +244,9 @@ class Runtime:
             # A refused start must not keep the directory locked for the next attempt.
             await anyio.to_thread.run_sync(self.store.close)
             raise
-        self.writer = LogWriter(self.store, self.payloads.encode, self._on_durable)
+        self.writer = LogWriter(
+            self.store, self.payloads.encode, self._on_durable, on_failure=self._on_log_failure
+        )
         self._outer = anyio.create_task_group()
         await self._outer.__aenter__()
         try:
@@ -447,6 +453,31 @@ class Runtime:
         if run is not None:
             run.submitted += 1
         return ticket
+
+    def fail(self, exc: BaseException) -> None:
+        """This runtime can no longer work (it lost its lease): refuse every write from now on.
+
+        ``wait_failed`` returns, so a server shuts down; a restart recovers from the log.
+        """
+        if self.failure is None:
+            self.failure = exc
+            logger.critical("actorflow runtime stopped working: %s", exc)
+            if self._failed is not None:
+                self._failed.set()
+        self.writer.stop_accepting(exc)
+
+    async def wait_failed(self) -> BaseException:
+        """Return (the cause) once the runtime has failed for good; for supervisors."""
+        if self.failure is None:
+            if self._failed is None:
+                self._failed = anyio.Event()
+            await self._failed.wait()
+        assert self.failure is not None
+        return self.failure
+
+    def _on_log_failure(self, exc: BaseException) -> None:
+        if isinstance(exc, LeaseLostError):
+            self.fail(exc)
 
     def _on_durable(self, events: Sequence[Event]) -> None:
         runs = self.state.runs

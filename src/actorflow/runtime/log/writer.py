@@ -83,10 +83,12 @@ class LogWriter:
         on_durable: Callable[[Sequence[Event]], None],
         *,
         max_batch: int = 4096,
+        on_failure: Callable[[BaseException], None] | None = None,
     ) -> None:
         self._store = store
         self._encode = encode
         self._on_durable = on_durable
+        self._on_failure = on_failure
         self._max_batch = max_batch
         self._open = _Batch()
         self._queue: list[_Batch] = []
@@ -223,3 +225,20 @@ class LogWriter:
             failed.error = exc
             failed.done.set()
         self._queue.clear()
+        if self._on_failure is not None:
+            self._on_failure(exc)
+
+    def stop_accepting(self, exc: BaseException) -> None:
+        """Fail everything not yet being written, and every later submit, with ``exc``.
+
+        The batch being written (if any) finishes and reports its own outcome.
+        """
+        if self.failure is not None:
+            return
+        self.failure = exc
+        for failed in [*self._queue, self._open]:
+            failed.error = exc
+            failed.done.set()
+        self._queue.clear()
+        self._open = _Batch()
+        self._wakeup.set()

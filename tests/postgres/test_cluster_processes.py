@@ -1,0 +1,300 @@
+"""Three real ``actorflow serve`` processes on one PostgreSQL schema: SIGKILL, SIGSTOP.
+
+- **Kill one of three.** Concurrent senders start runs and send payloads (over the hook route
+  and the webhook route, with idempotency keys) to random processes, retrying until a 2xx like
+  real senders. One process is killed with SIGKILL in the middle. Its runs must be taken over by
+  the others and finish, and every acknowledged payload must be in its run's result exactly
+  once, each sender's payloads in the order they were acknowledged (the checks of the single
+  process kill -9 suite, ``tests/web/test_kill9.py``, whose senders this reuses).
+- **Lease expiry.** A process is paused with SIGSTOP past its lease; another takes its run over
+  and the run goes on there. The old owner, continued with SIGCONT, still believes it owns the
+  run: its delivery must be refused with nothing committed, and it must stop.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import orjson
+import pytest
+from psycopg import sql
+from tests.fixtures.server_process import ServerProcess, free_port
+from tests.postgres.conftest import Database, require_psycopg
+from tests.web.test_kill9 import AUTH, PREFIX, Clients, Unexpected
+
+require_psycopg()
+
+pytestmark = pytest.mark.slow
+
+LEASE = 2.0
+SENDERS = 12
+PAYLOADS_PER_RUN = 10
+_NODE = re.compile(r", node ([^\s)]+)\)")
+
+
+def cluster_server(db: Database, schema: str, tmp_path: Path, name: str) -> ServerProcess:
+    return ServerProcess(
+        tmp_path / name,
+        tmp_path / f"{name}.log",
+        bind=f"127.0.0.1:{free_port()}",
+        extra=("--store", db.url, "--schema", schema, "--lease-seconds", str(LEASE)),
+    )
+
+
+def node_of(server: ServerProcess) -> str:
+    found = _NODE.search(server.text())
+    assert found is not None, server.text()[-3000:]
+    return found.group(1)
+
+
+def table(db: Database, schema: str, name: str) -> sql.Identifier:
+    return sql.Identifier(schema, name)
+
+
+class SpreadClients(Clients):
+    """The kill -9 suite's senders, each request sent to a random live process."""
+
+    def __init__(self, client: httpx.AsyncClient, rng: random.Random, servers: list[Any]) -> None:
+        super().__init__(client, rng)
+        self.servers = servers
+
+    def url_for(self, path: str) -> str:
+        live = [s for s in self.servers if s.proc is not None and s.proc.poll() is None]
+        return self.rng.choice(live).url + path
+
+
+def test_runs_of_a_killed_process_are_taken_over_and_nothing_is_lost_or_doubled(
+    pg_database: Database, pg_schema: str, tmp_path: Path
+) -> None:
+    began = time.monotonic()
+    seed = int.from_bytes(os.urandom(4), "big")
+    rng = random.Random(seed)
+    servers = [cluster_server(pg_database, pg_schema, tmp_path, f"p{i}") for i in range(3)]
+    results: dict[str, list[str]] = {}
+    owners: dict[str, str] = {}
+    victim_runs: list[str] = []
+
+    async def go() -> SpreadClients:
+        for server in servers:
+            server.start("asyncio")
+        victim = servers[rng.randrange(3)]
+        limits = httpx.Limits(max_connections=2 * SENDERS, max_keepalive_connections=2 * SENDERS)
+        async with httpx.AsyncClient(timeout=15, limits=limits) as client:
+            clients = SpreadClients(client, rng, servers)
+            try:
+                async with anyio.create_task_group() as tg:
+                    for sender in range(SENDERS):
+                        tg.start_soon(clients.sender, sender)
+                    await anyio.sleep(rng.uniform(2.0, 3.0))
+                    victim_node = node_of(victim)
+                    victim.kill()
+                    victim_runs.extend(
+                        row[0]
+                        for row in pg_database.query(
+                            sql.SQL(
+                                "SELECT run_id FROM {} WHERE owner = %s "
+                                "AND status IN ('pending', 'running')"
+                            ).format(table(pg_database, pg_schema, "runs")),
+                            (victim_node,),
+                        )
+                    )
+                    # Senders go on with the two others, through the takeover and after it.
+                    await anyio.sleep(LEASE * 2 + 2.0)
+                    clients.done = True
+            except* Unexpected:
+                pass
+            if clients.ledger.unexpected:
+                return clients
+            with anyio.fail_after(90):
+                for name in clients.ledger.names:
+                    owners[name] = await clients.owner(name)
+                    await clients.send(
+                        "stop", "POST", f"{PREFIX}/hooks/resume", headers=AUTH,
+                        json={"token": f"collect:{name}", "payload": {"stop": True},
+                              "idempotency_key": f"stop:{name}"},
+                    )  # fmt: skip
+                for name, run_id in owners.items():
+                    while True:
+                        run = (
+                            await clients.send(
+                                "result", "GET", f"{PREFIX}/runs/{run_id}", headers=AUTH
+                            )
+                        ).json()
+                        if run["status"] not in ("running", "pending"):
+                            break
+                        await anyio.sleep(0.05)
+                    assert run["status"] == "completed", run
+                    results[name] = run["result"]
+            return clients
+
+    try:
+        clients = anyio.run(go, backend="asyncio")
+    finally:
+        codes = [
+            s.stop() if s.proc is not None and s.proc.poll() is None else None for s in servers
+        ]
+    ledger = clients.ledger
+    assert not ledger.unexpected, f"seed {seed}:\n" + "\n".join(ledger.unexpected[:20])
+    assert codes.count(0) == 2, [s.text()[-3000:] for s in servers]
+    assert victim_runs, "the killed process owned no unfinished run: nothing was taken over"
+
+    everywhere = Counter(pid for ids in results.values() for pid in ids)
+    doubled = {pid: n for pid, n in everywhere.items() if n > 1}
+    assert not doubled, f"seed {seed}: delivered more than once: {doubled}"
+    checked = 0
+    for name in ledger.names:
+        acked = ledger.acked.get(name, [])
+        assert sorted(results[name]) == sorted(acked), (
+            f"seed {seed}: run {name}: lost {set(acked) - set(results[name])}, "
+            f"unacknowledged yet delivered {set(results[name]) - set(acked)}"
+        )
+        checked += len(acked)
+    for (sender, name), ids in ledger.order.items():
+        mine = set(ids)
+        assert [pid for pid in results[name] if pid in mine] == ids, (seed, sender, name)
+
+    # The database: every run ended; duplicates of an unanswered start failed on the token
+    # (unique across the processes); the killed process's runs finished under a new owner;
+    # no delivery is left in the inbox.
+    runs = {
+        row[0]: (row[1], row[2])
+        for row in pg_database.query(
+            sql.SQL("SELECT run_id, status, owner FROM {}").format(
+                table(pg_database, pg_schema, "runs")
+            )
+        )
+    }
+    assert all(status in ("completed", "failed") for status, _ in runs.values()), runs
+    duplicates = set(runs) - set(owners.values())
+    for run_id in duplicates:
+        assert runs[run_id][0] == "failed"
+        failure = pg_database.query(
+            sql.SQL("SELECT record FROM {} WHERE run_id = %s AND type = 'run_failed'").format(
+                table(pg_database, pg_schema, "events")
+            ),
+            (run_id,),
+        )
+        assert "HookConflictError" in bytes(failure[0][0]).decode(), failure
+    victim_node = node_of(victim_server(servers, codes))
+    for run_id in victim_runs:
+        assert runs[run_id][1] != victim_node, run_id
+    inbox = pg_database.query(
+        sql.SQL("SELECT count(*) FROM {}").format(table(pg_database, pg_schema, "inbox"))
+    )
+    assert inbox == [(0,)]
+    received = Counter(
+        row[0]
+        for row in pg_database.query(
+            sql.SQL("SELECT run_id FROM {} WHERE type = 'hook_received'").format(
+                table(pg_database, pg_schema, "events")
+            )
+        )
+    )
+    for name, run_id in owners.items():
+        assert received[run_id] == len(results[name]) + 1  # + the stop
+
+    print(
+        f"\n3 processes, one killed: seed {seed}, {len(ledger.names)} runs "
+        f"(+{len(duplicates)} duplicate starts), {len(victim_runs)} taken over, {checked} "
+        f"acknowledged payloads checked, each delivered exactly once; unanswered requests "
+        f"retried: {sum(ledger.unanswered.values())} {dict(ledger.unanswered)}; "
+        f"{time.monotonic() - began:.1f}s"
+    )
+
+
+def victim_server(servers: list[ServerProcess], codes: list[int | None]) -> ServerProcess:
+    """The process that was killed: the one that was not running at the end."""
+    killed = [s for s, code in zip(servers, codes, strict=True) if code is None]
+    assert len(killed) == 1, codes
+    return killed[0]
+
+
+def test_an_owner_paused_past_its_lease_is_refused_when_it_comes_back(
+    pg_database: Database, pg_schema: str, tmp_path: Path
+) -> None:
+    old = cluster_server(pg_database, pg_schema, tmp_path, "old")
+    new = cluster_server(pg_database, pg_schema, tmp_path, "new")
+
+    def owner(run_id: str) -> str | None:
+        rows = pg_database.query(
+            sql.SQL("SELECT owner FROM {} WHERE run_id = %s").format(
+                table(pg_database, pg_schema, "runs")
+            ),
+            (run_id,),
+        )
+        return rows[0][0] if rows else None
+
+    def payloads(run_id: str) -> list[Any]:
+        rows = pg_database.query(
+            sql.SQL(
+                "SELECT record FROM {} WHERE run_id = %s AND type = 'hook_received' "
+                "ORDER BY position"
+            ).format(table(pg_database, pg_schema, "events")),
+            (run_id,),
+        )
+        return [orjson.loads(bytes(row[0]))[5]["payload"] for row in rows]
+
+    def resume(client: httpx.Client, server: ServerProcess, payload: Any) -> int:
+        try:
+            response = client.post(
+                f"{server.url}{PREFIX}/hooks/resume",
+                headers=AUTH,
+                json={"token": "collect:paused", "payload": payload},
+            )
+        except httpx.TransportError:
+            return 0  # refused or reset: the process is stopping
+        return response.status_code
+
+    old.start()
+    new.start()
+    try:
+        with httpx.Client(timeout=10) as client:
+            started = client.post(
+                f"{old.url}{PREFIX}/runs",
+                headers=AUTH,
+                json={"workflow": "collector", "args": ["paused"]},
+            )
+            assert started.status_code in (200, 201, 202), started.text
+            run_id = started.json()["run_id"]
+            assert resume(client, old, {"id": "a"}) == 200
+            assert owner(run_id) == node_of(old)
+
+            assert old.proc is not None
+            old.proc.send_signal(signal.SIGSTOP)
+            try:
+                deadline = time.monotonic() + LEASE * 10
+                while owner(run_id) != node_of(new):
+                    assert time.monotonic() < deadline, "the run was never taken over"
+                    time.sleep(0.05)
+                assert resume(client, new, {"id": "b"}) == 200
+            finally:
+                old.proc.send_signal(signal.SIGCONT)
+            # The old owner still holds the run in memory and tries to append: refused.
+            status = resume(client, old, {"id": "from the stale owner"})
+            assert not 200 <= status < 300, status
+            code = old.proc.wait(30)
+            assert code != 0, old.text()[-3000:]
+            assert "LeaseLostError" in old.text(), old.text()[-3000:]
+            assert resume(client, new, {"stop": True}) == 200
+            deadline = time.monotonic() + 30
+            while True:
+                run = client.get(f"{new.url}{PREFIX}/runs/{run_id}", headers=AUTH).json()
+                if run["status"] == "completed":
+                    break
+                assert time.monotonic() < deadline, run
+                time.sleep(0.05)
+            assert run["result"] == ["a", "b"]
+            assert payloads(run_id) == [{"id": "a"}, {"id": "b"}, {"stop": True}]
+    finally:
+        for server in (old, new):
+            if server.proc is not None and server.proc.poll() is None:
+                server.stop()
