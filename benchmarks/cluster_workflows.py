@@ -1,0 +1,34 @@
+"""The workflow ``postgres_processes`` serves with ``actorflow serve``, in its own small module.
+
+``actorflow serve benchmarks.cluster_workflows:workflows --app-dir <repository root>`` imports
+only this module (and the empty ``benchmarks/__init__.py``), so the served processes load
+nothing of the harness.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import actorflow as af
+
+__all__ = ["hook_loop", "workflows"]
+
+
+@af.workflow(name="bench_cluster_hook_loop")
+async def hook_loop(token: str) -> int:
+    """Take payloads on the hook ``token`` until one says ``{"last": true}``; return how many
+    payloads came, that one included (the harness checks it against its acknowledgements)."""
+    hook = af.create_hook(token=token)
+    received = 0
+    async for payload in hook:
+        received += 1
+        if _is_last(payload):
+            break
+    return received
+
+
+def _is_last(payload: Any) -> bool:
+    return isinstance(payload, dict) and payload.get("last") is True
+
+
+workflows = [hook_loop]
