@@ -257,6 +257,22 @@ async def test_a_chosen_token_is_unique_across_nodes(nodes: Nodes) -> None:
     assert await third.result(timeout=10) == "received"
 
 
+async def test_a_token_passed_to_a_new_hook_is_found_again_by_a_node_that_remembered_it(
+    nodes: Nodes,
+) -> None:
+    a = await nodes.node()
+    b = await nodes.node()
+    first = await a.start(holder, "reused-token")
+    await hook_of(b, "reused-token")
+    await b.resume_hook("reused-token", 1)  # b now remembers the first run's hook
+    assert await first.result(timeout=10) == "received"
+    second = await a.start(holder, "reused-token")
+    await hook_of(a, "reused-token")
+    await b.resume_hook("reused-token", 2)  # the remembered hook is gone: looked up again
+    assert await second.result(timeout=10) == "received"
+    assert nodes.count_events(second.run_id, "hook_received") == 1
+
+
 # -- ownership --------------------------------------------------------------------------------
 
 

@@ -55,6 +55,13 @@ logger = logging.getLogger("actorflow.cluster")
 # Runs a takeover claims per round; the rest wait for the next round (a third of a lease).
 _CLAIM_PER_ROUND = 2000
 _INBOX_BATCH = 1000
+# Hooks of other nodes' runs remembered by token. A stale entry costs one failed delivery
+# (the delivery re-checks the hook is live) and a fresh lookup, never a wrong delivery.
+_HOOK_CACHE = 10_000
+
+
+class StaleHookError(HookNotFoundError):
+    """A remembered hook is gone: look the token up again (never leaves the runtime twice)."""
 
 
 class Cluster:
@@ -73,6 +80,7 @@ class Cluster:
         self._inflight: dict[str, Ticket] = {}
         self.adopted = 0
         self.ingested = 0
+        self._hook_cache: dict[str, HookEntry] = {}
 
     # -- the services -------------------------------------------------------------------------
 
@@ -209,8 +217,16 @@ class Cluster:
         """Reserve a chosen token across nodes (blocking: one round trip); the holder's run."""
         return self.directory.claim_token(token, run_id, hook_id)
 
-    async def lookup(self, token: str) -> HookEntry | None:
-        """The live hook holding ``token`` on any node, as a ``HookEntry`` marked remote."""
+    async def lookup(self, token: str, *, fresh: bool = False) -> HookEntry | None:
+        """The live hook holding ``token`` on any node, as a ``HookEntry`` marked remote.
+
+        Remembered per token unless ``fresh``: a delivery to a hook that has gone since raises
+        :class:`StaleHookError`, and the caller looks again with ``fresh=True``.
+        """
+        if not fresh:
+            cached = self._hook_cache.get(token)
+            if cached is not None:
+                return cached
         found = await anyio.to_thread.run_sync(self.directory.lookup, token)
         if found is None:
             return None
@@ -229,6 +245,9 @@ class Cluster:
         )
         entry.schema = created.data.get("schema")
         entry.remote = found
+        if len(self._hook_cache) >= _HOOK_CACHE:
+            del self._hook_cache[next(iter(self._hook_cache))]
+        self._hook_cache[token] = entry
         return entry
 
     async def deliver(
@@ -243,6 +262,7 @@ class Cluster:
             HookNotFoundError: the hook is gone (disposed, or its run ended) by now.
             IdempotencyKeyConflictError: the key was used before with another payload.
             OverloadedError: the run's inbox is full.
+            StaleHookError: the same, for an entry this node remembered: look it up afresh.
             StorageError: the database failed (nothing committed, or the outcome unknown).
         """
         rt = self.rt
@@ -267,6 +287,9 @@ class Cluster:
             )
         )
         if outcome.status == "gone":
+            if self._hook_cache.get(entry.token) is entry:
+                del self._hook_cache[entry.token]
+                raise StaleHookError(entry.token)
             raise HookNotFoundError(entry.token)
         if outcome.status == "full":
             raise OverloadedError(

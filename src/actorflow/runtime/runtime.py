@@ -732,9 +732,35 @@ class Runtime:
     ) -> Hook:
         """``resume_hook`` through the shared inbox: a run on another node, or a keyed delivery
         (the key must be checked across nodes)."""
+        from .cluster import StaleHookError
+
+        if entry is not None:
+            return await self._resume_via_inbox(
+                token, entry, payload, encryption_key, idempotency_key
+            )
         assert self.cluster is not None
-        if entry is None and isinstance(token, str):
-            entry = await self.cluster.lookup(token)
+        if not isinstance(token, str):
+            raise HookNotFoundError(str(token))
+        try:
+            remote = await self.cluster.lookup(token)
+            return await self._resume_via_inbox(
+                token, remote, payload, encryption_key, idempotency_key
+            )
+        except StaleHookError:
+            remote = await self.cluster.lookup(token, fresh=True)
+            return await self._resume_via_inbox(
+                token, remote, payload, encryption_key, idempotency_key
+            )
+
+    async def _resume_via_inbox(
+        self,
+        token: str,
+        entry: HookEntry | None,
+        payload: Any,
+        encryption_key: bytes | str | None,
+        idempotency_key: str | None,
+    ) -> Hook:
+        assert self.cluster is not None
         if entry is None or entry.webhook is not None:
             raise HookNotFoundError(token)
         if entry.schema is not None:

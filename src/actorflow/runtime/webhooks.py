@@ -110,12 +110,19 @@ async def resume_webhook(rt: Runtime, token: str, raw: Request | Any) -> Respons
     if cluster is not None and (live is None or key is not None):
         # A webhook of another node's run, or a delivery id to check across nodes: through
         # the shared inbox, which also answers retries.
-        if live is None:
-            live = await cluster.lookup(token)
-        if live is None or live.webhook is None:
-            raise HookNotFoundError(token)
-        _verify(rt, live, request)
-        return await _deliver_shared(rt, live, request, key)
+        from .cluster import StaleHookError
+
+        for fresh in (False, True):
+            entry = live if live is not None else await cluster.lookup(token, fresh=fresh)
+            if entry is None or entry.webhook is None:
+                raise HookNotFoundError(token)
+            _verify(rt, entry, request)
+            try:
+                return await _deliver_shared(rt, entry, request, key)
+            except StaleHookError:
+                if fresh:
+                    raise
+        raise AssertionError("unreachable")
     prior = rt.state.idempotency.get((token, key)) if key is not None else None
     if prior is not None and live is not None and live.hook_id != prior.hook_id:
         prior = None  # the key was spent on an earlier webhook with this token

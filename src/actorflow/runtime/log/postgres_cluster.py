@@ -495,6 +495,8 @@ class Directory:
         be disposed before the commit), the idempotency key, and the run's inbox bound.
         """
         q = self.q
+        if key is None:
+            return self._deliver_unkeyed(hook, event_id, record, mailbox_size)
 
         def run(conn: psycopg.Connection[Any]) -> Delivery:
             with conn.transaction():
@@ -525,6 +527,34 @@ class Directory:
             result: Delivery = self._call("delivery", run)
         except _Full:
             return Delivery("full")
+        return result
+
+    def _deliver_unkeyed(
+        self, hook: ForeignHook, event_id: str, record: bytes, mailbox_size: int
+    ) -> Delivery:
+        # The same checks as the keyed path, in one statement: one round trip, not six.
+        params = {
+            "token": hook.token,
+            "hook": hook.hook_id,
+            "run": hook.run_id,
+            "event": event_id,
+            "record": record,
+            "bound": mailbox_size,
+            "channel": self.q.channel,
+            "me": self.node_id,
+        }
+
+        def run(conn: psycopg.Connection[Any]) -> Delivery:
+            row = conn.execute(self.q.deliver_unkeyed, params).fetchone()
+            assert row is not None
+            owner, live, inserted = row[0], row[1], row[2]
+            if not live:
+                return Delivery("gone")
+            if not inserted:
+                return Delivery("full")
+            return Delivery("accepted", event_id, owner)
+
+        result: Delivery = self._call("delivery", run)
         return result
 
     def enqueue(self, run_id: str, event_id: str, record: bytes) -> None:
@@ -765,6 +795,24 @@ class _ClusterQueries:
             f"AND r.status IN {live} FOR SHARE OF h",
             hooks="hooks",
             runs="runs",
+        )
+        self.deliver_unkeyed = render(
+            "WITH live AS ("
+            " SELECT r.owner FROM {hooks} h JOIN {runs} r ON r.run_id = h.run_id"
+            " WHERE h.token = %(token)s AND h.hook_id = %(hook)s AND h.event_id IS NOT NULL"
+            f" AND r.status IN {live} FOR SHARE OF h),"
+            " added AS ("
+            " INSERT INTO {inbox} (run_id, token, event_id, record)"
+            " SELECT %(run)s, %(token)s, %(event)s, %(record)s FROM live"
+            " WHERE (SELECT count(*) FROM {inbox} WHERE run_id = %(run)s) < %(bound)s"
+            " RETURNING 1)"
+            " SELECT (SELECT owner FROM live), EXISTS (SELECT 1 FROM live),"
+            " EXISTS (SELECT 1 FROM added),"
+            " (SELECT pg_notify(%(channel)s, 'wake:' || owner) FROM live"
+            "  WHERE owner <> %(me)s AND EXISTS (SELECT 1 FROM added))",
+            hooks="hooks",
+            runs="runs",
+            inbox="inbox",
         )
         self.add_key = render(
             "INSERT INTO {keys} (token, key, hook_id, digest, event_id) "
