@@ -35,6 +35,7 @@ from ..errors import (
     HookNotFoundError,
     IdempotencyKeyConflictError,
     LeaseLostError,
+    LogWriteError,
     OverloadedError,
     StorageError,
 )
@@ -187,6 +188,10 @@ class Cluster:
             try:
                 while await self.ingest() >= _INBOX_BATCH:
                     pass
+            except LogWriteError:
+                # This node's log failed (and with a lost lease, the runtime): the inbox stays
+                # in the database for whichever node owns the runs next.
+                return
             except StorageError as exc:
                 logger.warning("reading the inbox failed, retrying: %s", exc)
 
