@@ -72,7 +72,18 @@ async def manual_webhook() -> str:
     return "answered"
 
 
-WORKFLOWS = [approval, collect, holder, sleeper, manual_webhook]
+@af.workflow
+async def webhook_bodies() -> list[str]:
+    webhook = af.create_webhook()
+    bodies = []
+    async for request in webhook:
+        if request.body == b"stop":
+            return bodies
+        bodies.append(request.body.decode())
+    return bodies
+
+
+WORKFLOWS = [approval, collect, holder, sleeper, manual_webhook, webhook_bodies]
 
 
 class Nodes:
@@ -216,6 +227,33 @@ async def test_a_manual_webhook_answer_reaches_the_node_holding_the_request(
     response = await b.resume_webhook(token, request)
     assert (response.status, response.body) == (200, b"seen ping")
     assert await run.result(timeout=10) == "answered"
+
+
+async def test_a_webhook_retried_at_another_node_is_the_same_delivery(nodes: Nodes) -> None:
+    """A sender's retry reaches another host (another URL) with a fresh signature header."""
+    a = await nodes.node()
+    b = await nodes.node()
+    run = await a.start(webhook_bodies)
+    await until(lambda: nodes.count_events(run.run_id, "hook_created"))
+    token = nodes.db.query(
+        sql.SQL("SELECT token FROM {} WHERE run_id = %s").format(
+            sql.Identifier(nodes.schema, "hooks")
+        ),
+        (run.run_id,),
+    )[0][0]
+
+    def request(host: str, signature: str, body: bytes) -> af.Request:
+        headers = {"idempotency-key": "d-1", "x-signature": signature, "host": host}
+        return af.Request(method="POST", url=f"http://{host}/hook", headers=headers, body=body)
+
+    first = await b.resume_webhook(token, request("b.example", "t=1", b"one"))
+    retry = await a.resume_webhook(token, request("a.example", "t=2", b"one"))
+    assert (first.status, retry.status) == (202, 202)
+    with pytest.raises(IdempotencyKeyConflictError):
+        await b.resume_webhook(token, request("b.example", "t=3", b"two"))
+    stop = af.Request(method="POST", url="http://a/", headers={}, body=b"stop")
+    await b.resume_webhook(token, stop)
+    assert await run.result(timeout=10) == ["one"]
 
 
 async def test_start_once_starts_one_run_across_nodes(nodes: Nodes) -> None:

@@ -143,7 +143,7 @@ async def resume_webhook(rt: Runtime, token: str, raw: Request | Any) -> Respons
     data: dict[str, Any] = {"request": tree, "token": token, "external": True}
     if key is not None:
         data["idempotency_key"] = key
-        data["digest"] = codec.digest(tree)
+        data["digest"] = _request_digest(request)
     event = await rt.deliver_external(entry, ev.HOOK_RECEIVED, data)
     if not manual:
         return _immediate(options)
@@ -175,7 +175,7 @@ async def _deliver_shared(
     data: dict[str, Any] = {"request": tree, "token": entry.token, "external": True}
     if key is not None:
         data["idempotency_key"] = key
-        data["digest"] = codec.digest(tree)
+        data["digest"] = _request_digest(request)
     rt.writer.check()
     event_id, _ = await rt.cluster.deliver(entry, ev.HOOK_RECEIVED, data)
     if options.get("respond_with") != "manual":
@@ -183,6 +183,15 @@ async def _deliver_shared(
     return await _manual_response(
         rt, event_id, float(options["respond_timeout"]), run_id=entry.run_id
     )
+
+
+def _request_digest(request: Request) -> str:
+    """What a retried delivery must repeat: its method and body.
+
+    Not the URL or the headers: a sender's retry may reach another process (another host in
+    the URL and ``Host``) and carry a fresh signature or timestamp, and is the same delivery.
+    """
+    return codec.digest(codec.to_tree({"method": request.method, "body": request.body}))
 
 
 def _immediate(options: Mapping[str, Any]) -> Response:
