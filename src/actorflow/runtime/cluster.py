@@ -96,6 +96,13 @@ class Cluster:
         interval = self.lease_seconds / 3
         while True:
             await anyio.sleep(interval)
+            failure = self.rt.failure
+            if failure is not None:
+                # Stop renewing: the runs go to other nodes when the lease runs out. A lost
+                # lease also ends the runtime (`async with` raises it), as a renewal would.
+                if isinstance(failure, LeaseLostError):
+                    raise failure
+                return
             try:
                 renewed = await anyio.to_thread.run_sync(self.directory.renew, self.lease_seconds)
             except StorageError as exc:
@@ -111,10 +118,13 @@ class Cluster:
                 )
                 self.rt.fail(lost)
                 raise lost
-            await self.take_over()
+            # A large takeover (a node with many runs died) goes on round after round, bounded.
+            for _ in range(50):
+                if await self.take_over() < _CLAIM_PER_ROUND:
+                    break
 
     async def take_over(self) -> int:
-        """Claim runs whose owner is gone, rebuild them here; return how many were adopted."""
+        """Claim runs whose owner is gone and rebuild them here; return how many were claimed."""
         try:
             groups = await anyio.to_thread.run_sync(self.directory.claim, _CLAIM_PER_ROUND)
         except StorageError as exc:
@@ -124,7 +134,7 @@ class Cluster:
         if adopted:
             logger.info("node %s took over %d run(s)", self.node_id, adopted)
             self._wake.set()  # their inbox may hold deliveries
-        return adopted
+        return len(groups)
 
     def adopt(self, groups: Sequence[tuple[str, Sequence[tuple[int, bytes]]]]) -> int:
         """Fold claimed runs' events into the state and start them, as recovery would."""

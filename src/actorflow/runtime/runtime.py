@@ -476,7 +476,9 @@ class Runtime:
         return self.failure
 
     def _on_log_failure(self, exc: BaseException) -> None:
-        if isinstance(exc, LeaseLostError):
+        # On a shared store, a node that cannot write must also stop renewing its lease, so
+        # that other nodes take its runs over; alone, it keeps answering (HTTP 503) instead.
+        if isinstance(exc, LeaseLostError) or self.cluster is not None:
             self.fail(exc)
 
     def _on_durable(self, events: Sequence[Event]) -> None:
@@ -658,7 +660,7 @@ class Runtime:
         """
         entry = self.state.tokens.get(token) if isinstance(token, str) else None
         if entry is None and self.cluster is not None and isinstance(token, str):
-            entry = await self.cluster.lookup(token)
+            entry = await self.cluster.lookup(token, fresh=True)
         if entry is None:
             raise HookNotFoundError(str(token))
         # Never hand out a hook (a webhook's URL) before its hook_created is on disk: a crash
