@@ -82,6 +82,7 @@ class Cluster:
         self.adopted = 0
         self.ingested = 0
         self._hook_cache: dict[str, HookEntry] = {}
+        self._wake_pending = threading.Event()
 
     # -- the services -------------------------------------------------------------------------
 
@@ -177,17 +178,25 @@ class Cluster:
             stop.set()
 
     def _notified(self, payload: str) -> None:
-        # In the listener's thread: hop to the event loop.
+        # In the listener's thread. Every node hears every notification of the schema, and a
+        # busy owner is woken for each delivery: hop to the event loop only for this node's
+        # wakes, and only when no wake is pending already.
+        kind, _, value = payload.partition(":")
+        if kind == "wake":
+            if value != self.node_id or self._wake_pending.is_set():
+                return
+            self._wake_pending.set()
+        elif kind != "resp":
+            return
         try:
-            anyio.from_thread.run_sync(self._on_notification, payload)
+            anyio.from_thread.run_sync(self._on_notification, kind, value)
         except RuntimeError:  # the loop is shutting down
             pass
 
-    def _on_notification(self, payload: str) -> None:
-        kind, _, value = payload.partition(":")
-        if kind == "wake" and value == self.node_id:
+    def _on_notification(self, kind: str, value: str) -> None:
+        if kind == "wake":
             self._wake.set()
-        elif kind == "resp":
+        else:
             self.rt.webhook_responses.poke(value)
 
     async def _ingest_loop(self) -> None:
@@ -195,6 +204,7 @@ class Cluster:
             with anyio.move_on_after(self.poll_interval):
                 await self._wake.wait()
             self._wake = anyio.Event()
+            self._wake_pending.clear()  # before reading: a later notification wakes us again
             try:
                 while await self.ingest() >= _INBOX_BATCH:
                     pass
