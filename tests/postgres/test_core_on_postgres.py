@@ -25,10 +25,9 @@ the test functions of ``tests/runtime/test_semantics.py``, and the live crash te
 Durability is the runtime's default, ``"fsync"`` (``synchronous_commit`` on), for every test. It
 costs no measurable time here.
 
-``XFAIL`` lists the tests that fail on this backend, each with the bug that makes it fail. The
-marks are strict, so a test starts failing once its bug is fixed, until its mark is removed. The
-one exception is a race, which passes in some runs. ``SKIPPED`` is for tests that read the file
-log's own files or bytes, and it holds none so far. New tests in these modules run here without
+``XFAIL`` would list tests that fail on this backend, each with the bug that makes it fail;
+it is empty. ``SKIPPED`` is for tests that read the file log's own files or bytes, and it holds
+none so far. New tests in these modules run here without
 any change.
 """
 
@@ -68,45 +67,10 @@ SOURCES: list[tuple[types.ModuleType, set[str] | None]] = [
 #: Tests that read the file log's own files or bytes, with why they cannot run here.
 SKIPPED: dict[str, str] = {}
 
-_INBOX_LAG = (
-    "PostgreSQL backend bug: a resume with an idempotency key is acknowledged before it is in "
-    "the run's history, even when this node owns the run. Runtime.resume_hook sends every keyed "
-    "resume through _resume_shared -> Cluster.deliver. Cluster.deliver returns once "
-    "Directory.deliver has committed the record to the shared inbox, and then only sets "
-    "Cluster._wake. The record joins the run's history later, when Cluster.ingest appends it "
-    "from the ingest loop. Neither an unkeyed resume (Runtime.deliver_external appends at once) "
-    "nor Runtime.wait_idle() (it flushes the writer only) waits for that append"
-)
 #: Tests that fail on the PostgreSQL backend: the test, the bug, whether it fails every time.
-XFAIL: dict[str, tuple[str, bool]] = {
-    "test_same_idempotency_key_twice_delivers_once": (
-        f"{_INBOX_LAG}. So the unkeyed resume of go:j, acknowledged after k2, is appended before "
-        "k2: the log holds k1, None, k2. This happens on one hook too: resume(h, 'first', "
-        "idempotency_key=...) and then resume(h, 'second') give the workflow ['second', "
-        "'first']. A fix: when the owner is this node, append the record as soon as the inbox "
-        "commit returns, as ingest does, tracked in _inflight",
-        True,
-    ),
-    "test_same_idempotency_key_with_another_payload_conflicts": (
-        f"{_INBOX_LAG}. So the first delivery's hook_received is often appended after "
-        "resume_hook and wait_idle() have returned, and the store's record count grows while "
-        "the refused retry is being checked. The retry itself commits nothing. This is a race "
-        "(it fails in most runs on trio and in a few on asyncio), so the mark is not strict",
-        False,
-    ),
-    "test_idempotent_retry_after_the_run_ended_returns_the_record": (
-        "PostgreSQL backend bug: a keyed retry whose hook has gone gets HookNotFoundError "
-        "instead of the first delivery's Hook. With a key, Runtime.resume_hook goes through "
-        "_resume_shared even when this node owns the run, and never looks at "
-        "state.idempotency. Cluster.lookup finds no row in `hooks`: end_runs_hooks deleted it "
-        "when run_completed committed, and hook_disposed deletes it the same way. So "
-        "_resume_via_inbox raises HookNotFoundError. Directory.deliver also checks the hook's "
-        "liveness (lock_hook) before it looks at delivery_keys. A fix: when there is no live "
-        "hook and a key was given, answer from delivery_keys (token, key): the same digest "
-        "returns the earlier hook's record, another digest raises IdempotencyKeyConflictError",
-        True,
-    ),
-}
+#: (Empty: the two bugs this module found, keyed resumes acknowledged before they were in the
+#: run's history and keyed retries refused once their hook was gone, are fixed.)
+XFAIL: dict[str, tuple[str, bool]] = {}
 
 POLL_INTERVAL = 0.05
 ENDED = ("completed", "failed", "cancelled")

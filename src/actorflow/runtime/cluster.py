@@ -242,6 +242,28 @@ class Cluster:
         """Reserve a chosen token across nodes (blocking: one round trip); the holder's run."""
         return self.directory.claim_token(token, run_id, hook_id)
 
+    async def find_delivery(self, token: str, key: str) -> tuple[str, str, HookEntry] | None:
+        """A delivery accepted with ``key`` on ``token``: its digest, event id and hook."""
+        found = await anyio.to_thread.run_sync(self.directory.find_delivery, token, key)
+        if found is None:
+            return None
+        digest, event_id, record = found
+        created = self.rt.payloads.decode_plain(record)
+        return digest, event_id, self._entry(created, token)
+
+    def _entry(self, created: Event, token: str) -> HookEntry:
+        """A hook of another node's run, from its ``hook_created`` event."""
+        entry = HookEntry(
+            created.correlation_id or "",
+            created.run_id,
+            token,
+            created.created_at,
+            created.data.get("metadata"),
+            created.data.get("webhook"),
+        )
+        entry.schema = created.data.get("schema")
+        return entry
+
     async def lookup(self, token: str, *, fresh: bool = False) -> HookEntry | None:
         """The live hook holding ``token`` on any node, as a ``HookEntry`` marked remote.
 
@@ -259,16 +281,7 @@ class Cluster:
             local = self.rt.state.tokens.get(token)
             if local is not None:
                 return local
-        created = self.rt.payloads.decode_plain(found.created)
-        entry = HookEntry(
-            found.hook_id,
-            found.run_id,
-            token,
-            created.created_at,
-            created.data.get("metadata"),
-            created.data.get("webhook"),
-        )
-        entry.schema = created.data.get("schema")
+        entry = self._entry(self.rt.payloads.decode_plain(found.created), token)
         entry.remote = found
         if len(self._hook_cache) >= _HOOK_CACHE:
             del self._hook_cache[next(iter(self._hook_cache))]
@@ -324,9 +337,24 @@ class Cluster:
             )
         if outcome.status == "conflict":
             raise IdempotencyKeyConflictError(entry.token, str(idempotency_key))
-        if outcome.owner == self.node_id:
-            self._wake.set()
+        if outcome.status == "accepted" and outcome.owner == self.node_id:
+            # The run is this node's: append now, and answer once it is in the run's history,
+            # as a resume of a local run always is; a later resume is then ordered after it.
+            await self._append_now(event, record)
         return outcome.event_id, outcome.status == "accepted"
+
+    async def _append_now(self, event: Event, record: bytes) -> None:
+        rt = self.rt
+        ticket = self._inflight.get(event.event_id)  # the inbox poll may have been first
+        if ticket is None:
+            run = rt.state.runs.get(event.run_id)
+            if run is None:  # claimed a moment ago, not adopted yet: the poll appends it
+                self._wake.set()
+                return
+            ticket = self._inflight[event.event_id] = rt.append(event, record=record)
+            if event.type == ev.HOOK_RECEIVED and event.data.get("external"):
+                run.external += 1
+        await ticket.wait()
 
     async def response(self, run_id: str, request_event_id: str) -> Event | None:
         """The committed ``webhook_responded`` answering a request of a run on another node."""

@@ -745,14 +745,41 @@ class Runtime:
             raise HookNotFoundError(str(token))
         try:
             remote = await self.cluster.lookup(token)
+            if remote is None and idempotency_key is not None:
+                return await self._answer_retry(token, payload, idempotency_key)
             return await self._resume_via_inbox(
                 token, remote, payload, encryption_key, idempotency_key
             )
         except StaleHookError:
             remote = await self.cluster.lookup(token, fresh=True)
+            if remote is None and idempotency_key is not None:
+                return await self._answer_retry(token, payload, idempotency_key)
             return await self._resume_via_inbox(
                 token, remote, payload, encryption_key, idempotency_key
             )
+
+    async def _answer_retry(self, token: str, payload: Any, idempotency_key: str) -> Hook:
+        """A keyed resume whose hook is gone: a retry of an accepted delivery gets its record
+        back (as in one process), anything else is refused.
+
+        Raises:
+            HookNotFoundError: no delivery was accepted with this key on this token.
+            IdempotencyKeyConflictError: one was, with another payload.
+        """
+        assert self.cluster is not None
+        prior = self.state.idempotency.get((token, idempotency_key))
+        hook = prior.hook if prior is not None else None
+        digest = prior.digest if prior is not None else None
+        if hook is None:
+            found = await self.cluster.find_delivery(token, idempotency_key)
+            if found is None:
+                raise HookNotFoundError(token)
+            digest, _, hook = found
+        if hook.schema is not None:
+            payload = validate_payload(load_schema(hook.schema), payload, token)
+        if codec.digest(codec.to_tree(payload, root="payload")) != digest:
+            raise IdempotencyKeyConflictError(token, idempotency_key)
+        return self.hook_record(hook)
 
     async def _resume_via_inbox(
         self,

@@ -15,7 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ..errors import HookNotFoundError, WebhookSignatureError, WorkflowDefinitionError
+from ..errors import (
+    HookNotFoundError,
+    IdempotencyKeyConflictError,
+    WebhookSignatureError,
+    WorkflowDefinitionError,
+)
 from . import codec
 from .core import events as ev
 from .core.events import Event
@@ -114,6 +119,8 @@ async def resume_webhook(rt: Runtime, token: str, raw: Request | Any) -> Respons
 
         for fresh in (False, True):
             entry = live if live is not None else await cluster.lookup(token, fresh=fresh)
+            if entry is None and key is not None:
+                return await _answer_retry(rt, token, request, key)
             if entry is None or entry.webhook is None:
                 raise HookNotFoundError(token)
             _verify(rt, entry, request)
@@ -192,6 +199,25 @@ def _request_digest(request: Request) -> str:
     the URL and ``Host``) and carry a fresh signature or timestamp, and is the same delivery.
     """
     return codec.digest(codec.to_tree({"method": request.method, "body": request.body}))
+
+
+async def _answer_retry(rt: Runtime, token: str, request: Request, key: str) -> Response:
+    """A delivery id seen before on a webhook that is gone (on a shared store): the first
+    delivery's answer, as a retry gets in one process."""
+    assert rt.cluster is not None
+    found = await rt.cluster.find_delivery(token, key)
+    if found is None or found[2].webhook is None:
+        raise HookNotFoundError(token)
+    digest, event_id, entry = found
+    assert entry.webhook is not None
+    _verify(rt, entry, request)
+    if digest != _request_digest(request):
+        raise IdempotencyKeyConflictError(token, key)
+    if entry.webhook.get("respond_with") != "manual":
+        return _immediate(entry.webhook)
+    return await _manual_response(
+        rt, event_id, float(entry.webhook["respond_timeout"]), run_id=entry.run_id
+    )
 
 
 def _immediate(options: Mapping[str, Any]) -> Response:

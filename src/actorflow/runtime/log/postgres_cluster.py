@@ -502,6 +502,11 @@ class Directory:
             with conn.transaction():
                 live = conn.execute(q.lock_hook, (hook.token, hook.hook_id)).fetchone()
                 if live is None:
+                    # Gone since: a retry of a delivery it accepted still gets its answer.
+                    found = conn.execute(q.find_key, (hook.token, key)).fetchone()
+                    if found is not None and found[0] == hook.hook_id:
+                        status = "duplicate" if found[1] == digest else "conflict"
+                        return Delivery(status, str(found[2]))
                     return Delivery("gone")
                 owner = live[0]
                 if key is not None:
@@ -555,6 +560,17 @@ class Directory:
             return Delivery("accepted", event_id, owner)
 
         result: Delivery = self._call("delivery", run)
+        return result
+
+    def find_delivery(self, token: str, key: str) -> tuple[str, str, bytes] | None:
+        """A delivery accepted with ``key`` on ``token``: its digest, its event id, and the
+        ``hook_created`` record of the hook it went to (which may be gone by now)."""
+
+        def run(conn: psycopg.Connection[Any]) -> tuple[str, str, bytes] | None:
+            row = conn.execute(self.q.find_delivery, (token, key)).fetchone()
+            return None if row is None else (str(row[0]), str(row[1]), bytes(row[2]))
+
+        result: tuple[str, str, bytes] | None = self._call("read", run)
         return result
 
     def enqueue(self, run_id: str, event_id: str, record: bytes) -> None:
@@ -822,6 +838,15 @@ class _ClusterQueries:
         self.find_key = render(
             "SELECT hook_id, digest, event_id FROM {keys} WHERE token = %s AND key = %s",
             keys="delivery_keys",
+        )
+        self.find_delivery = render(
+            "SELECT k.digest, k.event_id, c.record FROM {keys} k"
+            " JOIN {events} d ON d.event_id = k.event_id"
+            " JOIN {events} c ON c.run_id = d.run_id AND c.type = 'hook_created'"
+            "  AND c.correlation_id = k.hook_id"
+            " WHERE k.token = %s AND k.key = %s",
+            keys="delivery_keys",
+            events="events",
         )
         self.reuse_key = render(
             "UPDATE {keys} SET hook_id = %s, digest = %s, event_id = %s "
