@@ -15,6 +15,7 @@ stops the autojump clock.
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -393,23 +394,29 @@ async def test_crash_after_every_append_with_real_timers(
     """Every prefix of a run with a backoff, a sleep and a timeout that fire, in virtual time.
 
     The driver sends its one payload, with an idempotency key, once the workflow says it has
-    passed the timeout. It waits with ``trio.sleep`` (harmless if the autojump clock races
-    ahead of the log writer's thread) and holds no deadline that could fail the test early.
+    passed the timeout. It waits with ``trio.sleep`` and holds no virtual deadline that could
+    fail the test early (its bound is in real time).
     """
 
     async def drive(rt: af.Runtime, run_id: str) -> list[Any]:
         state = rt.state.runs[run_id]
-        for _ in range(10_000):
-            if state.finished:
+        # Bounded in real time, not only in rounds: the autojump clock counts a wait on a
+        # worker thread (the writer's fsync, a rebuild's read) as idle, so on a loaded machine
+        # thousands of virtual minutes can pass during one such wait.
+        deadline = time.monotonic() + 60
+        sent = False
+        for _ in range(1_000_000):
+            if state.finished or time.monotonic() > deadline:
                 break
             if "t" in reached_last_await:
                 try:
                     await rt.resume_hook("timed:t", "late", idempotency_key="only")
+                    sent = True
                     break
                 except af.HookNotFoundError:
                     pass
             await trio.sleep(60)
-        else:
+        if not (state.finished or sent):
             raise AssertionError(f"the run never reached its last await: {state.status}")
         return await rt.get_run(run_id).result()  # type: ignore[no-any-return]
 
