@@ -122,6 +122,16 @@ class Nodes:
         )
         return rows[0][0] if rows else None
 
+    def webhook_token(self, run_id: str) -> str:
+        """The token of the run's one live hook, from the shared index."""
+        rows = self.db.query(
+            sql.SQL("SELECT token FROM {} WHERE run_id = %s").format(
+                sql.Identifier(self.schema, "hooks")
+            ),
+            (run_id,),
+        )
+        return str(rows[0][0])
+
     def count_events(self, run_id: str, kind: str) -> int:
         rows = self.db.query(
             sql.SQL("SELECT count(*) FROM {} WHERE run_id = %s AND type = %s").format(
@@ -217,12 +227,7 @@ async def test_a_manual_webhook_answer_reaches_the_node_holding_the_request(
     b = await nodes.node()
     run = await a.start(manual_webhook)
     await until(lambda: nodes.count_events(run.run_id, "hook_created"))
-    token = nodes.db.query(
-        sql.SQL("SELECT token FROM {} WHERE run_id = %s").format(
-            sql.Identifier(nodes.schema, "hooks")
-        ),
-        (run.run_id,),
-    )[0][0]
+    token = nodes.webhook_token(run.run_id)
     request = af.Request(method="POST", url="http://x/", headers={}, body=b"ping")
     response = await b.resume_webhook(token, request)
     assert (response.status, response.body) == (200, b"seen ping")
@@ -235,12 +240,7 @@ async def test_a_webhook_retried_at_another_node_is_the_same_delivery(nodes: Nod
     b = await nodes.node()
     run = await a.start(webhook_bodies)
     await until(lambda: nodes.count_events(run.run_id, "hook_created"))
-    token = nodes.db.query(
-        sql.SQL("SELECT token FROM {} WHERE run_id = %s").format(
-            sql.Identifier(nodes.schema, "hooks")
-        ),
-        (run.run_id,),
-    )[0][0]
+    token = nodes.webhook_token(run.run_id)
 
     def request(host: str, signature: str, body: bytes) -> af.Request:
         headers = {"idempotency-key": "d-1", "x-signature": signature, "host": host}

@@ -115,25 +115,7 @@ def test_runs_of_a_killed_process_are_taken_over_and_nothing_is_lost_or_doubled(
             if clients.ledger.unexpected:
                 return clients
             with anyio.fail_after(90):
-                for name in clients.ledger.names:
-                    owners[name] = await clients.owner(name)
-                    await clients.send(
-                        "stop", "POST", f"{PREFIX}/hooks/resume", headers=AUTH,
-                        json={"token": f"collect:{name}", "payload": {"stop": True},
-                              "idempotency_key": f"stop:{name}"},
-                    )  # fmt: skip
-                for name, run_id in owners.items():
-                    while True:
-                        run = (
-                            await clients.send(
-                                "result", "GET", f"{PREFIX}/runs/{run_id}", headers=AUTH
-                            )
-                        ).json()
-                        if run["status"] not in ("running", "pending"):
-                            break
-                        await anyio.sleep(0.05)
-                    assert run["status"] == "completed", run
-                    results[name] = run["result"]
+                await clients.stop_all(owners, results)
             return clients
 
     try:

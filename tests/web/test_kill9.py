@@ -161,6 +161,29 @@ class Clients:
             await anyio.sleep(0.02)
         raise Unexpected(f"payload {payload_id} for {name} was never accepted")
 
+    async def stop_all(self, owners: dict[str, str], results: dict[str, list[str]]) -> None:
+        """Stop every run (``{"stop": true}`` on its hook) and read back what it received.
+
+        Fills ``owners`` (name -> the run that owns ``collect:<name>``) and ``results``.
+        """
+        for name in self.ledger.names:
+            owners[name] = await self.owner(name)
+            await self.send(
+                "stop", "POST", f"{PREFIX}/hooks/resume", headers=AUTH,
+                json={"token": f"collect:{name}", "payload": {"stop": True},
+                      "idempotency_key": f"stop:{name}"},
+            )  # fmt: skip
+        for name, run_id in owners.items():
+            while True:
+                run = (
+                    await self.send("result", "GET", f"{PREFIX}/runs/{run_id}", headers=AUTH)
+                ).json()
+                if run["status"] not in ("running", "pending"):
+                    break
+                await anyio.sleep(0.02)
+            assert run["status"] == "completed", run
+            results[name] = run["result"]
+
     async def sender(self, sender: int) -> None:
         k = 0
         while not self.done:
@@ -225,25 +248,7 @@ def test_no_acknowledged_payload_is_lost_or_doubled_across_kill_9(tmp_path: Path
                 return clients
             # Stop every run and read back what it received.
             with anyio.fail_after(60):
-                for name in clients.ledger.names:
-                    owners[name] = await clients.owner(name)
-                    await clients.send(
-                        "stop", "POST", f"{PREFIX}/hooks/resume", headers=AUTH,
-                        json={"token": f"collect:{name}", "payload": {"stop": True},
-                              "idempotency_key": f"stop:{name}"},
-                    )  # fmt: skip
-                for name, run_id in owners.items():
-                    while True:
-                        run = (
-                            await clients.send(
-                                "result", "GET", f"{PREFIX}/runs/{run_id}", headers=AUTH
-                            )
-                        ).json()
-                        if run["status"] != "running" and run["status"] != "pending":
-                            break
-                        await anyio.sleep(0.01)
-                    assert run["status"] == "completed", run
-                    results[name] = run["result"]
+                await clients.stop_all(owners, results)
             return clients
 
     try:
