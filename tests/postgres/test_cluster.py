@@ -27,6 +27,8 @@ from actorflow.errors import (  # noqa: E402
     IdempotencyKeyConflictError,
     LeaseLostError,
 )
+from actorflow.runtime.core.events import Event  # noqa: E402
+from actorflow.runtime.ids import new_id  # noqa: E402
 from actorflow.runtime.log.postgres_cluster import ClusterLog  # noqa: E402
 
 pytestmark = pytest.mark.anyio
@@ -263,6 +265,38 @@ async def test_start_once_starts_one_run_across_nodes(nodes: Nodes) -> None:
     again = await b.start_once("order-7", approval, "o-7")
     assert again.run_id == first.run_id
     assert await b.get_run(first.run_id).status() in ("pending", "running")
+
+
+async def test_a_delivery_that_lost_the_race_with_a_dispose_is_refused_not_dropped(
+    nodes: Nodes,
+) -> None:
+    """A delivery committed to the inbox while the hook was live, which its owner reads only
+    after the workflow disposed the hook, is refused: its sender hears "not found" (it never
+    answered 2xx) and nothing enters the run's history."""
+    a = await nodes.node()
+    b = await nodes.node()
+    run = await a.start(collect, "race", 1)
+    await hook_of(b, "collect:race")
+    assert b.cluster is not None
+    remote = await b.cluster.lookup("collect:race")
+    assert remote is not None
+    late = Event(new_id("evnt_"), run.run_id, "hook_received", remote.hook_id, 1.0,
+                 {"payload": "late", "token": "collect:race", "external": True, "via": "inbox"})  # fmt: skip
+    await a.resume_hook("collect:race", "taken")  # the workflow takes one, disposes the hook
+    assert await run.result(timeout=10) == ["taken"]
+    # What the race leaves behind: the record, committed before the dispose, still waiting.
+    nodes.db.run(
+        sql.SQL("INSERT INTO {} (run_id, token, event_id, record) VALUES (%s, %s, %s, %s)").format(
+            sql.Identifier(nodes.schema, "inbox")
+        ),
+        (run.run_id, "collect:race", late.event_id, b.payloads.encode(late)),
+    )
+    with anyio.fail_after(10):
+        assert await b.cluster._outcome(late.event_id) is False
+    assert nodes.count_events(run.run_id, "hook_received") == 1
+    assert nodes.db.query(
+        sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(nodes.schema, "inbox"))
+    ) == [(0,)]
 
 
 async def test_a_cancel_at_another_node_reaches_the_owner(nodes: Nodes) -> None:

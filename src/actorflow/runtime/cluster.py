@@ -9,11 +9,13 @@ this module is what the running runtime does with it:
 - **Takeover.** After each renewal the node claims runs whose owner's lease ran out, reads their
   events, folds them into its state, arms their timers, restarts their steps, and wakes them:
   what recovery does at start, for a few runs.
-- **Inbox.** A resume for a run owned elsewhere is committed to the inbox by the receiving node
-  (that commit is the acknowledgement) and the owner is woken by ``NOTIFY``; each node also polls
-  its inbox every ``poll_interval``, so a lost notification only delays a delivery. The owner
-  appends the record unchanged (same event id, same encrypted bytes) to the run's history, and
-  the append deletes the inbox row in its transaction.
+- **Inbox.** A resume for a run owned elsewhere is committed to the inbox by the receiving
+  node, and the owner is woken by ``NOTIFY`` (each node also polls its inbox every
+  ``poll_interval``, so a lost notification only delays a delivery). The owner claims the
+  record and appends it unchanged (same event id, same encrypted bytes) to the run's history,
+  or refuses it if the hook went away meanwhile. The receiving node answers when it hears
+  which (``took``/``drop``, also polled): an acknowledgement means "in the run's history", as
+  for a local run, and a delivery no owner claims within a lease is given up (503).
 - **Remote reads.** A run or hook owned by another node is read from the database: the live-hook
   index for tokens, the run's events (folded here) for ``Run.status``/``result``, and the
   ``webhook_responded`` event for a manual webhook response, woken by ``NOTIFY`` and polled.
@@ -83,6 +85,8 @@ class Cluster:
         self.ingested = 0
         self._hook_cache: dict[str, HookEntry] = {}
         self._wake_pending = threading.Event()
+        #: Deliveries this node committed for another node's runs, awaiting their outcome.
+        self._outcomes: dict[str, anyio.Event] = {}
 
     # -- the services -------------------------------------------------------------------------
 
@@ -186,6 +190,9 @@ class Cluster:
             if value != self.node_id or self._wake_pending.is_set():
                 return
             self._wake_pending.set()
+        elif kind in ("took", "drop"):
+            if value not in self._outcomes:  # a read of a dict: safe from this thread
+                return
         elif kind != "resp":
             return
         try:
@@ -196,8 +203,12 @@ class Cluster:
     def _on_notification(self, kind: str, value: str) -> None:
         if kind == "wake":
             self._wake.set()
-        else:
+        elif kind == "resp":
             self.rt.webhook_responses.poke(value)
+        else:
+            waiter = self._outcomes.get(value)
+            if waiter is not None:
+                waiter.set()
 
     async def _ingest_loop(self) -> None:
         while True:
@@ -216,25 +227,62 @@ class Cluster:
                 logger.warning("reading the inbox failed, retrying: %s", exc)
 
     async def ingest(self) -> int:
-        """Append inbox records of runs this node owns to their history; return how many."""
+        """Take the inbox records of runs this node owns into their history; return how many
+        records were read.
+
+        Each record is claimed first (its sender can no longer give it up), then appended if
+        its hook is live here, or refused (its sender answers "not found") if the hook went
+        away since the delivery: a delivery that lost the race with a dispose never happened.
+        """
         for event_id, ticket in list(self._inflight.items()):
             if ticket.done:
                 del self._inflight[event_id]
         rows = await anyio.to_thread.run_sync(self.directory.fetch_inbox, _INBOX_BATCH)
         rt = self.rt
-        count = 0
+        candidates: list[tuple[Event, bytes]] = []
         for _, run_id, record in rows:
             event = rt.payloads.decode_plain(record)
-            run = rt.state.runs.get(run_id)
-            if run is None or event.event_id in self._inflight:
-                continue  # claimed a moment ago and not adopted yet, or already on its way
-            rt.writer.check()
-            self._inflight[event.event_id] = rt.append(event, record=record)
-            if event.type == ev.HOOK_RECEIVED and event.data.get("external"):
-                run.external += 1
-            count += 1
-        self.ingested += count
+            if run_id in rt.state.runs and event.event_id not in self._inflight:
+                candidates.append((event, record))
+            # else: claimed a moment ago and not adopted yet, or already on its way
+        if candidates:
+            await self._take(candidates)
         return len(rows)
+
+    async def _take(self, candidates: list[tuple[Event, bytes]]) -> None:
+        ids = [event.event_id for event, _ in candidates]
+        claimed = set(await anyio.to_thread.run_sync(self.directory.claim_inbox, ids))
+        refused: list[str] = []
+        # No await from the check to the append: the hook cannot go away in between.
+        for event, record in candidates:
+            if event.event_id not in claimed:
+                continue  # given up by its sender, or taken by another pass
+            if self._accepts(event):
+                self._submit(event, record)
+            else:
+                refused.append(event.event_id)
+        if refused:
+            await anyio.to_thread.run_sync(self.directory.drop_inbox, refused)
+
+    def _accepts(self, event: Event) -> bool:
+        run = self.rt.state.runs.get(event.run_id)
+        if run is None or run.finished:
+            return False
+        if event.type != ev.HOOK_RECEIVED:
+            return True
+        entry = self.rt.state.tokens.get(str(event.data.get("token")))
+        return entry is not None and entry.hook_id == event.correlation_id
+
+    def _submit(self, event: Event, record: bytes) -> Ticket:
+        rt = self.rt
+        rt.writer.check()
+        ticket: Ticket = rt.append(event, record=record)
+        self._inflight[event.event_id] = ticket
+        run = rt.state.runs.get(event.run_id)
+        if run is not None and event.type == ev.HOOK_RECEIVED and event.data.get("external"):
+            run.external += 1
+        self.ingested += 1
+        return ticket
 
     # -- tokens and deliveries ----------------------------------------------------------------
 
@@ -337,24 +385,79 @@ class Cluster:
             )
         if outcome.status == "conflict":
             raise IdempotencyKeyConflictError(entry.token, str(idempotency_key))
+        # Answer once the delivery is in the run's history, as a resume of a local run always
+        # is: a later resume is then ordered after it, and a delivery that lost a race with the
+        # hook's dispose is refused rather than acknowledged and dropped.
         if outcome.status == "accepted" and outcome.owner == self.node_id:
-            # The run is this node's: append now, and answer once it is in the run's history,
-            # as a resume of a local run always is; a later resume is then ordered after it.
             await self._append_now(event, record)
+            return outcome.event_id, True
+        if outcome.owner == self.node_id:
+            self._wake.set()  # a retry of a delivery still in this node's inbox
+        if not await self._outcome(outcome.event_id, check_first=outcome.status != "accepted"):
+            raise HookNotFoundError(entry.token)
         return outcome.event_id, outcome.status == "accepted"
 
     async def _append_now(self, event: Event, record: bytes) -> None:
-        rt = self.rt
-        ticket = self._inflight.get(event.event_id)  # the inbox poll may have been first
-        if ticket is None:
-            run = rt.state.runs.get(event.run_id)
-            if run is None:  # claimed a moment ago, not adopted yet: the poll appends it
-                self._wake.set()
-                return
-            ticket = self._inflight[event.event_id] = rt.append(event, record=record)
-            if event.type == ev.HOOK_RECEIVED and event.data.get("external"):
-                run.external += 1
-        await ticket.wait()
+        """Take a delivery to a run this node owns into its history now; wait until durable.
+
+        Raises:
+            HookNotFoundError: the hook went away before it was taken (nothing delivered).
+        """
+        if event.event_id not in self._inflight and event.run_id in self.rt.state.runs:
+            await self._take([(event, record)])
+        ticket = self._inflight.get(event.event_id)
+        if ticket is not None:
+            await ticket.wait()
+        elif not await self._outcome(event.event_id, check_first=True):
+            raise HookNotFoundError(str(event.data.get("token")))
+
+    async def _outcome(self, event_id: str, *, check_first: bool = False) -> bool:
+        """Wait until the owner has taken a delivery into the run's history (``True``) or
+        refused it (``False``). Woken by the owner's ``NOTIFY``, and polled.
+
+        Raises:
+            OverloadedError: no owner took it within a lease; it was given up (nothing
+                committed), so the sender may retry.
+            StorageError: an owner claimed it and then said nothing for three leases: its
+                outcome is unknown.
+        """
+        waiter = self._outcomes[event_id] = anyio.Event()
+        start = anyio.current_time()
+        gave_up_at = start + self.lease_seconds
+        try:
+            if not check_first:
+                with anyio.move_on_after(self.poll_interval):
+                    await waiter.wait()
+            while True:
+                if waiter.is_set():
+                    waiter = self._outcomes[event_id] = anyio.Event()
+                in_history, pending = await anyio.to_thread.run_sync(
+                    self.directory.delivery_state, event_id
+                )
+                if in_history:
+                    return True
+                if not pending:
+                    return False
+                now = anyio.current_time()
+                if now >= gave_up_at:
+                    cancelled = await anyio.to_thread.run_sync(
+                        self.directory.cancel_delivery, event_id
+                    )
+                    if cancelled:
+                        raise OverloadedError(
+                            "the run's owner did not take the delivery in time (it may be "
+                            "restarting); nothing was delivered: retry shortly",
+                            retry_after=1.0,
+                        )
+                    if now >= start + 3 * self.lease_seconds:
+                        raise StorageError(
+                            f"delivery {event_id} was claimed by the run's owner, which has not "
+                            "finished it: its outcome is unknown; retry with an idempotency key"
+                        )
+                with anyio.move_on_after(self.poll_interval):
+                    await waiter.wait()
+        finally:
+            self._outcomes.pop(event_id, None)
 
     async def response(self, run_id: str, request_event_id: str) -> Event | None:
         """The committed ``webhook_responded`` answering a request of a run on another node."""

@@ -144,6 +144,7 @@ _MIGRATIONS: tuple[_Migration, ...] = (
                 token text NOT NULL,
                 event_id text NOT NULL UNIQUE,
                 record bytea NOT NULL,
+                taken_by text,
                 created_at timestamptz NOT NULL DEFAULT now()
             )""",
             "CREATE INDEX inbox_run ON {schema}.inbox (run_id, id)",

@@ -18,12 +18,17 @@ that appends the run's events. The rules that keep that true:
   run's status follows its events: all in the same transaction.
 - **Outside deliveries go through the owner.** A node that receives a resume or webhook for a
   run it does not own commits the ``hook_received`` record to ``inbox`` (locking the live hook's
-  row, so the hook cannot be disposed under it) and sends ``NOTIFY``; that commit is the
-  acknowledgement. The owner moves the record into the run's history with its next append,
-  deleting the inbox row in the same transaction, so it is appended exactly once whoever owns
-  the run by then. The owner also polls the inbox, so a lost notification delays a delivery and
-  never drops it. A single writer per run keeps the order in which the owner fed events to the
-  workflow equal to the order a replay feeds them.
+  row, so the hook cannot be disposed under it) and sends ``NOTIFY``. The owner claims the row
+  (``taken_by``), then appends the record to the run's history, deleting the row in the same
+  transaction, and notifies ``took``; or, if the hook went away meanwhile, deletes the row (and
+  frees its idempotency key) and notifies ``drop``. The receiving node answers only then: 2xx
+  once the delivery is in the history, "not found" if it was refused. If no owner claims it
+  within a lease, the sender gives it up (deleting the unclaimed row) and answers 503: nothing
+  was delivered. So every acknowledged delivery is in its run's history exactly once, in the
+  order acknowledged, whoever owns the run by then. The owner also polls the inbox, and
+  senders poll the outcome, so a lost notification delays a delivery and never drops it. A
+  single writer per run keeps the order in which the owner fed events to the workflow equal to
+  the order a replay feeds them.
 
 :class:`Directory` holds the operations that are not appends (lease renewal, claims, lookups,
 inbox), on connections of its own, so they never wait behind a batch being committed.
@@ -246,7 +251,7 @@ class ClusterLog(PostgresLog):
                 conn.execute(q.end_runs_hooks, (changes.ended,))
                 conn.execute(q.end_runs_timers, (changes.ended,))
             if changes.from_inbox:
-                taken = conn.execute(q.take_inbox, (changes.from_inbox,)).fetchall()
+                taken = conn.execute(q.take_inbox, (changes.from_inbox, node, q.channel)).fetchall()
                 if len(taken) != len(changes.from_inbox):
                     raise self._lost(sorted(set(columns.run_ids)))
             if changes.responses:
@@ -301,6 +306,8 @@ def claim_orphans(
             # A start_once whose node died between reserving its key and writing run_created
             # left a row with no events: drop it, so a retry of that start can succeed.
             conn.execute(q.drop_phantoms, (claimed,))
+            # Deliveries the dead owner had claimed but not appended: the new owner's now.
+            conn.execute(q.release_inbox, (claimed,))
     return claimed
 
 
@@ -573,6 +580,45 @@ class Directory:
         result: tuple[str, str, bytes] | None = self._call("read", run)
         return result
 
+    def claim_inbox(self, event_ids: list[str]) -> list[str]:
+        """Claim inbox records for appending (their senders can no longer give them up)."""
+
+        def run(conn: psycopg.Connection[Any]) -> list[str]:
+            rows = conn.execute(self.q.claim_inbox, (self.node_id, event_ids)).fetchall()
+            return [str(row[0]) for row in rows]
+
+        result: list[str] = self._call("inbox claim", run)
+        return result
+
+    def drop_inbox(self, event_ids: list[str]) -> None:
+        """Refuse inbox records (their hook is gone); their senders answer "not found"."""
+
+        def run(conn: psycopg.Connection[Any]) -> None:
+            params = {"ids": event_ids, "me": self.node_id, "channel": self.q.channel}
+            conn.execute(self.q.drop_inbox, params).fetchall()
+
+        self._call("inbox drop", run)
+
+    def cancel_delivery(self, event_id: str) -> bool:
+        """Give up a delivery no owner has claimed yet; ``True`` if it is now undone."""
+
+        def run(conn: psycopg.Connection[Any]) -> bool:
+            row = conn.execute(self.q.cancel_inbox, (event_id,)).fetchone()
+            return row is not None and row[0] == 1
+
+        return bool(self._call("delivery", run))
+
+    def delivery_state(self, event_id: str) -> tuple[bool, bool]:
+        """``(in the run's history, still in the inbox)`` for a delivery's event id."""
+
+        def run(conn: psycopg.Connection[Any]) -> tuple[bool, bool]:
+            row = conn.execute(self.q.delivery_state, (event_id, event_id)).fetchone()
+            assert row is not None
+            return bool(row[0]), bool(row[1])
+
+        result: tuple[bool, bool] = self._call("read", run)
+        return result
+
     def enqueue(self, run_id: str, event_id: str, record: bytes) -> None:
         """Commit a record (not a hook delivery: a cancel) to a run's inbox, and wake its owner.
 
@@ -785,8 +831,43 @@ class _ClusterQueries:
         self.end_runs_timers = render(
             "DELETE FROM {timers} WHERE run_id = ANY(%s)", timers="timers"
         )
+        # The appender claimed the rows first (claim_inbox); their senders hear "took".
         self.take_inbox = render(
-            "DELETE FROM {inbox} WHERE event_id = ANY(%s) RETURNING id", inbox="inbox"
+            "WITH gone AS (DELETE FROM {inbox} WHERE event_id = ANY(%s) AND taken_by = %s"
+            " RETURNING event_id) SELECT pg_notify(%s, 'took:' || event_id) FROM gone",
+            inbox="inbox",
+        )
+        self.claim_inbox = render(
+            "UPDATE {inbox} SET taken_by = %s WHERE event_id = ANY(%s) AND taken_by IS NULL "
+            "RETURNING event_id",
+            inbox="inbox",
+        )
+        # Refused by the owner (the hook is gone), or given up by its sender: either way the
+        # delivery never happened, so its idempotency key is free again.
+        self.drop_inbox = render(
+            "WITH gone AS (DELETE FROM {inbox} WHERE event_id = ANY(%(ids)s)"
+            " AND (taken_by IS NULL OR taken_by = %(me)s) RETURNING event_id),"
+            " freed AS (DELETE FROM {keys} WHERE event_id IN (SELECT event_id FROM gone))"
+            " SELECT event_id, pg_notify(%(channel)s, 'drop:' || event_id) FROM gone",
+            inbox="inbox",
+            keys="delivery_keys",
+        )
+        self.cancel_inbox = render(
+            "WITH gone AS (DELETE FROM {inbox} WHERE event_id = %s AND taken_by IS NULL"
+            " RETURNING event_id),"
+            " freed AS (DELETE FROM {keys} WHERE event_id IN (SELECT event_id FROM gone))"
+            " SELECT count(*) FROM gone",
+            inbox="inbox",
+            keys="delivery_keys",
+        )
+        self.delivery_state = render(
+            "SELECT EXISTS (SELECT 1 FROM {events} WHERE event_id = %s),"
+            " EXISTS (SELECT 1 FROM {inbox} WHERE event_id = %s)",
+            events="events",
+            inbox="inbox",
+        )
+        self.release_inbox = render(
+            "UPDATE {inbox} SET taken_by = NULL WHERE run_id = ANY(%s)", inbox="inbox"
         )
         self.notify = b"SELECT pg_notify(%s, %s)"
         self.notify_responses = b"SELECT pg_notify(%s, 'resp:' || x) FROM unnest(%s::text[]) x"
@@ -860,6 +941,7 @@ class _ClusterQueries:
         )
         self.fetch_inbox = render(
             "SELECT i.id, i.run_id, i.record FROM {inbox} i JOIN {runs} r ON r.run_id = i.run_id "
+            "AND i.taken_by IS NULL "
             "WHERE r.owner = %s ORDER BY i.id LIMIT %s",
             inbox="inbox",
             runs="runs",
