@@ -85,8 +85,10 @@ class Cluster:
         self.ingested = 0
         self._hook_cache: dict[str, HookEntry] = {}
         self._wake_pending = threading.Event()
-        #: Deliveries this node committed for another node's runs, awaiting their outcome.
+        #: Deliveries this node committed for another node's runs, awaiting their outcome,
+        #: and the outcomes the owners announced (``took``: True, ``drop``: False).
         self._outcomes: dict[str, anyio.Event] = {}
+        self._announced: dict[str, bool] = {}
 
     # -- the services -------------------------------------------------------------------------
 
@@ -208,6 +210,8 @@ class Cluster:
         else:
             waiter = self._outcomes.get(value)
             if waiter is not None:
+                # Sent by the owner's commit: as good as reading the outcome back.
+                self._announced[value] = kind == "took"
                 waiter.set()
 
     async def _ingest_loop(self) -> None:
@@ -230,7 +234,7 @@ class Cluster:
         """Take the inbox records of runs this node owns into their history; return how many
         records were read.
 
-        Each record is claimed first (its sender can no longer give it up), then appended if
+        Each record is claimed as it is read (its sender can no longer give it up), then appended if
         its hook is live here, or refused (its sender answers "not found") if the hook went
         away since the delivery: a delivery that lost the race with a dispose never happened.
         """
@@ -239,14 +243,21 @@ class Cluster:
                 del self._inflight[event_id]
         rows = await anyio.to_thread.run_sync(self.directory.fetch_inbox, _INBOX_BATCH)
         rt = self.rt
-        candidates: list[tuple[Event, bytes]] = []
+        refused: list[str] = []
+        later: list[str] = []
+        # Claimed by the fetch; no await from the checks to the appends.
         for _, run_id, record in rows:
             event = rt.payloads.decode_plain(record)
-            if run_id in rt.state.runs and event.event_id not in self._inflight:
-                candidates.append((event, record))
-            # else: claimed a moment ago and not adopted yet, or already on its way
-        if candidates:
-            await self._take(candidates)
+            if run_id not in rt.state.runs:
+                later.append(event.event_id)  # claimed a moment ago and not adopted yet
+            elif self._accepts(event):
+                self._submit(event, record)
+            else:
+                refused.append(event.event_id)
+        if refused:
+            await anyio.to_thread.run_sync(self.directory.drop_inbox, refused)
+        if later:
+            await anyio.to_thread.run_sync(self.directory.unclaim_inbox, later)
         return len(rows)
 
     async def _take(self, candidates: list[tuple[Event, bytes]]) -> None:
@@ -362,6 +373,24 @@ class Cluster:
         event = Event(new_id("evnt_"), entry.run_id, kind, entry.hook_id, rt.clock(), data)
         record = rt.payloads.encode(event, key)
         idempotency_key = data.get("idempotency_key")
+        # Listen for the owner's answer before it can be sent.
+        self._outcomes.setdefault(event.event_id, anyio.Event())
+        try:
+            return await self._deliver(entry, event, record, remote, data, idempotency_key)
+        finally:
+            self._outcomes.pop(event.event_id, None)
+            self._announced.pop(event.event_id, None)
+
+    async def _deliver(
+        self,
+        entry: HookEntry,
+        event: Event,
+        record: bytes,
+        remote: ForeignHook,
+        data: dict[str, Any],
+        idempotency_key: Any,
+    ) -> tuple[str, bool]:
+        rt = self.rt
         outcome = await anyio.to_thread.run_sync(
             lambda: self.directory.deliver(
                 remote,
@@ -421,7 +450,7 @@ class Cluster:
             StorageError: an owner claimed it and then said nothing for three leases: its
                 outcome is unknown.
         """
-        waiter = self._outcomes[event_id] = anyio.Event()
+        waiter = self._outcomes.setdefault(event_id, anyio.Event())
         start = anyio.current_time()
         gave_up_at = start + self.lease_seconds
         try:
@@ -429,6 +458,9 @@ class Cluster:
                 with anyio.move_on_after(self.poll_interval):
                     await waiter.wait()
             while True:
+                announced = self._announced.pop(event_id, None)
+                if announced is not None:
+                    return announced
                 if waiter.is_set():
                     waiter = self._outcomes[event_id] = anyio.Event()
                 in_history, pending = await anyio.to_thread.run_sync(
@@ -458,6 +490,7 @@ class Cluster:
                     await waiter.wait()
         finally:
             self._outcomes.pop(event_id, None)
+            self._announced.pop(event_id, None)
 
     async def response(self, run_id: str, request_event_id: str) -> Event | None:
         """The committed ``webhook_responded`` answering a request of a run on another node."""

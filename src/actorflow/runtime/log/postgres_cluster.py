@@ -641,14 +641,24 @@ class Directory:
             raise WorkflowRunNotFoundError(run_id)
 
     def fetch_inbox(self, limit: int) -> list[tuple[int, str, bytes]]:
-        """Inbox rows of runs this node owns, oldest first: ``(id, run_id, record)``."""
+        """Claim the unclaimed inbox rows of runs this node owns, oldest first:
+        ``(id, run_id, record)``. Their senders can no longer give them up."""
 
         def run(conn: psycopg.Connection[Any]) -> list[tuple[int, str, bytes]]:
-            rows = conn.execute(self.q.fetch_inbox, (self.node_id, limit)).fetchall()
-            return [(int(i), str(r), bytes(rec)) for i, r, rec in rows]
+            params = {"me": self.node_id, "limit": limit}
+            rows = conn.execute(self.q.fetch_inbox, params).fetchall()
+            return sorted((int(i), str(r), bytes(rec)) for i, r, rec in rows)
 
         result: list[tuple[int, str, bytes]] = self._call("inbox read", run)
         return result
+
+    def unclaim_inbox(self, event_ids: list[str]) -> None:
+        """Put claimed rows back (their run is not adopted here yet: the next poll takes them)."""
+
+        def run(conn: psycopg.Connection[Any]) -> None:
+            conn.execute(self.q.unclaim_inbox, (event_ids, self.node_id))
+
+        self._call("inbox claim", run)
 
     def find_response(self, run_id: str, request_event_id: str) -> tuple[Position, bytes] | None:
         """The ``webhook_responded`` record answering a request, once committed."""
@@ -940,11 +950,17 @@ class _ClusterQueries:
             inbox="inbox",
         )
         self.fetch_inbox = render(
-            "SELECT i.id, i.run_id, i.record FROM {inbox} i JOIN {runs} r ON r.run_id = i.run_id "
-            "AND i.taken_by IS NULL "
-            "WHERE r.owner = %s ORDER BY i.id LIMIT %s",
+            "UPDATE {inbox} SET taken_by = %(me)s WHERE id IN ("
+            " SELECT i.id FROM {inbox} i JOIN {runs} r ON r.run_id = i.run_id"
+            " WHERE r.owner = %(me)s AND i.taken_by IS NULL ORDER BY i.id LIMIT %(limit)s"
+            " FOR UPDATE OF i SKIP LOCKED)"
+            " RETURNING id, run_id, record",
             inbox="inbox",
             runs="runs",
+        )
+        self.unclaim_inbox = render(
+            "UPDATE {inbox} SET taken_by = NULL WHERE event_id = ANY(%s) AND taken_by = %s",
+            inbox="inbox",
         )
         self.responses = render(
             "SELECT position, record FROM {events} "
