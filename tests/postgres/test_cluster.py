@@ -299,6 +299,29 @@ async def test_a_delivery_that_lost_the_race_with_a_dispose_is_refused_not_dropp
     ) == [(0,)]
 
 
+async def test_a_delivery_no_owner_takes_is_given_up_and_answered_503(
+    nodes: Nodes, tmp_path: Path
+) -> None:
+    """The owner died a moment ago (its lease runs on): the sender waits a lease of its own,
+    then withdraws the delivery and answers "retry later", with nothing delivered."""
+    async with af.Runtime(tmp_path / "first", WORKFLOWS, store=nodes.store("first")) as first:
+        run = await first.start(approval, "ghost")
+        await hook_of(first, "approval:ghost")
+    ghost = nodes.store("ghost", lease=60)
+    assert [record for _, record in ghost.scan()]  # the ghost node owns the run now...
+    assert ghost._conn is not None
+    ghost._conn.close()  # ...and dies without a word, as under SIGKILL
+    b = await nodes.node(lease=1.0)
+    with pytest.raises(af.OverloadedError, match="did not take the delivery in time"):
+        await b.resume_hook("approval:ghost", "unheard")
+    assert nodes.owner(run.run_id) == "ghost"
+    assert nodes.count_events(run.run_id, "hook_received") == 0
+    assert nodes.db.query(
+        sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(nodes.schema, "inbox"))
+    ) == [(0,)]
+    ghost.close()
+
+
 async def test_a_cancel_at_another_node_reaches_the_owner(nodes: Nodes) -> None:
     a = await nodes.node()
     b = await nodes.node()
