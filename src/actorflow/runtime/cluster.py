@@ -78,8 +78,8 @@ class Cluster:
         self.poll_interval = poll_interval
         self.directory = Directory(store.dsn, schema=store.schema, node_id=store.node_id)
         self._wake = anyio.Event()
-        # Inbox records submitted to the writer and not yet durable, by event id, so a poll
-        # that reads them again before the commit does not append them twice.
+        # Inbox records submitted to the writer and not yet durable, by event id: a sender at
+        # this node waits on their tickets.
         self._inflight: dict[str, Ticket] = {}
         self.adopted = 0
         self.ingested = 0
@@ -103,32 +103,48 @@ class Cluster:
         interval = self.lease_seconds / 3
         while True:
             await anyio.sleep(interval)
-            failure = self.rt.failure
-            if failure is not None:
-                # Stop renewing: the runs go to other nodes when the lease runs out. A lost
-                # lease also ends the runtime (`async with` raises it), as a renewal would.
-                if isinstance(failure, LeaseLostError):
-                    raise failure
+            if not await self._renew():
                 return
-            try:
-                renewed = await anyio.to_thread.run_sync(self.directory.renew, self.lease_seconds)
-            except StorageError as exc:
-                # Keep serving: appends stay fenced, so if the lease runs out meanwhile and
-                # another node takes the runs, the next append or renewal stops this runtime.
-                logger.warning("lease renewal failed, retrying: %s", exc)
-                continue
-            if not renewed:
-                lost = LeaseLostError(
-                    f"node {self.node_id} was fenced: its lease ran out (the process was paused "
-                    "or cut off from PostgreSQL) and other nodes took its runs over; this "
-                    "runtime stops, a restart joins as a new node"
-                )
-                self.rt.fail(lost)
-                raise lost
-            # A large takeover (a node with many runs died) goes on round after round, bounded.
+            # A large takeover (a node with many runs died) goes on round after round,
+            # bounded, renewing this node's own lease between rounds when it is due.
+            renewed_at = anyio.current_time()
             for _ in range(50):
                 if await self.take_over() < _CLAIM_PER_ROUND:
                     break
+                if anyio.current_time() - renewed_at >= interval:
+                    if not await self._renew():
+                        return
+                    renewed_at = anyio.current_time()
+
+    async def _renew(self) -> bool:
+        """Renew the lease; ``False`` once the runtime has failed (stop renewing).
+
+        Raises:
+            LeaseLostError: this node was fenced; the runtime is failed with it.
+        """
+        failure = self.rt.failure
+        if failure is not None:
+            # Stop renewing: the runs go to other nodes when the lease runs out. A lost lease
+            # also ends the runtime (`async with` raises it), as a renewal would.
+            if isinstance(failure, LeaseLostError):
+                raise failure
+            return False
+        try:
+            renewed = await anyio.to_thread.run_sync(self.directory.renew, self.lease_seconds)
+        except StorageError as exc:
+            # Keep serving: appends stay fenced, so if the lease runs out meanwhile and another
+            # node takes the runs, the next append or renewal stops this runtime.
+            logger.warning("lease renewal failed, retrying: %s", exc)
+            return True
+        if not renewed:
+            lost = LeaseLostError(
+                f"node {self.node_id} was fenced: its lease ran out (the process was paused or "
+                "cut off from PostgreSQL) and other nodes took its runs over; this runtime "
+                "stops, a restart joins as a new node"
+            )
+            self.rt.fail(lost)
+            raise lost
+        return True
 
     async def take_over(self) -> int:
         """Claim runs whose owner is gone and rebuild them here; return how many were claimed."""
