@@ -332,6 +332,11 @@ async def test_a_cancel_at_another_node_reaches_the_owner(nodes: Nodes) -> None:
         await run.result(timeout=10)
     with pytest.raises(HookNotFoundError):
         await b.resume_hook("approval:o-c", 1)
+    assert nodes.count_events(run.run_id, "run_cancelled") == 1
+    # Taken out of the inbox with the append, not left behind to be appended again later.
+    assert nodes.db.query(
+        sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(nodes.schema, "inbox"))
+    ) == [(0,)]
 
 
 # -- tokens -----------------------------------------------------------------------------------

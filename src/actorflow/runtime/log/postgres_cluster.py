@@ -118,6 +118,8 @@ def _changes(records: Sequence[bytes]) -> _Changes:
         columns.run_ids.append(run_id)
         columns.types.append(kind)
         columns.correlation_ids.append(corr)
+        if data.get("via") == "inbox":  # a delivery or a cancel another node committed
+            out.from_inbox.append(event_id)
         if kind == "run_created":
             out.created_runs[run_id] = str(data.get("workflow", ""))
             out.status[run_id] = "pending"
@@ -140,8 +142,6 @@ def _changes(records: Sequence[bytes]) -> _Changes:
             out.timers_added.append((corr or "", run_id, float(data.get("resume_at", 0.0))))
         elif kind in ("wait_completed", "wait_cancelled"):
             out.timers_removed.append(corr or "")
-        elif kind == "hook_received" and data.get("via") == "inbox":
-            out.from_inbox.append(event_id)
         elif kind == "webhook_responded":
             out.responses.append(str(data.get("request_event_id")))
     return out
