@@ -85,7 +85,15 @@ async def webhook_bodies() -> list[str]:
     return bodies
 
 
-WORKFLOWS = [approval, collect, holder, sleeper, manual_webhook, webhook_bodies]
+@af.workflow
+async def hoarder() -> str:
+    """Leaves its hook's payloads waiting: they fill the run's mailbox."""
+    af.create_hook(token="hoard")
+    await af.sleep("1h")
+    return "slept"
+
+
+WORKFLOWS = [approval, collect, holder, sleeper, manual_webhook, webhook_bodies, hoarder]
 
 
 class Nodes:
@@ -292,7 +300,7 @@ async def test_a_delivery_that_lost_the_race_with_a_dispose_is_refused_not_dropp
         (run.run_id, "collect:race", late.event_id, b.payloads.encode(late)),
     )
     with anyio.fail_after(10):
-        assert await b.cluster._outcome(late.event_id) is False
+        assert await b.cluster._outcome(late.event_id) == "drop"
     assert nodes.count_events(run.run_id, "hook_received") == 1
     assert nodes.db.query(
         sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(nodes.schema, "inbox"))
@@ -320,6 +328,23 @@ async def test_a_delivery_no_owner_takes_is_given_up_and_answered_503(
         sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(nodes.schema, "inbox"))
     ) == [(0,)]
     ghost.close()
+
+
+async def test_the_owners_mailbox_bound_holds_for_deliveries_from_other_nodes(
+    nodes: Nodes,
+) -> None:
+    a = await nodes.node(mailbox_size=2)
+    b = await nodes.node()
+    run = await a.start(hoarder)
+    await hook_of(b, "hoard")
+    await b.resume_hook("hoard", 1)
+    await b.resume_hook("hoard", 2, idempotency_key="two")
+    with pytest.raises(af.OverloadedError, match="mailbox of run .* is full"):
+        await b.resume_hook("hoard", 3)
+    with pytest.raises(af.OverloadedError, match="mailbox of run .* is full"):
+        await b.resume_hook("hoard", 4, idempotency_key="four")
+    await b.resume_hook("hoard", 2, idempotency_key="two")  # a retry is not a new payload
+    assert nodes.count_events(run.run_id, "hook_received") == 2
 
 
 async def test_a_cancel_at_another_node_reaches_the_owner(nodes: Nodes) -> None:

@@ -67,6 +67,12 @@ class StaleHookError(HookNotFoundError):
     """A remembered hook is gone: look the token up again (never leaves the runtime twice)."""
 
 
+def _retry_of(event: Event, first_event_id: str) -> Event:
+    """The delivery a retry is answered by (for its outcome: same run and token)."""
+    return Event(first_event_id, event.run_id, event.type, event.correlation_id,
+                 event.created_at, event.data)  # fmt: skip
+
+
 class Cluster:
     """One node of a shared schema; owned by the runtime, run in its task group."""
 
@@ -86,9 +92,9 @@ class Cluster:
         self._hook_cache: dict[str, HookEntry] = {}
         self._wake_pending = threading.Event()
         #: Deliveries this node committed for another node's runs, awaiting their outcome,
-        #: and the outcomes the owners announced (``took``: True, ``drop``: False).
+        #: and the outcomes the owners announced (``took``, ``drop``, ``full``).
         self._outcomes: dict[str, anyio.Event] = {}
-        self._announced: dict[str, bool] = {}
+        self._announced: dict[str, str] = {}
 
     # -- the services -------------------------------------------------------------------------
 
@@ -208,7 +214,7 @@ class Cluster:
             if value != self.node_id or self._wake_pending.is_set():
                 return
             self._wake_pending.set()
-        elif kind in ("took", "drop"):
+        elif kind in ("took", "drop", "full"):
             if value not in self._outcomes:  # a read of a dict: safe from this thread
                 return
         elif kind != "resp":
@@ -227,7 +233,7 @@ class Cluster:
             waiter = self._outcomes.get(value)
             if waiter is not None:
                 # Sent by the owner's commit: as good as reading the outcome back.
-                self._announced[value] = kind == "took"
+                self._announced[value] = kind
                 waiter.set()
 
     async def _ingest_loop(self) -> None:
@@ -259,19 +265,20 @@ class Cluster:
                 del self._inflight[event_id]
         rows = await anyio.to_thread.run_sync(self.directory.fetch_inbox, _INBOX_BATCH)
         rt = self.rt
-        refused: list[str] = []
+        refused: dict[str, list[str]] = {"drop": [], "full": []}
         later: list[str] = []
         # Claimed by the fetch; no await from the checks to the appends.
         for _, run_id, record in rows:
             event = rt.payloads.decode_plain(record)
             if run_id not in rt.state.runs:
                 later.append(event.event_id)  # claimed a moment ago and not adopted yet
-            elif self._accepts(event):
+                continue
+            verdict = self._verdict(event)
+            if verdict == "take":
                 self._submit(event, record)
             else:
-                refused.append(event.event_id)
-        if refused:
-            await anyio.to_thread.run_sync(self.directory.drop_inbox, refused)
+                refused[verdict].append(event.event_id)
+        await self._refuse(refused)
         if later:
             await anyio.to_thread.run_sync(self.directory.unclaim_inbox, later)
         return len(rows)
@@ -279,26 +286,38 @@ class Cluster:
     async def _take(self, candidates: list[tuple[Event, bytes]]) -> None:
         ids = [event.event_id for event, _ in candidates]
         claimed = set(await anyio.to_thread.run_sync(self.directory.claim_inbox, ids))
-        refused: list[str] = []
+        refused: dict[str, list[str]] = {"drop": [], "full": []}
         # No await from the check to the append: the hook cannot go away in between.
         for event, record in candidates:
             if event.event_id not in claimed:
                 continue  # given up by its sender, or taken by another pass
-            if self._accepts(event):
+            verdict = self._verdict(event)
+            if verdict == "take":
                 self._submit(event, record)
             else:
-                refused.append(event.event_id)
-        if refused:
-            await anyio.to_thread.run_sync(self.directory.drop_inbox, refused)
+                refused[verdict].append(event.event_id)
+        await self._refuse(refused)
 
-    def _accepts(self, event: Event) -> bool:
-        run = self.rt.state.runs.get(event.run_id)
+    async def _refuse(self, refused: dict[str, list[str]]) -> None:
+        for kind, event_ids in refused.items():
+            if event_ids:
+                await anyio.to_thread.run_sync(self.directory.drop_inbox, event_ids, kind)
+
+    def _verdict(self, event: Event) -> str:
+        """``take``; ``drop``: its hook (or run) is gone; ``full``: the run's mailbox is."""
+        rt = self.rt
+        run = rt.state.runs.get(event.run_id)
         if run is None or run.finished:
-            return False
+            return "drop"
         if event.type != ev.HOOK_RECEIVED:
-            return True
-        entry = self.rt.state.tokens.get(str(event.data.get("token")))
-        return entry is not None and entry.hook_id == event.correlation_id
+            return "take"
+        entry = rt.state.tokens.get(str(event.data.get("token")))
+        if entry is None or entry.hook_id != event.correlation_id:
+            return "drop"
+        # The bound a delivery at the owner meets (Runtime.deliver_external).
+        if run.external + entry.untaken >= rt.mailbox_size:
+            return "full"
+        return "take"
 
     def _submit(self, event: Event, record: bytes) -> Ticket:
         rt = self.rt
@@ -438,8 +457,8 @@ class Cluster:
             return outcome.event_id, True
         if outcome.owner == self.node_id:
             self._wake.set()  # a retry of a delivery still in this node's inbox
-        if not await self._outcome(outcome.event_id, check_first=outcome.status != "accepted"):
-            raise HookNotFoundError(entry.token)
+        settled = event if outcome.status == "accepted" else _retry_of(event, outcome.event_id)
+        await self._settle(settled, check_first=outcome.status != "accepted")
         return outcome.event_id, outcome.status == "accepted"
 
     async def _append_now(self, event: Event, record: bytes) -> None:
@@ -453,12 +472,32 @@ class Cluster:
         ticket = self._inflight.get(event.event_id)
         if ticket is not None:
             await ticket.wait()
-        elif not await self._outcome(event.event_id, check_first=True):
-            raise HookNotFoundError(str(event.data.get("token")))
+        else:  # refused by _take (announced to us), or taken by the inbox poll first
+            await self._settle(event, check_first=True)
 
-    async def _outcome(self, event_id: str, *, check_first: bool = False) -> bool:
-        """Wait until the owner has taken a delivery into the run's history (``True``) or
-        refused it (``False``). Woken by the owner's ``NOTIFY``, and polled.
+    async def _settle(self, event: Event, *, check_first: bool) -> None:
+        """Wait for the owner's verdict on a delivery; raise if it was refused.
+
+        Raises:
+            HookNotFoundError: refused: the hook went away first (nothing delivered).
+            OverloadedError: refused: the run's mailbox is full, or no owner took it in time
+                (nothing delivered, in both cases); retry shortly.
+            StorageError: see ``_outcome``.
+        """
+        outcome = await self._outcome(event.event_id, check_first=check_first)
+        if outcome == "drop":
+            raise HookNotFoundError(str(event.data.get("token")))
+        if outcome == "full":
+            raise OverloadedError(
+                f"the mailbox of run {event.run_id} is full ({self.rt.mailbox_size} payloads "
+                "waiting for the workflow to take them); retry shortly",
+                retry_after=1.0,
+            )
+
+    async def _outcome(self, event_id: str, *, check_first: bool = False) -> str:
+        """Wait until the owner has taken a delivery into the run's history (``took``) or
+        refused it (``drop``, ``full``). Woken by the owner's ``NOTIFY``, and polled (a refusal
+        seen only by polling reads as ``drop``).
 
         Raises:
             OverloadedError: no owner took it within a lease; it was given up (nothing
@@ -483,9 +522,9 @@ class Cluster:
                     self.directory.delivery_state, event_id
                 )
                 if in_history:
-                    return True
+                    return "took"
                 if not pending:
-                    return False
+                    return "drop"
                 now = anyio.current_time()
                 if now >= gave_up_at:
                     cancelled = await anyio.to_thread.run_sync(

@@ -590,11 +590,17 @@ class Directory:
         result: list[str] = self._call("inbox claim", run)
         return result
 
-    def drop_inbox(self, event_ids: list[str]) -> None:
-        """Refuse inbox records (their hook is gone); their senders answer "not found"."""
+    def drop_inbox(self, event_ids: list[str], reason: str = "drop") -> None:
+        """Refuse inbox records: ``drop``, their hook is gone (their senders answer "not
+        found"); ``full``, the run's mailbox is (their senders answer "retry later")."""
 
         def run(conn: psycopg.Connection[Any]) -> None:
-            params = {"ids": event_ids, "me": self.node_id, "channel": self.q.channel}
+            params = {
+                "ids": event_ids,
+                "me": self.node_id,
+                "channel": self.q.channel,
+                "reason": reason,
+            }
             conn.execute(self.q.drop_inbox, params).fetchall()
 
         self._call("inbox drop", run)
@@ -858,7 +864,7 @@ class _ClusterQueries:
             "WITH gone AS (DELETE FROM {inbox} WHERE event_id = ANY(%(ids)s)"
             " AND (taken_by IS NULL OR taken_by = %(me)s) RETURNING event_id),"
             " freed AS (DELETE FROM {keys} WHERE event_id IN (SELECT event_id FROM gone))"
-            " SELECT event_id, pg_notify(%(channel)s, 'drop:' || event_id) FROM gone",
+            " SELECT event_id, pg_notify(%(channel)s, %(reason)s || ':' || event_id) FROM gone",
             inbox="inbox",
             keys="delivery_keys",
         )
