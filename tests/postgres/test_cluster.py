@@ -427,6 +427,35 @@ async def test_a_stopped_nodes_runs_are_taken_over_and_finish(
         assert b.cluster is not None
 
 
+async def test_a_node_that_loses_its_database_connection_lets_its_runs_go(
+    nodes: Nodes, tmp_path: Path
+) -> None:
+    """The server drops a node's connections (a restart, a network cut, an admin): its log
+    fails, it stops renewing its lease, and another node takes its runs over and finishes them.
+    """
+    b = await nodes.node(lease=1.5)  # first: runtimes nest like task groups
+    store = ClusterLog(
+        f"{nodes.db.dsn} application_name=actorflow-cut",
+        node_id="cut",
+        schema=nodes.schema,
+        lease_seconds=1.5,
+    )
+    async with af.Runtime(tmp_path / "cut", WORKFLOWS, store=store, poll_interval=0.05) as a:
+        run = await a.start(approval, "cut")
+        await hook_of(a, "approval:cut")
+        assert nodes.db.terminate("actorflow-cut") >= 1
+        with pytest.raises(af.LogWriteError):
+            await a.resume_hook("approval:cut", "lost with the connection")
+        assert a.failure is not None
+        await until(lambda: nodes.owner(run.run_id) == b.node_id, timeout=20)
+        await b.resume_hook("approval:cut", "via the new owner")
+        assert await b.get_run(run.run_id).result(timeout=10) == {
+            "order": "cut",
+            "decision": "via the new owner",
+        }
+    assert nodes.count_events(run.run_id, "hook_received") == 1
+
+
 def test_a_fenced_owner_cannot_append(pg_database: Database, pg_schema: str) -> None:
     """The store-level fence: after another node claims a run, its old owner's append fails."""
     old = ClusterLog(pg_database.dsn, node_id="old", schema=pg_schema, lease_seconds=60)
