@@ -28,6 +28,7 @@ from actorflow.errors import (  # noqa: E402
     LeaseLostError,
 )
 from actorflow.runtime.core.events import Event  # noqa: E402
+from actorflow.runtime.crypto import generate_key  # noqa: E402
 from actorflow.runtime.ids import new_id  # noqa: E402
 from actorflow.runtime.log.postgres_cluster import ClusterLog  # noqa: E402
 
@@ -197,6 +198,23 @@ async def test_a_resume_at_another_node_reaches_the_run(nodes: Nodes) -> None:
     assert nodes.count_events(run.run_id, "hook_received") == 1
     with pytest.raises(HookNotFoundError):
         await b.resume_hook("approval:o-1", {"ok": False})  # the run ended: the token is free
+
+
+async def test_a_routed_delivery_stays_encrypted_and_reads_at_the_owner(nodes: Nodes) -> None:
+    key = generate_key()
+    a = await nodes.node(encryption_key=key)
+    b = await nodes.node(encryption_key=key)
+    run = await a.start(approval, "sealed")
+    await hook_of(b, "approval:sealed")
+    await b.resume_hook("approval:sealed", {"card": "4242"})
+    assert await run.result(timeout=10) == {"order": "sealed", "decision": {"card": "4242"}}
+    stored = nodes.db.query(
+        sql.SQL("SELECT record FROM {} WHERE run_id = %s AND type = 'hook_received'").format(
+            sql.Identifier(nodes.schema, "events")
+        ),
+        (run.run_id,),
+    )
+    assert b"4242" not in bytes(stored[0][0]) and b'"$enc"' in bytes(stored[0][0])
 
 
 async def test_every_payload_sent_to_any_node_arrives_once_in_order_per_sender(
