@@ -288,13 +288,32 @@ class PostgresLog:
             self._release()
             raise
 
-    def _scan(self) -> Generator[tuple[Position, bytes], None, None]:
+    def _open_writer(self) -> psycopg.Connection[Any]:
+        """Connect the writing connection, set its durability, bring the schema up to date.
+
+        Raises:
+            StorageError: the database cannot be reached.
+            LogFormatError: see ``scan``.
+            psycopg.Error: the database failed (the caller translates it).
+        """
         conn = self._conn = _connect(self.dsn, self._where)
+        if self.durability == "none":
+            conn.execute("SET synchronous_commit = off")
+            conn.commit()
+        _ensure_schema(conn, self.schema, apply=self._apply_migrations, where=self._where)
+        return conn
+
+    def _insert_records(
+        self, conn: psycopg.Connection[Any], columns: _Columns, records: Sequence[bytes]
+    ) -> list[Position]:
+        """Insert the batch by the faster path for its size (see ``_COPY_FROM``)."""
+        if len(records) < _COPY_FROM:
+            return self._insert(conn, columns, records)
+        return self._copy(conn, columns, records)
+
+    def _scan(self) -> Generator[tuple[Position, bytes], None, None]:
         try:
-            if self.durability == "none":
-                conn.execute("SET synchronous_commit = off")
-                conn.commit()
-            _ensure_schema(conn, self.schema, apply=self._apply_migrations, where=self._where)
+            conn = self._open_writer()
             locked = conn.execute(self._queries.try_lock, (_lock_key("open", self.schema),))
             row = locked.fetchone()
             conn.commit()
@@ -331,10 +350,7 @@ class PostgresLog:
             return []
         columns = _index_columns(records)
         try:
-            if len(records) < _COPY_FROM:
-                positions = self._insert(conn, columns, records)
-            else:
-                positions = self._copy(conn, columns, records)
+            positions = self._insert_records(conn, columns, records)
         except psycopg.Error as exc:
             raise self._fail("append", exc) from exc
         with self._pending_lock:

@@ -48,12 +48,10 @@ from psycopg import sql
 
 from actorflow.errors import LeaseLostError, StorageError, WorkflowRunNotFoundError
 from actorflow.runtime.log.postgres import (
-    _COPY_FROM,
     _SCAN_BATCH,
     PostgresLog,
     _Columns,
     _connect,
-    _ensure_schema,
     _is_text,
 )
 from actorflow.runtime.log.store import Durability, Position, ScanReport
@@ -176,13 +174,9 @@ class ClusterLog(PostgresLog):
         self._cq = _ClusterQueries(schema)
 
     def _scan(self) -> Generator[tuple[Position, bytes], None, None]:
-        conn = self._conn = _connect(self.dsn, self._where)
         count = 0
         try:
-            if self.durability == "none":
-                conn.execute("SET synchronous_commit = off")
-                conn.commit()
-            _ensure_schema(conn, self.schema, apply=self._apply_migrations, where=self._where)
+            conn = self._open_writer()
             conn.execute(self._cq.register, (self.node_id, self.lease_seconds))
             conn.commit()
             while True:
@@ -229,10 +223,7 @@ class ClusterLog(PostgresLog):
                     q.insert_runs,
                     (list(changes.created_runs), list(changes.created_runs.values()), node),
                 )
-            if len(records) < _COPY_FROM:
-                positions = self._insert(conn, columns, records)
-            else:
-                positions = self._copy(conn, columns, records)
+            positions = self._insert_records(conn, columns, records)
             if changes.status:
                 conn.execute(q.set_status, (list(changes.status), list(changes.status.values())))
             if changes.hooks_removed:
