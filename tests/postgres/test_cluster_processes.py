@@ -29,7 +29,7 @@ import pytest
 from psycopg import sql
 from tests.fixtures.server_process import ServerProcess, free_port
 from tests.postgres.conftest import Database, require_psycopg
-from tests.web.test_kill9 import AUTH, PREFIX, Clients, Unexpected
+from tests.web.test_kill9 import AUTH, PREFIX, Clients, Unexpected, check_exactly_once
 
 require_psycopg()
 
@@ -129,20 +129,7 @@ def test_runs_of_a_killed_process_are_taken_over_and_nothing_is_lost_or_doubled(
     assert codes.count(0) == 2, [s.text()[-3000:] for s in servers]
     assert victim_runs, "the killed process owned no unfinished run: nothing was taken over"
 
-    everywhere = Counter(pid for ids in results.values() for pid in ids)
-    doubled = {pid: n for pid, n in everywhere.items() if n > 1}
-    assert not doubled, f"seed {seed}: delivered more than once: {doubled}"
-    checked = 0
-    for name in ledger.names:
-        acked = ledger.acked.get(name, [])
-        assert sorted(results[name]) == sorted(acked), (
-            f"seed {seed}: run {name}: lost {set(acked) - set(results[name])}, "
-            f"unacknowledged yet delivered {set(results[name]) - set(acked)}"
-        )
-        checked += len(acked)
-    for (sender, name), ids in ledger.order.items():
-        mine = set(ids)
-        assert [pid for pid in results[name] if pid in mine] == ids, (seed, sender, name)
+    checked = check_exactly_once(ledger, results, seed)
 
     # The database: every run ended; duplicates of an unanswered start failed on the token
     # (unique across the processes); the killed process's runs finished under a new owner;

@@ -199,6 +199,27 @@ class Clients:
                 await self.deliver(sender, target, f"{sender}.{k}.{j}")
 
 
+def check_exactly_once(ledger: Ledger, results: dict[str, list[str]], seed: int) -> int:
+    """Every acknowledged payload exactly once, in its run's result; nothing twice anywhere;
+    one sender's payloads to one run in the order they were acknowledged. Returns how many
+    acknowledged payloads were checked."""
+    everywhere = Counter(pid for ids in results.values() for pid in ids)
+    doubled = {pid: n for pid, n in everywhere.items() if n > 1}
+    assert not doubled, f"seed {seed}: delivered more than once: {doubled}"
+    checked = 0
+    for name in ledger.names:
+        acked = ledger.acked.get(name, [])
+        assert sorted(results[name]) == sorted(acked), (
+            f"seed {seed}: run {name}: lost {set(acked) - set(results[name])}, "
+            f"unacknowledged yet delivered {set(results[name]) - set(acked)}"
+        )
+        checked += len(acked)
+    for (sender, name), ids in ledger.order.items():
+        mine = set(ids)
+        assert [pid for pid in results[name] if pid in mine] == ids, (seed, sender, name)
+    return checked
+
+
 async def serving(server: ServerProcess) -> None:
     """Wait (polling its output, at most 30 s) until a launched server serves."""
     for _ in range(3000):
@@ -260,22 +281,7 @@ def test_no_acknowledged_payload_is_lost_or_doubled_across_kill_9(tmp_path: Path
     assert code == 0, server.text()[-5000:]
     assert kills >= 20
 
-    # Every acknowledged payload exactly once, in its owner's result; nothing twice anywhere.
-    everywhere = Counter(pid for ids in results.values() for pid in ids)
-    doubled = {pid: n for pid, n in everywhere.items() if n > 1}
-    assert not doubled, f"seed {seed}: delivered more than once: {doubled}"
-    checked = 0
-    for name in ledger.names:
-        acked = ledger.acked.get(name, [])
-        assert sorted(results[name]) == sorted(acked), (
-            f"seed {seed}: run {name}: lost {set(acked) - set(results[name])}, "
-            f"unacknowledged yet delivered {set(results[name]) - set(acked)}"
-        )
-        checked += len(acked)
-    # One sender's payloads to one run arrive in the order they were acknowledged.
-    for (sender, name), ids in ledger.order.items():
-        mine = set(ids)
-        assert [pid for pid in results[name] if pid in mine] == ids, (seed, sender, name)
+    checked = check_exactly_once(ledger, results, seed)
 
     # The log: intact, every run ended, and the only runs besides the owners are duplicates
     # of an unanswered start that failed on the token.
