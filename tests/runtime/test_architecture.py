@@ -1,4 +1,4 @@
-"""The structure the README's "Layout" promises: no import cycle.
+"""The structure the README's "Layout" promises: no import cycle, no oversized class.
 
 The layer contracts themselves are ``lint-imports`` (``[tool.importlinter]`` in pyproject.toml),
 run by ``./scripts/test``. This checks what no contract type states: that the import graph of
@@ -8,6 +8,7 @@ run by ``./scripts/test``. This checks what no contract type states: that the im
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import grimp
@@ -15,6 +16,8 @@ import grimp
 import actorflow
 
 SRC = Path(actorflow.__file__).parent
+#: "No class over about 400 lines" (docstrings included): 5% of slack, no more.
+MAX_CLASS_LINES = 420
 
 
 def _cycles(graph: grimp.ImportGraph) -> list[list[str]]:
@@ -87,3 +90,14 @@ def test_the_cycle_check_sees_type_checking_and_function_imports(tmp_path: Path)
     finally:
         sys.path.remove(str(tmp_path))
     assert _cycles(graph) == [["knot.a", "knot.b"]]
+
+
+def test_no_class_is_over_about_400_lines() -> None:
+    big = []
+    for path in sorted(SRC.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and node.end_lineno is not None:
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_CLASS_LINES:
+                    big.append((str(path.relative_to(SRC)), node.name, lines))
+    assert big == []

@@ -48,6 +48,7 @@ async def test_resume_hook_returns_after_hook_received_is_synced(tmp_path: Path)
         assert isinstance(store, RecordingStore)
         run = await rt.start(gated, "a")
         await wait_for_hook(rt, "late:a")
+        await wait_for_hook(rt, "gate:a")
         record = await rt.resume_hook("late:a", {"n": 1})
         # On disk when resume_hook returned: appended, then fsynced.
         assert "hook_received" in store.synced_types()
@@ -136,6 +137,7 @@ async def test_buffered_payloads_arrive_in_log_order_exactly_once(tmp_path: Path
     async with af.Runtime(tmp_path, workflows=[collect]) as rt:
         run = await rt.start(collect, "e", 20)
         await wait_for_hook(rt, "many:e")
+        await wait_for_hook(rt, "go:e")
         for i in range(10):  # all before the workflow awaits the hook: buffered
             await rt.resume_hook("many:e", i)
         await rt.resume_hook("go:e", None)
@@ -267,6 +269,7 @@ async def test_token_is_free_after_the_run_ends(tmp_path: Path, end: str) -> Non
         again = await rt.start(holds, "i", "complete")
         await wait_for_hook(rt, "held:i")
         assert (await rt.get_hook_by_token("held:i")).run_id == again.run_id
+        await wait_for_hook(rt, "end:i")
         await rt.resume_hook("end:i", None)
         assert await again.result() == "ok"
 
@@ -331,6 +334,7 @@ async def test_same_idempotency_key_twice_delivers_once(tmp_path: Path) -> None:
     async with af.Runtime(tmp_path, workflows=[collect]) as rt:
         run = await rt.start(collect, "j", 2)
         await wait_for_hook(rt, "many:j")
+        await wait_for_hook(rt, "go:j")
         one = await rt.resume_hook("many:j", {"v": 1}, idempotency_key="k1")
         again = await rt.resume_hook("many:j", {"v": 1}, idempotency_key="k1")
         assert again == one
@@ -347,6 +351,7 @@ async def test_same_idempotency_key_with_another_payload_conflicts(tmp_path: Pat
         assert isinstance(store, RecordingStore)
         run = await rt.start(collect, "k", 1)
         await wait_for_hook(rt, "many:k")
+        await wait_for_hook(rt, "go:k")
         await rt.resume_hook("many:k", "first", idempotency_key="key")
         await rt.wait_idle()
         before = store.records
@@ -384,6 +389,7 @@ async def test_idempotent_retry_after_the_run_ended_returns_the_record(tmp_path:
     async with af.Runtime(tmp_path, workflows=[collect]) as rt:
         run = await rt.start(collect, "l", 1)
         first = await resume_when_ready(rt, "many:l", "x", idempotency_key="once")
+        await wait_for_hook(rt, "go:l")
         await rt.resume_hook("go:l", None)
         assert await run.result() == ["x"]
         assert await rt.resume_hook("many:l", "x", idempotency_key="once") == first
@@ -565,6 +571,7 @@ async def test_payloads_buffered_before_the_dispose_are_still_yielded(tmp_path: 
     async with af.Runtime(tmp_path, workflows=[buffered_then_dispose]) as rt:
         run = await rt.start(buffered_then_dispose, "z")
         await wait_for_hook(rt, "stop-gate:z")
+        await wait_for_hook(rt, "stop:z")
         await rt.resume_hook("stop:z", "a")
         await rt.resume_hook("stop:z", "b")
         await rt.resume_hook("stop-gate:z", None)

@@ -10,9 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .ops import StepOptions
-
 __all__ = [
+    "StepOptions",
     "CancelWait",
     "Command",
     "CommandSink",
@@ -24,6 +23,13 @@ __all__ = [
     "Respond",
     "StartStep",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class StepOptions:
+    """How a step is retried."""
+
+    max_retries: int = 3
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from ...errors import WorkflowDefinitionError
+from .modes import DEFER, SEND, THROW
 from .ops import FirstOp, GatherOp, Op
 
 __all__ = ["DEFER", "SEND", "THROW", "Abort", "Fiber", "FiberScheduler", "Group", "current"]
@@ -25,9 +26,6 @@ current: ContextVar[Any] = ContextVar("actorflow_machine", default=None)
 
 class Abort(BaseException):
     """Unwinds workflow code after a divergence; never reaches user ``except Exception``."""
-
-
-SEND, THROW, DEFER = 0, 1, 2
 
 
 class Group:

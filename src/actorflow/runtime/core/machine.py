@@ -31,7 +31,6 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from ...errors import (
-    HookConflictError,
     HookTimeoutError,
     NonDeterministicAwaitError,
     ReplayDivergenceError,
@@ -43,24 +42,21 @@ from .commands import (
     CancelWait,
     Command,
     CompleteRun,
-    CreateHook,
     CreateWait,
-    DisposeHook,
     FailRun,
     Respond,
     StartStep,
 )
 from .events import Event
-from .fibers import DEFER as _DEFER
-from .fibers import SEND as _SEND
-from .fibers import THROW as _THROW
 from .fibers import Abort as _Abort
 from .fibers import Fiber as _Fiber
 from .fibers import FiberScheduler, current
 from .fibers import await_one as _await_one
-from .hooks import HookState
+from .hooks import MAX_TOKEN_LENGTH, Hooks, HookState
+from .modes import DEFER as _DEFER
+from .modes import SEND as _SEND
+from .modes import THROW as _THROW
 from .ops import (
-    DISPOSED,
     FirstOp,
     GatherOp,
     HookHandle,
@@ -79,8 +75,6 @@ __all__ = [
     "current_machine",
 ]
 
-#: Longest hook token a workflow may choose (random tokens are 32 characters).
-MAX_TOKEN_LENGTH = 1024
 
 _current = current
 
@@ -115,8 +109,7 @@ class Machine(FiberScheduler):
     __slots__ = (
         "run_id", "workflow_name", "started_at", "base_url", "now", "_workflow",
         "_args", "_kwargs", "_out", "_codec", "_new_id", "_new_token", "_recorded", "_pos",
-        "_steps", "_waits", "_hooks", "_rng", "_closing",
-        "_calls", "_live_hooks", "max_calls", "max_hooks", "changed", "_unanswered",
+        "_steps", "_waits", "hooks", "_rng", "_closing", "_calls", "max_calls",
     )  # fmt: skip
 
     def __init__(
@@ -147,8 +140,6 @@ class Machine(FiberScheduler):
         self._args = args
         self._kwargs = kwargs
         self._out: list[Command] = []
-        #: Hooks whose creation or dispose the driver has yet to answer.
-        self._unanswered: dict[str, HookState] = {}
         self._codec = codec
         self._new_id = new_id
         self._new_token = new_token
@@ -156,17 +147,13 @@ class Machine(FiberScheduler):
         self._pos = 0
         self._steps: dict[str, _Fiber] = {}
         self._waits: dict[str, _Fiber] = {}
-        self._hooks: dict[str, HookState] = {}
         self._rng: _random.Random | None = None
         self._closing = False
         # Limits are enforced from the machine's own counts, so replay meets them at the same
         # call: a run over a limit fails the same way every time.
         self._calls = 0
-        self._live_hooks = 0
         self.max_calls = max_calls
-        self.max_hooks = max_hooks
-        #: Hooks whose buffer of untaken payloads changed since the driver last looked.
-        self.changed: set[HookState] | None = None
+        self.hooks = Hooks(max_hooks)
 
     @property
     def rng(self) -> _random.Random:
@@ -186,7 +173,7 @@ class Machine(FiberScheduler):
     @property
     def awaiting(self) -> bool:
         """True while a command waits for its answer (``answer``); feed nothing meanwhile."""
-        return bool(self._unanswered)
+        return bool(self.hooks.unanswered)
 
     def _emit(self, command: Command) -> None:
         self._out.append(command)
@@ -215,26 +202,8 @@ class Machine(FiberScheduler):
     def answer(self, event: Event) -> list[Command]:
         """The driver's answer to ``CreateHook`` (its ``hook_created`` or ``hook_conflict``
         event) or ``DisposeHook`` (its ``hook_disposed``); runs what it wakes; the commands."""
-        kind = "d:" if event.type == ev.HOOK_DISPOSED else "c:"
-        hook = self._unanswered.pop(kind + (event.correlation_id or ""), None)
-        if hook is None or self.done:
-            return self._take_out()
-        hook.unanswered -= 1
-        if event.type == ev.HOOK_CONFLICT:
-            self._conflicted(hook, str(event.data.get("holder")))
-        elif event.type == ev.HOOK_DISPOSED:
-            hook.expected = int(event.data.get("received", 0) or 0)
-        claimant = hook.claimant
-        if claimant is not None and hook.unanswered:
-            claimant = None  # its dispose is still to be answered
-        hook.claimant = hook.claimant if claimant is None else None
-        if claimant is not None and not claimant.finished:
-            # It awaited the hook before the answer; it goes on first, as it would have had
-            # the answer been there.
-            outcome = self._hook_next(claimant, hook)
-            if outcome is not None:
-                claimant.blocked_on = None
-                self._ready_first(claimant, *outcome)
+        if not self.done:
+            self.hooks.answer(self, event)
         self._run()
         return self._take_out()
 
@@ -243,21 +212,12 @@ class Machine(FiberScheduler):
         the commands issued."""
         if self.done:
             return self._take_out()
-        assert not self._unanswered, "fed while a command waits for its answer"
+        assert not self.hooks.unanswered, "fed while a command waits for its answer"
         self.now = event.created_at
         kind = event.type
         corr = event.correlation_id
         if kind == ev.HOOK_RECEIVED:
-            hook = self._hooks.get(corr or "")
-            if hook is not None:
-                hook.fed += 1
-                if hook.waiters:
-                    self._resume(hook.waiters.pop(0), _SEND, self._payload(hook, event))
-                else:
-                    if hook.buffer is None:
-                        hook.buffer = deque()
-                    hook.buffer.append(event)
-                    self._changed(hook)
+            self.hooks.receive(self, event)
         elif kind == ev.STEP_COMPLETED:
             fiber = self._steps.pop(corr or "", None)
             if fiber is not None:
@@ -285,12 +245,8 @@ class Machine(FiberScheduler):
 
     def _withdraw(self, fiber: _Fiber, blocked: tuple[Any, ...]) -> None:
         """A losing fiber's hook payloads stay buffered; its timer is cancelled."""
-        if blocked[0] == "hook":
-            hook: HookState = blocked[1]
-            try:
-                hook.waiters.remove(fiber)
-            except ValueError:
-                pass
+        if blocked[0] in ("hook", "claim"):
+            self.hooks.withdraw(fiber, blocked[1])
         elif blocked[0] == "wait":
             wait_id = blocked[1]
             if self._waits.pop(wait_id, None) is not None:
@@ -300,24 +256,15 @@ class Machine(FiberScheduler):
                     lambda e: e.type == ev.WAIT_CANCELLED and e.correlation_id == wait_id,
                     lambda: self._emit(CancelWait(wait_id)),
                 )
-        elif blocked[0] == "claim":
-            blocked[1].claimant = None
         elif blocked[0] == "step":
             # A step already started cannot be unsent; its result is recorded and ignored.
             self._steps.pop(blocked[1], None)
 
     def _release(self, fiber: _Fiber, value: Any) -> tuple[int, Any] | None:
-        # A waiter of a hook disposed since: released unless the hook still drains payloads
-        # it accepted before the dispose (known from the answer).
-        hook: HookState = value
-        if fiber.finished or hook.draining or fiber not in hook.waiters:
-            return None
-        hook.waiters.remove(fiber)
-        fiber.blocked_on = None
-        return (_SEND, DISPOSED)
+        return self.hooks.release(fiber, value)
 
     def _paused(self) -> bool:
-        return bool(self._unanswered)
+        return bool(self.hooks.unanswered)
 
     # -- durable calls -----------------------------------------------------------------------
 
@@ -353,7 +300,7 @@ class Machine(FiberScheduler):
 
     def _issue(self, fiber: _Fiber, op: Any) -> tuple[int, Any] | None:
         if isinstance(op, HookNextOp):
-            return self._hook_next(fiber, op.hook)
+            return self.hooks.next(self, fiber, op.hook)
         if isinstance(op, StepCall):
             return self._start_step(fiber, op)
         if isinstance(op, SleepOp):
@@ -429,97 +376,18 @@ class Machine(FiberScheduler):
         schema: str | None = None,
     ) -> HookHandle[Any]:
         """Create (or, on replay, re-create) a hook owned by this run."""
-        if token is not None and (not isinstance(token, str) or not token):
-            raise WorkflowDefinitionError(f"hook token must be a non-empty string, not {token!r}")
-        if token is not None and len(token) > MAX_TOKEN_LENGTH:
-            raise WorkflowDefinitionError(
-                f"hook token is {len(token)} characters; the limit is {MAX_TOKEN_LENGTH}"
-            )
-        if self._live_hooks >= self.max_hooks:
-            raise WorkflowDefinitionError(
-                f"run {self.run_id} already has {self._live_hooks} live hooks; dispose some "
-                "(hook.dispose() or `with hook:`) or raise Runtime(max_hooks_per_run=...)"
-            )
-        meta_tree = self._codec.to_tree(metadata, root="metadata")
-        chosen = token is not None
-        new: list[tuple[str, str]] = []
+        return HookHandle(self.hooks.create(self, token, metadata, webhook, schema), self)
 
-        def emit() -> None:
-            hook_id = self._new_id("hook_")
-            # The call's index is the same on every replay: a derived token then is too.
-            tok = token if token is not None else self._new_token(self._calls)
-            self._emit(CreateHook(hook_id, tok, chosen, meta_tree, webhook, schema))
-            new.append((hook_id, tok))
-
-        recorded = self._call(
-            "webhook" if webhook is not None else "hook",
-            f"token {token!r}" if chosen else "with a random token",
-            lambda e: (
-                e.type in (ev.HOOK_CREATED, ev.HOOK_CONFLICT)
-                and bool(e.data.get("chosen")) == chosen
-                and (not chosen or e.data.get("token") == token)
-                and bool(e.data.get("webhook")) == (webhook is not None)
-            ),
-            emit,
-        )
-        state: HookState
-        if recorded is not None:
-            assert recorded.correlation_id is not None
-            hook_id, tok = recorded.correlation_id, str(recorded.data["token"])
-            state = HookState(hook_id, tok, metadata, webhook)
-            self._hooks[hook_id] = state
-            self._live_hooks += 1
-            if recorded.type == ev.HOOK_CONFLICT:
-                self._conflicted(state, str(recorded.data.get("holder")))
-        else:
-            hook_id, tok = new[0]
-            state = HookState(hook_id, tok, metadata, webhook)
-            self._hooks[hook_id] = state
-            self._live_hooks += 1
-            self._await_answer(state, "c:")
-        return HookHandle(state, self)
-
-    def _await_answer(self, hook: HookState, kind: str) -> None:
-        hook.unanswered += 1
-        self._unanswered[kind + hook.hook_id] = hook
-
-    def _conflicted(self, hook: HookState, holder: str) -> None:
-        """Another run holds the hook's token: awaiting the hook raises, now and on replay."""
-        hook.conflict = HookConflictError(hook.token, holder)
-        if not hook.disposed:
-            hook.disposed = True
-            self._live_hooks -= 1
-        self._hooks.pop(hook.hook_id, None)
-
-    def _hook_next(self, fiber: _Fiber, hook: HookState) -> tuple[int, Any] | None:
-        if hook.conflict is not None:
-            return (_THROW, hook.conflict)
-        if hook.buffer:
-            self._changed(hook)
-            return (_SEND, self._payload(hook, hook.buffer.popleft()))
-        if hook.unanswered:
-            # Whether it conflicts, or how much it drains, is not known yet: wait for the
-            # answer, which comes before any other fiber runs (see ``answer``).
-            hook.claimant = fiber
-            fiber.blocked_on = ("claim", hook)
-            return None
-        if hook.disposed and not hook.draining:
-            return (_SEND, DISPOSED)
-        hook.waiters.append(fiber)
-        fiber.blocked_on = ("hook", hook)
-        return None
-
-    def _changed(self, hook: HookState) -> None:
-        if self.changed is None:
-            self.changed = set()
-        self.changed.add(hook)
+    def dispose_hook(self, hook: HookState) -> None:
+        """Release a hook's token (idempotent)."""
+        self.hooks.dispose(self, hook)
 
     def take_changed(self) -> set[HookState]:
         """Hooks whose number of untaken payloads changed since the last call."""
-        changed, self.changed = self.changed, None
-        return changed or set()
+        return self.hooks.take_changed()
 
     def _payload(self, hook: HookState, event: Event) -> Any:
+        """What awaiting the hook gives the workflow: the payload, or a webhook's request."""
         if hook.webhook is None:
             return self._codec.from_tree(event.data.get("payload"))
         from ..webhook_request import Request
@@ -533,51 +401,10 @@ class Machine(FiberScheduler):
             object.__setattr__(request, "_respond", respond)
         return request
 
-    def dispose_hook(self, hook: HookState) -> None:
-        """Release a hook's token (idempotent)."""
-        if hook.disposed:
-            if hook.conflict is not None and self._disposed_next(hook):
-                # Disposed live before its conflict was known (the claim went to a shared
-                # database): that dispose is in the history, so replay makes it too.
-                self._call("dispose", f"hook {hook.hook_id}", lambda e: True, lambda: None)
-            return
-        # The hook stays known: a payload accepted before the dispose (durable, acknowledged)
-        # may still be on its way, and is buffered rather than dropped.
-        hook.disposed = True
-        self._live_hooks -= 1
-        emitted: list[bool] = []
-
-        def emit() -> None:
-            self._emit(DisposeHook(hook.hook_id, hook.token))
-            emitted.append(True)
-
-        recorded = self._call(
-            "dispose",
-            f"hook {hook.hook_id}",
-            lambda e: e.type == ev.HOOK_DISPOSED and e.correlation_id == hook.hook_id,
-            emit,
-        )
-        # Payloads accepted before the dispose (in log order) may not have reached the machine
-        # yet; the dispose records how many the hook had accepted, and the hook drains up to
-        # that count before it reports itself disposed, on replay exactly as live.
-        if recorded is not None:
-            hook.expected = int(recorded.data.get("received", 0) or 0)
-        elif emitted:
-            self._await_answer(hook, "d:")
-        # Its waiters are released in their place in the queue, once the count is known.
-        for waiter in hook.waiters:
-            if self._ready is None:
-                self._ready = deque()
-            self._ready.append((waiter, _DEFER, hook))
-
-    def _disposed_next(self, hook: HookState) -> bool:
-        recorded = self._recorded
-        pos = self._pos
-        return (
-            pos < len(recorded)
-            and recorded[pos].type == ev.HOOK_DISPOSED
-            and recorded[pos].correlation_id == hook.hook_id
-        )
+    def _defer(self, fiber: _Fiber, hook: HookState) -> None:
+        if self._ready is None:
+            self._ready = deque()
+        self._ready.append((fiber, _DEFER, hook))
 
     async def _hook_wait_timeout(self, handle: HookHandle[Any], timeout: Any) -> Any:
         seconds = parse_duration(timeout)

@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from ...errors import WorkflowDefinitionError
+from .commands import StepOptions
+from .hooks import DISPOSED, HookState
 
 if TYPE_CHECKING:
-    from .hooks import HookState
+    pass
 
 __all__ = [
     "DISPOSED",
@@ -37,15 +39,6 @@ T = TypeVar("T")
 WEBHOOK_PATH = "/.well-known/workflow/v1/webhook/"
 
 
-class _Disposed:
-    def __repr__(self) -> str:
-        return "DISPOSED"
-
-
-#: The outcome of waiting on a hook that was disposed with nothing left in its buffer.
-DISPOSED: Any = _Disposed()
-
-
 class Op:
     """Base of the objects a workflow coroutine yields."""
 
@@ -53,13 +46,6 @@ class Op:
 
     def __await__(self) -> Generator[Any, Any, Any]:
         return (yield self)
-
-
-@dataclass(frozen=True, slots=True)
-class StepOptions:
-    """How a step is retried."""
-
-    max_retries: int = 3
 
 
 class StepCall(Op):
