@@ -21,6 +21,7 @@ Helpers importable by test modules (``from tests.conftest import ...``):
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -110,17 +111,26 @@ def _record_type(record: bytes) -> str:
     return Payloads(None).decode_plain(record).type
 
 
-async def wait_until(predicate: Callable[[], bool], *, turns: int = 2_000_000) -> None:
-    """Yield to the scheduler until ``predicate()`` holds (at most ``turns`` checkpoints).
+async def wait_until(predicate: Callable[[], bool], *, timeout: float = 10.0) -> None:
+    """Poll ``predicate()`` until it holds: for state that no event announces.
+
+    Between polls every other task runs (a checkpoint), and now and then a millisecond passes
+    (so worker threads, an fsync say, and virtual-time timers get their turn). Bounded by
+    ``timeout`` seconds of real time, whatever clock the event loop runs on.
 
     Raises:
         AssertionError: it never held.
     """
-    for _ in range(turns):
-        if predicate():
-            return
-        await anyio.lowlevel.checkpoint()
-    raise AssertionError(f"condition never held: {predicate}")
+    deadline = time.monotonic() + timeout
+    polls = 0
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition never held within {timeout} s: {predicate}")
+        polls += 1
+        if polls % 100:
+            await anyio.lowlevel.checkpoint()
+        else:
+            await anyio.sleep(0.001)
 
 
 async def wait_for_hook(rt: Runtime, token: str) -> None:

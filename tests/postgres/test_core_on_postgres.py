@@ -6,13 +6,13 @@ the test functions of ``tests/runtime/test_semantics.py``, and the live crash te
 ``tests/runtime/test_recovery.py`` with its reference run, a second time and unchanged. The
 ``on_postgres`` fixture makes these substitutions:
 
-- ``Runtime._open_store``: a runtime given no ``store=`` opens a :class:`ClusterLog` on this
-  test run's database. Its schema is named after the data directory, so reopening a directory
+- ``backend.opening_stores_with`` (the runtime's seam for this): a runtime given no ``store=``
+  opens a :class:`ClusterLog` on this test run's database. Its schema is named after the data directory, so reopening a directory
   reopens the same schema, which the restart tests need. Its node is ``Runtime.node_id``, which
   differs for every ``Runtime`` object, as it does for every process. When a test wraps a file
   log in a store of its own (``RecordingStore``, or ``CrashingStore``, which fails after record
-  k), the wrapper is kept and wraps a ``ClusterLog`` instead. It also carries the node's identity
-  (``node_id``, ``dsn``, ...), so the runtime joins the schema as a node, as it does for a bare
+  k), the wrapper is kept and wraps a ``ClusterLog`` instead; the runtime finds the shared log
+  under the wrapper's ``inner`` and joins the schema as a node, as it does for a bare
   ``ClusterLog``.
 - ``read_events`` / ``read_records`` in the tests' modules read the schema's ``events`` table in
   position order instead of the file log.
@@ -20,7 +20,6 @@ the test functions of ``tests/runtime/test_semantics.py``, and the live crash te
   returns at once. A node folds only the runs it owns, and an ended run has no owner. The file
   log's runtime folds every run, so the helper finds the run in ``rt.state.runs`` and sees that
   it has ended.
-- ``poll_interval`` is 0.05 s, as in ``test_cluster.py``.
 
 Durability is the runtime's default, ``"fsync"`` (``synchronous_commit`` on), for every test. It
 costs no measurable time here.
@@ -47,6 +46,7 @@ require_psycopg()
 from psycopg import sql  # noqa: E402
 from tests.runtime import test_recovery, test_semantics  # noqa: E402
 
+from actorflow.runtime.backend import StoreConfig, opening_stores_with  # noqa: E402
 from actorflow.runtime.core.events import Event  # noqa: E402
 from actorflow.runtime.log.file_log import FileLog  # noqa: E402
 from actorflow.runtime.log.postgres_cluster import ClusterLog  # noqa: E402
@@ -72,7 +72,6 @@ SKIPPED: dict[str, str] = {}
 #: run's history and keyed retries refused once their hook was gone, are fixed.)
 XFAIL: dict[str, tuple[str, bool]] = {}
 
-POLL_INTERVAL = 0.05
 ENDED = ("completed", "failed", "cancelled")
 
 
@@ -107,35 +106,28 @@ def on_postgres(
     request: pytest.FixtureRequest, pg_database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[None]:
     """Every runtime of the test opens its data directory's schema in ``pg_database``."""
-    original = Runtime._open_store
 
-    def cluster_log(rt: Runtime) -> ClusterLog:
-        rt.poll_interval = POLL_INTERVAL  # read when the runtime builds its Cluster, next
+    def cluster_log(config: StoreConfig) -> ClusterLog:
         return ClusterLog(
             pg_database.dsn,
-            node_id=rt.node_id,
-            schema=schema_for(rt.data_dir),
-            durability=rt.durability,
+            node_id=config.node_id,
+            schema=schema_for(config.data_dir),
+            durability=config.durability,
         )
 
-    def open_store(rt: Runtime) -> EventStore:
-        given = rt._store_arg
+    def open_store(config: StoreConfig) -> EventStore | None:
+        given = config.store
         if given is None:
-            return cluster_log(rt)
+            return cluster_log(config)
         inner = getattr(given, "inner", None)
         if isinstance(inner, FileLog):
-            assert inner.directory == rt.data_dir / "log", "a wrapped log outside the data dir"
-            log = cluster_log(rt)
+            assert inner.directory == config.data_dir / "log", "a wrapped log outside the data dir"
+            log = cluster_log(config)
             wrapper: Any = given
-            wrapper.inner = log
+            wrapper.inner = log  # the runtime finds the shared log under a wrapper's ``inner``
             wrapper.durability = log.durability
-            # What the runtime and its Cluster read of a cluster store.
-            for name in ("node_id", "lease_seconds", "dsn", "schema", "_where"):
-                setattr(wrapper, name, getattr(log, name))
             return wrapper  # type: ignore[no-any-return]
-        return original(rt)
-
-    monkeypatch.setattr(Runtime, "_open_store", open_store)
+        return None
 
     def read_records(directory: Path) -> list[bytes]:
         return [record for _, record in _records(pg_database, directory)]
@@ -159,7 +151,8 @@ def on_postgres(
         await deliver_all(rt, run_id, tag)
 
     monkeypatch.setattr(test_recovery, "deliver_all", deliver_all_to_any_run)
-    yield
+    with opening_stores_with(open_store, poll_interval=0.05):  # as in test_cluster.py
+        yield
 
 
 def _copy(fn: Callable[..., Any], name: str) -> Callable[..., Any]:

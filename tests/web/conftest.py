@@ -20,6 +20,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from tests.conftest import wait_until
 
 import actorflow as af
 from actorflow.http import create_app, serve
@@ -93,15 +94,6 @@ async def wait_for_hooks(rt: af.Runtime, run_id: str, count: int = 1) -> list[st
             run = rt.state.runs.get(run_id)
             if run is not None and len(run.hooks or ()) >= count:
                 return list(run.hooks or ())
-            await anyio.sleep(0.001)
-
-
-async def wait_until(condition: Callable[[], bool]) -> None:
-    """Poll ``condition`` until it holds (bounded): for state no event announces."""
-    with anyio.fail_after(10):
-        while True:
-            if condition():
-                return
             await anyio.sleep(0.001)
 
 

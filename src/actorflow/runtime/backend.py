@@ -9,7 +9,8 @@ every run (``ownership.LocalOwnership``).
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,16 @@ from .payloads import Payloads
 from .response_waiters import WebhookResponses
 from .state import RunState
 
-__all__ = ["POSTGRES_SCHEMES", "StoreConfig", "describe", "open_store", "share_ownership"]
+__all__ = [
+    "POSTGRES_SCHEMES",
+    "StoreConfig",
+    "describe",
+    "open_store",
+    "opening_stores_with",
+    "poll_interval_or",
+    "share_ownership",
+    "shared_log",
+]
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 _CLUSTER_MODULE = "actorflow.runtime.log.postgres_cluster"
@@ -39,12 +49,45 @@ class StoreConfig:
     lease_seconds: float
 
 
+Opener = Callable[[StoreConfig], EventStore | None]
+
+#: Set by ``opening_stores_with``, innermost last: (opener, poll interval or None).
+_openers: list[tuple[Opener, float | None]] = []
+
+
+@contextmanager
+def opening_stores_with(opener: Opener, *, poll_interval: float | None = None) -> Iterator[None]:
+    """Within the block, runtimes open their store with ``opener`` first (``None``: as usual),
+    and poll runs owned elsewhere every ``poll_interval`` seconds if one is given.
+
+    For running one suite on another backend (the core's tests on PostgreSQL) without touching
+    the tests; not for production, where ``Runtime(store=...)`` says where the log is.
+    """
+    entry = (opener, poll_interval)
+    _openers.append(entry)
+    try:
+        yield
+    finally:
+        _openers.remove(entry)
+
+
+def poll_interval_or(default: float) -> float:
+    """The poll interval an ``opening_stores_with`` block sets, else ``default``."""
+    if _openers and _openers[-1][1] is not None:
+        return float(_openers[-1][1])
+    return default
+
+
 def open_store(config: StoreConfig) -> EventStore:
     """The store to open: the one given, PostgreSQL for a URL, else the file log.
 
     Raises:
         WorkflowDefinitionError: a URL was given but psycopg is not installed.
     """
+    if _openers:
+        opened = _openers[-1][0](config)
+        if opened is not None:
+            return opened
     store = config.store
     if store is None:
         return FileLog(config.data_dir / "log", durability=config.durability)
@@ -103,7 +146,7 @@ def share_ownership(
         adopt_run=adopt_run,
         fail=fail,
         failure=failure,
-        poll_interval=poll_interval,
+        poll_interval=poll_interval_or(poll_interval),
     )
 
 
