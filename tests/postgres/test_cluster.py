@@ -600,3 +600,40 @@ async def test_a_claim_held_up_in_the_database_does_not_stall_other_runs(nodes: 
         assert await run.result(timeout=10) == [str(i) for i in range(20)]
     await a.resume_hook("contended", "done")  # through a, to b's run
     assert await holding.result(timeout=10) == "received"
+
+
+async def test_a_run_cancelled_while_its_claim_waits_gives_the_token_back(
+    nodes: Nodes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The run ends (cancelled) while its chosen token's claim waits in the database; the claim
+    then succeeds, and is given back: the token is not left held by a run that is over."""
+    import psycopg
+
+    a = await nodes.node()
+    hooks = sql.Identifier(nodes.schema, "hooks")
+    with psycopg.connect(nodes.db.dsn, autocommit=False) as blocker:
+        # An uncommitted insert of the same token: the claim's insert waits on it.
+        blocker.execute(
+            sql.SQL("INSERT INTO {} (token, run_id, hook_id) VALUES (%s, %s, %s)").format(hooks),
+            ("given-back", "wrun_blocker", "hook_blocker"),
+        )
+        run = await a.start(holder, "given-back")
+        await until(
+            lambda: nodes.db.query(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )[0][0]
+        )
+        await run.cancel("while claiming")
+        assert await run.status() == "cancelled"
+        caplog.set_level("INFO", logger="actorflow.runtime")
+        blocker.rollback()  # the claim goes through now, for a run that has ended
+    await until(lambda: f"gave back the claim on a token of run {run.run_id}" in caplog.text)
+    assert nodes.db.query(
+        sql.SQL("SELECT count(*) FROM {} WHERE token = %s").format(hooks), ("given-back",)
+    ) == [(0,)]
+    again = await a.start(holder, "given-back")
+    hook = await hook_of(a, "given-back")
+    assert hook.run_id == again.run_id
+    await a.resume_hook("given-back", "yes")
+    assert await again.result(timeout=10) == "received"

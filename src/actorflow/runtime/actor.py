@@ -16,6 +16,7 @@ commands and its mailbox, and carries on when the answer comes. The dispatcher n
 from __future__ import annotations
 
 import functools
+import logging
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ from .registry import Registry
 from .state import RunState, State
 
 __all__ = ["Actor", "ActorHost", "ActorServices"]
+
+logger = logging.getLogger("actorflow.runtime")
 
 #: "Only a claim in the shared index can tell who holds this token."
 _ASK = object()
@@ -275,7 +278,18 @@ class Actor:
             return
         held = self.claiming
         if machine is not self.machine or held is None or self.run.finished:
-            return  # dropped meanwhile (cancelled, crashed): a rebuild claims again
+            # Dropped meanwhile: cancelled or ended (give the claim back, or the token would
+            # stay held by a run that is over), or crashed (a rebuild claims it again).
+            if holder is None and self.run.finished:
+                try:
+                    await svc.ownership.release_claim(command.token, self.run.run_id,
+                                                      command.hook_id)  # fmt: skip
+                    logger.info("gave back the claim on a token of run %s, which has ended",
+                                self.run.run_id)  # fmt: skip
+                except Exception as exc:
+                    logger.warning("could not give back token %r of ended run %s: %s",
+                                   command.token, self.run.run_id, exc)  # fmt: skip
+            return
         self.claiming = None
         try:
             if holder is None:

@@ -243,6 +243,9 @@ class SharedOwnership:
         """Reserve a chosen token across nodes (one round trip, in a worker thread)."""
         return await anyio.to_thread.run_sync(self.directory.claim_token, token, run_id, hook_id)
 
+    async def release_claim(self, token: str, run_id: str, hook_id: str) -> None:
+        await anyio.to_thread.run_sync(self.directory.release_claim, token, run_id, hook_id)
+
     async def prior_delivery(
         self, token: str, key: str, live: HookEntry | None
     ) -> PriorDelivery | None:

@@ -80,6 +80,9 @@ class Ownership(Protocol):
     async def claim_token(self, token: str, run_id: str, hook_id: str) -> str | None:
         """Reserve a chosen token for ``run_id``; the id of the run already holding it, or None."""
 
+    async def release_claim(self, token: str, run_id: str, hook_id: str) -> None:
+        """Give back a claim whose hook will never be created (its run ended meanwhile)."""
+
     async def start_key(self, key: str) -> str | None:
         """The run started with idempotency key ``key`` elsewhere, if any."""
 
@@ -152,6 +155,9 @@ class LocalOwnership:
 
     async def claim_token(self, token: str, run_id: str, hook_id: str) -> str | None:
         return self.decide_token(token)[1]
+
+    async def release_claim(self, token: str, run_id: str, hook_id: str) -> None:
+        pass  # nothing was reserved beyond this process's index
 
     async def start_key(self, key: str) -> str | None:
         return None

@@ -451,6 +451,21 @@ class Directory:
                         ) from exc
         return None  # unreachable
 
+    def release_claim(self, token: str, run_id: str, hook_id: str) -> None:
+        """Give back a claim whose hook was never created (its run ended meanwhile).
+
+        Raises:
+            StorageError: the database failed.
+        """
+        with self._claimer_lock:
+            conn = self._claimer
+            try:
+                if conn is None or conn.closed or conn.broken:
+                    conn = self._claimer = _connect(self.dsn, self._where, autocommit=True)
+                conn.execute(self.q.release_claim, (token, run_id, hook_id))
+            except psycopg.Error as exc:
+                raise StorageError(f"PostgreSQL token release failed {self._where}: {exc}") from exc
+
     def _claim_token(
         self, conn: psycopg.Connection[Any], token: str, run_id: str, hook_id: str
     ) -> str | None:
@@ -885,6 +900,11 @@ class _ClusterQueries:
             hooks="hooks",
         )
         self.token_holder = render("SELECT run_id FROM {hooks} WHERE token = %s", hooks="hooks")
+        self.release_claim = render(
+            "DELETE FROM {hooks} WHERE token = %s AND run_id = %s AND hook_id = %s "
+            "AND event_id IS NULL",
+            hooks="hooks",
+        )
         self.lookup = render(
             "SELECT h.run_id, h.hook_id, r.owner, e.record FROM {hooks} h "
             "JOIN {runs} r ON r.run_id = h.run_id "
