@@ -76,6 +76,8 @@ import orjson
 import psycopg
 from psycopg import sql
 
+from benchmarks.disk import MemoryBackedError, require_disk
+from benchmarks.postgres_settings import server_durability
 from benchmarks.raw_http import TRANSPORT_ERRORS, Connection
 from benchmarks.stats import sketch, summary
 
@@ -588,6 +590,8 @@ def measure(
     servers: list[Server] = []
     try:
         with store_options(store, admin_dsn) as (store_args, database):
+            if database:
+                result["postgres_settings"] = server_durability(store_args[1])
             try:
                 servers = launch(label, store_args, work, processes, opts, secret)
                 urls = [server.url for server in servers]
@@ -753,6 +757,11 @@ def print_table(results: list[dict[str, Any]], opts: Options) -> None:
                 f"{r['store']} x{r['processes']}: answers not 2xx: serial "
                 f"{r['serial_not_2xx'] or 0}, concurrent {r['not_2xx']}"
             )
+        if "postgres_settings" in r:
+            print(
+                f"{r['store']} x{r['processes']}: PostgreSQL server: "
+                + ", ".join(f"{name}={value}" for name, value in r["postgres_settings"].items())
+            )
         odd = {k: v for k, v in r.get("exit_statuses", {}).items() if v != 0}
         if odd:
             print(
@@ -871,6 +880,12 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     began = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="actorflow-pg-processes-", dir=args.work_dir))
+    if opts.durability == "fsync":
+        try:
+            require_disk(work)
+        except MemoryBackedError as exc:
+            shutil.rmtree(work, ignore_errors=True)
+            p.error(str(exc))
     results: list[dict[str, Any]] = []
     try:
         for store, count in [("file", 1), *(("postgres", n) for n in args.processes)]:
