@@ -28,6 +28,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
+from hypothesis import Phase, settings
 
 from actorflow.errors import HookNotFoundError
 from actorflow.runtime.core.events import Event
@@ -35,6 +36,12 @@ from actorflow.runtime.log.file_log import FileLog
 from actorflow.runtime.log.store import Durability, EventStore, Position, ScanReport
 from actorflow.runtime.payloads import Payloads
 from actorflow.runtime.runtime import Runtime
+
+#: ``--hypothesis-profile=mutation-check`` (scripts/check-model-mutations): a planted bug must
+#: make the model-based test fail; it need not be shrunk to a minimal example, which takes long.
+settings.register_profile(
+    "mutation-check", phases=(Phase.explicit, Phase.reuse, Phase.generate), print_blob=False
+)
 
 __all__ = [
     "LaterRuntime",
