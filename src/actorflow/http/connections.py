@@ -139,9 +139,7 @@ async def serve_connections(
                 conn.setblocking(False)
                 connections.start_soon(serve_one, conn)
 
-    async with anyio.create_task_group() as lifespan_group:
-        await lifespan_group.start(_run_lifespan, lifespan)
-        await lifespan.wait_for_startup()
+    async def serving() -> None:
         async with anyio.create_task_group() as connections:
             async with anyio.create_task_group() as accepting:
                 accepting.start_soon(accept, connections)
@@ -150,8 +148,37 @@ async def serve_connections(
                 accepting.cancel_scope.cancel()
             await context.terminated.set()  # idle keep-alive connections close now
             connections.cancel_scope.deadline = anyio.current_time() + config.graceful_timeout
+
+    if trio:
+        # As Hypercorn's trio worker: the lifespan in a nursery around the connections.
+        async with anyio.create_task_group() as lifespan_group:
+            await lifespan_group.start(_run_lifespan, lifespan)
+            await lifespan.wait_for_startup()
+            await serving()
+            await lifespan.wait_for_shutdown()
+            lifespan_group.cancel_scope.cancel()
+        return
+    import asyncio
+
+    # As Hypercorn's asyncio worker: the lifespan is a task of its own, outside any task group.
+    # The app enters its runtime's task group in that task at startup and leaves it at
+    # shutdown, so a runtime that fails cancels that task; in a task group around the
+    # connections, that would cancel the requests in flight too (answered 500), when they
+    # should finish while the server shuts down through its trigger.
+    lifespan_task = asyncio.get_running_loop().create_task(lifespan.handle_lifespan())
+    try:
+        await lifespan.wait_for_startup()
+        if lifespan_task.done() and not lifespan_task.cancelled():
+            failed = lifespan_task.exception()
+            if failed is not None:
+                raise failed
+        await serving()
         await lifespan.wait_for_shutdown()
-        lifespan_group.cancel_scope.cancel()
+    finally:
+        lifespan_task.cancel()
+        await asyncio.wait([lifespan_task])  # its outcome was reported by the lifespan
+        if not lifespan_task.cancelled():
+            lifespan_task.exception()
 
 
 async def _run_lifespan(
