@@ -32,7 +32,9 @@ from .scenario import Config, ScenarioResult
 __all__ = ["SCENARIOS", "main"]
 
 #: Scenario modules, in the order they run. Each has NAME, TITLE and run(Config) -> ScenarioResult.
-SCENARIOS = ("hook", "history", "steps", "encryption", "memory", "recovery", "webhook", "peer")
+SCENARIOS = (
+    "hook", "history", "steps", "scale", "encryption", "memory", "recovery", "webhook", "peer",
+)  # fmt: skip
 _MODULES = {"peer": "peer_dbos"}
 
 _RESULTS = Path(__file__).resolve().parent / "results"
