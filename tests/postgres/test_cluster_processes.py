@@ -10,8 +10,9 @@
   and the run goes on there. The old owner, continued with SIGCONT, still believes it owns the
   run: its delivery must reach the store and be refused there by the append's fence
   (``LeaseLostError``, answered ``503``), with nothing committed, and it must stop. Its lease
-  renewal, which would also notice, is held back meanwhile (the test locks its lease row), so
-  the refusal seen is the fence's and not a connection closing.
+  renewal, which would also notice, is held back meanwhile (the test locks the leases' table
+  against writes for that moment), so the refusal seen is the fence's and not a connection
+  closing or the renewal's.
 """
 
 from __future__ import annotations
@@ -63,19 +64,16 @@ def table(db: Database, schema: str, name: str) -> sql.Identifier:
     return sql.Identifier(schema, name)
 
 
-def hold_lease_row(db: Database, schema: str, node: str) -> Any:
-    """A connection in a transaction holding ``node``'s row of ``nodes`` (``FOR UPDATE``):
-    that node's lease renewals wait until it is rolled back."""
+def hold_lease_renewals(db: Database, schema: str) -> Any:
+    """A connection in a transaction holding ``nodes`` in ``SHARE`` mode: every node's lease
+    renewal (an ``UPDATE`` of its row) waits until it is rolled back; reads go on.
+
+    A row lock would not do: the renewal's ``UPDATE ... WHERE NOT fenced`` skips a fenced
+    node's row without waiting for its lock, and answers "fenced" at once."""
     import psycopg
 
     conn = psycopg.connect(db.dsn, application_name="actorflow-tests")
-    rows = conn.execute(
-        sql.SQL("SELECT node_id FROM {} WHERE node_id = %s FOR UPDATE").format(
-            table(db, schema, "nodes")
-        ),
-        (node,),
-    ).fetchall()
-    assert rows == [(node,)], rows
+    conn.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(table(db, schema, "nodes")))
     return conn
 
 
@@ -264,9 +262,10 @@ def test_an_owner_paused_past_its_lease_is_refused_when_it_comes_back(
                     assert time.monotonic() < deadline, "the run was never taken over"
                     time.sleep(0.05)
                 assert resume(client, new, {"id": "b"}) == 200
-                # Hold the old node's lease row, so that its overdue renewal waits once it runs
-                # again and cannot be what stops it: the stale append must meet the fence.
-                lease = hold_lease_row(pg_database, pg_schema, node_of(old))
+                # Hold lease renewals back (briefly: the new node's too), so that the old node's
+                # overdue renewal waits once it runs again and cannot be what stops it: the
+                # stale append must meet the fence.
+                lease = hold_lease_renewals(pg_database, pg_schema)
             finally:
                 old.proc.send_signal(signal.SIGCONT)
             try:
