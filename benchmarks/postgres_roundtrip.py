@@ -140,7 +140,7 @@ async def round_trip(
         for i in (0, runs - 1):
             run = handles[i]
             assert run is not None and await run.result() == {"i": i}
-        appends, syncs = rt.writer.appended, rt.writer.syncs
+        appends, syncs = rt.journal.writer.appended, rt.journal.writer.syncs
     resumed = runs - serial
     return {
         "starts_per_s": runs / start_seconds if start_seconds else math.nan,

@@ -79,7 +79,7 @@ async def _build(n: int, data: Path, concurrency: int) -> dict[str, Any]:
             for _ in range(concurrency):
                 tg.start_soon(resumer)
         await rt.wait_idle()
-        appended = rt.writer.appended
+        appended = rt.journal.writer.appended
     meter.close()
     return {"runs": n, "events": appended, "seconds": time.perf_counter() - began}
 

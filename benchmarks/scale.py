@@ -62,8 +62,8 @@ async def _measure(cfg: Config, runs: int) -> dict[str, float]:
             "seconds": ended - began,
             "start_seconds": suspended - began,
             "resume_seconds": ended - suspended,
-            "appended": rt.writer.appended,
-            "syncs": rt.writer.syncs,
+            "appended": rt.journal.writer.appended,
+            "syncs": rt.journal.writer.syncs,
         }
 
 

@@ -28,13 +28,13 @@ STEPS = 1_000
 async def _chain(cfg: Config, durability: str, steps: int) -> tuple[float, int]:
     data = cfg.scratch(f"steps-{durability}") / "data"
     async with af.Runtime(data, workflows=[step_chain], durability=durability) as rt:  # type: ignore[arg-type]
-        syncs = rt.writer.syncs
+        syncs = rt.journal.writer.syncs
         began = time.perf_counter()
         run = await rt.start(step_chain, steps)
         total = await run.result(timeout=600)
         elapsed = time.perf_counter() - began
         assert total == steps * (steps - 1) // 2
-        return elapsed, rt.writer.syncs - syncs
+        return elapsed, rt.journal.writer.syncs - syncs
 
 
 def run(cfg: Config) -> ScenarioResult:

@@ -27,6 +27,7 @@ from actorflow.errors import (  # noqa: E402
     IdempotencyKeyConflictError,
     LeaseLostError,
 )
+from actorflow.runtime.cluster import SharedOwnership  # noqa: E402
 from actorflow.runtime.core.events import Event  # noqa: E402
 from actorflow.runtime.crypto import generate_key  # noqa: E402
 from actorflow.runtime.ids import new_id  # noqa: E402
@@ -303,8 +304,8 @@ async def test_a_delivery_that_lost_the_race_with_a_dispose_is_refused_not_dropp
     b = await nodes.node()
     run = await a.start(collect, "race", 1)
     await hook_of(b, "collect:race")
-    assert b.cluster is not None
-    remote = await b.cluster.lookup("collect:race")
+    assert isinstance(b.ownership, SharedOwnership)
+    remote = await b.ownership.lookup("collect:race")
     assert remote is not None
     late = Event(new_id("evnt_"), run.run_id, "hook_received", remote.hook_id, 1.0,
                  {"payload": "late", "token": "collect:race", "external": True, "via": "inbox"})  # fmt: skip
@@ -318,7 +319,7 @@ async def test_a_delivery_that_lost_the_race_with_a_dispose_is_refused_not_dropp
         (run.run_id, "collect:race", late.event_id, b.payloads.encode(late)),
     )
     with anyio.fail_after(10):
-        assert await b.cluster._outcome(late.event_id) == "drop"
+        assert await b.ownership.inbox._outcome(late.event_id) == "drop"
     assert nodes.count_events(run.run_id, "hook_received") == 1
     assert nodes.db.query(
         sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(nodes.schema, "inbox"))
@@ -442,7 +443,7 @@ async def test_a_stopped_nodes_runs_are_taken_over_and_finish(
         assert await b.get_run(sleeping.run_id).result(timeout=20) == "woke"
         assert nodes.count_events(run.run_id, "hook_received") == 1
         assert nodes.count_events(sleeping.run_id, "wait_completed") == 1
-        assert b.cluster is not None
+        assert isinstance(b.ownership, SharedOwnership)
 
 
 async def test_a_node_that_loses_its_database_connection_lets_its_runs_go(
@@ -544,3 +545,58 @@ async def test_a_fenced_runtime_stops_and_commits_nothing(nodes: Nodes) -> None:
         "order": "o-f",
         "decision": "from the new owner",
     }
+
+
+# -- a claim held up in the database ----------------------------------------------------------
+
+
+async def test_a_claim_held_up_in_the_database_does_not_stall_other_runs(nodes: Nodes) -> None:
+    """A chosen token's claim waits behind a row lock that another connection holds. The claim
+    runs off the event loop's thread: meanwhile the node keeps starting runs and answering
+    resumes of its other runs; once the lock goes, the claim gets its answer (a conflict)."""
+    import psycopg
+
+    b = await nodes.node()
+    a = await nodes.node()
+    holding = await b.start(holder, "contended")  # another node's: a must ask the database
+    await hook_of(b, "contended")
+    webhooks = [await a.start(webhook_bodies) for _ in range(3)]
+    for run in webhooks:
+        await until(lambda run=run: nodes.db.query(  # type: ignore[misc]
+            sql.SQL("SELECT token FROM {} WHERE run_id = %s").format(
+                sql.Identifier(nodes.schema, "hooks")
+            ),
+            (run.run_id,),
+        ))  # fmt: skip
+    webhook_tokens = [nodes.webhook_token(run.run_id) for run in webhooks]
+    with psycopg.connect(nodes.db.dsn, autocommit=False) as blocker:
+        # The claim's upsert must lock this row: it waits until the transaction ends.
+        blocker.execute(
+            sql.SQL("SELECT * FROM {} WHERE token = %s FOR UPDATE").format(
+                sql.Identifier(nodes.schema, "hooks")
+            ),
+            ("contended",),
+        )
+        blocked = await a.start(holder, "contended")
+        with anyio.fail_after(10):
+            # The claim is out and waiting on the lock ...
+            await until(
+                lambda: nodes.db.query(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )[0][0]
+            )
+            # ... while the node serves everything else, many times over.
+            fresh = await a.start(webhook_bodies)
+            for round_ in range(20):
+                for token in webhook_tokens:
+                    await a.resume_webhook(token, af.Request("POST", "/", {}, f"{round_}".encode()))
+            assert await a.get_run(blocked.run_id).status() in ("pending", "running")
+            assert await a.get_run(fresh.run_id).status() in ("pending", "running")
+        blocker.rollback()
+    assert await blocked.result(timeout=10) == f"conflict with {holding.run_id}"
+    for token, run in zip(webhook_tokens, webhooks, strict=True):
+        await a.resume_webhook(token, af.Request("POST", "/", {}, b"stop"))
+        assert await run.result(timeout=10) == [str(i) for i in range(20)]
+    await a.resume_hook("contended", "done")  # through a, to b's run
+    assert await holding.result(timeout=10) == "received"

@@ -251,6 +251,14 @@ def test_an_owner_paused_past_its_lease_is_refused_when_it_comes_back(
             )
             assert started.status_code in (200, 201, 202), started.text
             run_id = started.json()["run_id"]
+            # The run claims its chosen token in the database once it runs, after the start
+            # is answered: wait until the hook is live before resuming it.
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                looked = client.get(f"{old.url}{PREFIX}/hooks/collect:paused", headers=AUTH)
+                if looked.status_code == 200:
+                    break
+                time.sleep(0.02)
             assert resume(client, old, {"id": "a"}) == 200
             assert owner(run_id) == node_of(old)
 

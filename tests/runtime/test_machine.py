@@ -11,6 +11,7 @@ feeding the rest of its completions, gives exactly the log (and outcome) of the 
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,6 +21,7 @@ from hypothesis import strategies as st
 
 import actorflow as af
 from actorflow.runtime import codec
+from actorflow.runtime.command_events import ANSWERED, event_of
 from actorflow.runtime.core import events as ev
 from actorflow.runtime.core.commands import (
     CancelWait,
@@ -34,6 +36,7 @@ from actorflow.runtime.core.commands import (
 )
 from actorflow.runtime.core.events import Event
 from actorflow.runtime.core.machine import Machine, current_machine
+from actorflow.runtime.state import RunState, State
 
 T0 = 1_700_000_000.0
 RUN_ID = "wrun_machine_test"
@@ -42,7 +45,11 @@ ID_EVENTS = frozenset({ev.STEP_STARTED, ev.HOOK_CREATED, ev.HOOK_CONFLICT, ev.WA
 
 
 class Harness:
-    """One run's log and token index, and the actor's command-to-event translation."""
+    """One run's log, folded by the real ``State``, and the actor's part done by hand.
+
+    Commands become events with the actor's own ``event_of``; the answers a hook's creation
+    and dispose need are decided from the fold's token index and fed back, as ``actor.py`` does.
+    """
 
     def __init__(
         self,
@@ -55,16 +62,18 @@ class Harness:
         self.clock = T0
         self.ids = 0
         self.token_count = 0
+        self.state = State()
+        # Tokens held by other runs: real runs of the fold, each with its live hook.
+        for number, (token, run) in enumerate((held or {}).items()):
+            self.state.apply(
+                Event(f"evnt_o{number}", run, ev.RUN_CREATED, None, T0, {"workflow": "o"})
+            )
+            self.state.apply(Event(f"evnt_h{number}", run, ev.HOOK_CREATED, "hook_other", T0,
+                                   {"token": token, "chosen": True, "metadata": None, "webhook": None}))  # fmt: skip
         created = Event("evnt_0", RUN_ID, ev.RUN_CREATED, None, T0, {"workflow": "w"}, 0)
         self.events: list[Event] = [created]
+        self.state.apply(created)
         self.commands: list[Command] = []
-        #: token -> (hook id, run id holding it); ``held`` are tokens of other runs.
-        self.tokens: dict[str, tuple[str, str]] = {
-            t: ("hook_other", run) for t, run in (held or {}).items()
-        }
-        self.timers: dict[str, float] = {}
-        self.steps: dict[str, tuple[str, Any]] = {}
-        self.finished: Event | None = None
         self.machine: Machine | None = None
 
     # -- ids, events, state ----------------------------------------------------------------
@@ -81,76 +90,52 @@ class Harness:
         event = Event(f"evnt_{len(self.events)}", RUN_ID, kind, corr, self.clock, data)
         event.position = len(self.events)
         self.events.append(event)
-        self.fold(event)
+        self.state.apply(event)
         return event
 
-    def fold(self, event: Event) -> None:
-        """What ``State.apply`` keeps, for one run."""
-        corr = event.correlation_id or ""
-        data = event.data
-        if event.type in ev.TERMINAL_EVENTS:
-            self.finished = event
-            self.tokens = {t: h for t, h in self.tokens.items() if h[1] != RUN_ID}
-            self.timers.clear()
-            self.steps.clear()
-        elif event.type == ev.HOOK_CREATED:
-            self.tokens[data["token"]] = (corr, RUN_ID)
-        elif event.type == ev.HOOK_DISPOSED:
-            if self.tokens.get(data["token"], ("", ""))[0] == corr:
-                del self.tokens[data["token"]]
-        elif event.type == ev.WAIT_CREATED:
-            self.timers[corr] = data["resume_at"]
-        elif event.type in (ev.WAIT_COMPLETED, ev.WAIT_CANCELLED):
-            self.timers.pop(corr, None)
-        elif event.type == ev.STEP_STARTED:
-            self.steps[corr] = (data["name"], codec.from_tree(data["args"]))
-        elif event.type in (ev.STEP_COMPLETED, ev.STEP_FAILED):
-            self.steps.pop(corr, None)
+    @property
+    def run(self) -> RunState:
+        return self.state.runs[RUN_ID]
 
-    def sink(self, command: Command) -> str | None:
-        """``Actor._sink``, minus the I/O."""
-        self.commands.append(command)
-        if self.finished is not None:
-            return None
-        if isinstance(command, StartStep):
-            self.append(ev.STEP_STARTED, command.step_id, {
-                "name": command.name, "args": command.args, "digest": command.digest,
-                "max_retries": command.options.max_retries,
-            })  # fmt: skip
-        elif isinstance(command, CreateHook):
-            base: dict[str, Any] = {"token": command.token, "chosen": command.chosen}
-            holder = self.tokens.get(command.token)
-            if holder is not None:
-                base["holder"] = holder[1]
-                base["webhook"] = command.webhook is not None
-                self.append(ev.HOOK_CONFLICT, command.hook_id, base)
-                return holder[1]
-            base["metadata"] = command.metadata
-            base["webhook"] = command.webhook
-            self.append(ev.HOOK_CREATED, command.hook_id, base)
-        elif isinstance(command, DisposeHook):
-            received = sum(
-                1
-                for e in self.events
-                if e.type == ev.HOOK_RECEIVED and e.correlation_id == command.hook_id
-            )
-            self.append(
-                ev.HOOK_DISPOSED, command.hook_id, {"token": command.token, "received": received}
-            )
-            return received
-        elif isinstance(command, CreateWait):
-            self.append(ev.WAIT_CREATED, command.wait_id, {
-                "resume_at": command.resume_at, "purpose": command.purpose,
-            })  # fmt: skip
-        elif isinstance(command, CancelWait):
-            self.append(ev.WAIT_CANCELLED, command.wait_id, {})
-        elif isinstance(command, Respond):
-            raise AssertionError("no webhooks here")
-        elif isinstance(command, CompleteRun):
-            self.append(ev.RUN_COMPLETED, None, {"result": command.result})
-        elif isinstance(command, FailRun):
-            self.append(ev.RUN_FAILED, None, {"error": command.error_tree})
-        return None
+    @property
+    def finished(self) -> Event | None:
+        return self.run.terminal
+
+    @property
+    def tokens(self) -> dict[str, tuple[str, str]]:
+        return {t: (e.hook_id, e.run_id) for t, e in self.state.tokens.items()}
+
+    @property
+    def timers(self) -> dict[str, float]:
+        return {w: t.resume_at for w, t in self.state.timers.items()}
+
+    @property
+    def steps(self) -> dict[str, tuple[str, Any]]:
+        return {s: (p.name, codec.from_tree(p.args)) for s, p in self.state.steps.items()}
+
+    def drive(self, commands: list[Command]) -> None:
+        """``Actor._carry_out``, minus the I/O: record each command, feed answers back."""
+        queue = collections.deque(commands)
+        while queue:
+            command = queue.popleft()
+            self.commands.append(command)
+            if self.finished is not None:
+                continue
+            holder: str | None = None
+            received = 0
+            if isinstance(command, CreateHook):
+                entry = self.state.tokens.get(command.token)
+                holder = entry.run_id if entry is not None else None
+            elif isinstance(command, DisposeHook):
+                entry = self.state.tokens.get(command.token)
+                if entry is not None and entry.hook_id == command.hook_id:
+                    received = entry.received
+            if isinstance(command, Respond):
+                raise AssertionError("no webhooks here")
+            event = self.append(*event_of(command, holder=holder, received=received))
+            if isinstance(command, ANSWERED):
+                assert self.machine is not None
+                queue.extend(self.machine.answer(event))
 
     def make_machine(self, recorded: Sequence[Event] = ()) -> Machine:
         self.machine = Machine(
@@ -160,7 +145,6 @@ class Harness:
             args=list(self.args),
             kwargs={},
             started_at=T0,
-            sink=self.sink,
             codec=codec,
             new_id=self.new_id,
             new_token=self.new_token,
@@ -170,7 +154,7 @@ class Harness:
 
     def start(self) -> Machine:
         machine = self.make_machine()
-        machine.start()
+        self.drive(machine.start())
         return machine
 
     # -- completions -------------------------------------------------------------------------
@@ -179,7 +163,7 @@ class Harness:
         self.clock += 1
         event = self.append(kind, corr, data)
         assert self.machine is not None
-        self.machine.feed(event)
+        self.drive(self.machine.feed(event))
         return event
 
     def resume(self, token: str, payload: Any) -> Event:
@@ -226,7 +210,7 @@ def replay(workflow: Any, log: Sequence[Event], *args: Any) -> Harness:
     harness = Harness(workflow, *args)
     harness.events = [copy_event(e) for e in log]
     for event in harness.events[1:]:
-        harness.fold(event)
+        harness.state.apply(event)
         harness.clock = event.created_at
     harness.ids = sum(1 for e in log if e.type in ID_EVENTS)
     harness.token_count = sum(
@@ -234,12 +218,12 @@ def replay(workflow: Any, log: Sequence[Event], *args: Any) -> Harness:
     )
     machine = harness.make_machine([e for e in harness.events if e.type in ev.COMMAND_EVENTS])
     harness.commands = []
-    machine.start()
+    harness.drive(machine.start())
     for event in harness.events:
         if machine.done:
             break
         if event.type in FEEDABLE:
-            machine.feed(event)
+            harness.drive(machine.feed(event))
     return harness
 
 
@@ -427,11 +411,11 @@ def test_a_dispose_drains_payloads_accepted_before_it_but_not_yet_fed() -> None:
     h.clock += 1
     first = h.append(ev.HOOK_RECEIVED, hook_id, {"payload": "first", "token": "drain"})
     late = h.append(ev.HOOK_RECEIVED, hook_id, {"payload": "late", "token": "drain"})
-    machine.feed(first)
+    h.drive(machine.feed(first))
     disposed = h.events[-1]
     assert disposed.type == ev.HOOK_DISPOSED and disposed.data["received"] == 2
     assert h.finished is None  # the disposed hook still owes the payload it accepted
-    machine.feed(late)
+    h.drive(machine.feed(late))
     assert h.outcome() == ("completed", ["first", "late"])
     again = replay(take_one_then_dispose, h.events[:-1], 0)
     assert again.outcome() == h.outcome()

@@ -156,8 +156,9 @@ class VirtualRuntime(af.Runtime):
     continuous across restarts and moves only when the model jumps it.
     """
 
-    def clock(self) -> float:
-        return BASE + anyio.current_time()
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.clock.pin(BASE)
 
 
 # -- the model ------------------------------------------------------------------------------------
@@ -208,8 +209,8 @@ async def wait_quiet(rt: af.Runtime) -> None:
     deadline = time.monotonic() + 30  # real time: virtual time does not move here
     while time.monotonic() < deadline:
         await trio.testing.wait_all_tasks_blocked()
-        if rt.writer.backlog:
-            await rt.writer.flush()
+        if rt.journal.writer.backlog:
+            await rt.journal.writer.flush()
         elif any(_busy(run.actor) for run in rt.state.runs.values()):
             await anyio.lowlevel.checkpoint()
         else:

@@ -76,7 +76,10 @@ async def test_hook_not_found_commits_nothing(tmp_path: Path) -> None:
         store = rt.store
         assert isinstance(store, RecordingStore)
         run = await rt.start(gated, "c")
+        # Both hooks: the run is quiet only once its last hook exists (on a shared store each
+        # chosen token is claimed in the database, one after the other).
         await wait_for_hook(rt, "late:c")
+        await wait_for_hook(rt, "gate:c")
         await rt.wait_idle()
         before = store.records
         with pytest.raises(af.HookNotFoundError) as info:
@@ -94,7 +97,10 @@ async def test_serialization_error_commits_nothing(tmp_path: Path) -> None:
         store = rt.store
         assert isinstance(store, RecordingStore)
         run = await rt.start(gated, "d")
+        # Both hooks: the run is quiet only once its last hook exists (on a shared store each
+        # chosen token is claimed in the database, one after the other).
         await wait_for_hook(rt, "late:d")
+        await wait_for_hook(rt, "gate:d")
         await rt.wait_idle()
         before = store.records
         with pytest.raises(af.SerializationError):
@@ -245,6 +251,7 @@ async def test_token_is_free_after_the_run_ends(tmp_path: Path, end: str) -> Non
     async with af.Runtime(tmp_path, workflows=[holds]) as rt:
         run = await rt.start(holds, "i", end)
         await wait_for_hook(rt, "held:i")
+        await wait_for_hook(rt, "end:i")
         if end == "cancel":
             await run.cancel("test")
         else:

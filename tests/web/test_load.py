@@ -342,7 +342,7 @@ async def test_a_log_backlog_past_its_limit_answers_503_with_retry_after(
         runs = [await rt.start(parked) for _ in range(20)]
         tokens = [(await wait_hooks(rt, run.run_id))[0] for run in runs]
         await rt.wait_idle()
-        rt.max_backlog = 2  # the runs are all waiting now: only the requests count
+        rt.limits.max_backlog = 2  # the runs are all waiting now: only the requests count
         async with served(rt) as client:
 
             def post(i: int) -> Any:

@@ -37,7 +37,7 @@ from werkzeug.exceptions import (
 )
 from werkzeug.routing import PathConverter
 
-from ..errors import HookNotFoundError, WorkflowDefinitionError, WorkflowRunNotFoundError
+from ..errors import HookNotFoundError, WorkflowDefinitionError
 from ..runtime import codec
 from ..runtime.runtime import Runtime
 from ..runtime.webhook_request import Request
@@ -305,17 +305,17 @@ class _Edge:
         return from_webhook_response(response)
 
     async def healthz(self) -> QuartResponse:
-        writer = getattr(self.rt, "writer", None)
-        if writer is None:
+        health = self.rt.health()
+        if not health.started:
             return problem(503, "ServiceUnavailable", "the runtime has not started yet")
-        if not writer.healthy:
+        if health.failure is not None:
             return problem(
                 503,
                 "LogWriteError",
-                f"the event log failed and accepts nothing more: {writer.failure}; restart the "
+                f"the event log failed and accepts nothing more: {health.failure}; restart the "
                 "server to recover from what is on disk",
             )
-        return json_response(200, {"status": "ok", "log_backlog": writer.backlog})
+        return json_response(200, {"status": "ok", "log_backlog": health.backlog})
 
     async def openapi(self) -> QuartResponse:
         return QuartResponse(self._openapi, status=200, content_type="application/json")
@@ -439,14 +439,7 @@ class _Edge:
         run = self.rt.get_run(run_id)
         status = await run.status()
         # The hooks listed below (webhook URLs) must be on disk before anyone can see them.
-        await self.rt.writer.flush()
-        fold = self.rt.state
-        if run_id not in fold.runs and self.rt.cluster is not None:
-            found = await self.rt.cluster.snapshot(run_id)  # a run another node owns
-            if found is None:
-                raise WorkflowRunNotFoundError(run_id)
-            fold = found
-        state = fold.runs[run_id]
+        state, live_hooks = await self.rt.front.live_hooks(run_id)
         out: dict[str, Any] = {
             "run_id": run_id,
             "workflow": state.workflow_name,
@@ -461,10 +454,8 @@ class _Edge:
                 cause = getattr(exc, "cause", exc)
                 out["error"] = {"type": type(cause).__name__, "message": str(cause)}
         hooks = []
-        for token in list(state.hooks or ()):
-            entry = fold.tokens.get(token)
-            if entry is None:
-                continue
+        for entry in live_hooks:
+            token = entry.token
             hook: dict[str, Any] = {
                 "hook_id": entry.hook_id,
                 "token": token,

@@ -5,53 +5,93 @@ An actor is resident (a live machine), or absent (passivated or never woken: onl
 they are durable. A resident actor feeds them to its machine in place, so a resume costs the
 same whatever the length of the history. An absent actor is rebuilt by replaying the run's events
 from the log; messages that the replay already covered (by log position) are skipped.
+
+Commands become events through the journal. Two need an answer for the machine: a hook's
+creation (is its token free?) and its dispose (how many payloads had it accepted?). Both are
+answered from this process's index at once, except a chosen token that only a shared database
+can decide: then the claim runs as a task of the supervisor, the actor holds its remaining
+commands and its mailbox, and carries on when the answer comes. The dispatcher never waits.
 """
 
 from __future__ import annotations
 
+import functools
 from collections import deque
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from . import codec
+from .command_events import event_of
 from .core import events as ev
-from .core.commands import (
-    CancelWait,
-    Command,
-    CompleteRun,
-    CreateHook,
-    CreateWait,
-    DisposeHook,
-    FailRun,
-    Respond,
-    StartStep,
-)
+from .core.commands import Command, CreateHook, CreateWait, DisposeHook, StartStep
 from .core.events import Event
 from .core.machine import Machine
 from .ids import derived_token, new_id, new_token
-from .state import RunState
+from .journal import Journal
+from .limits import Identity, Limits
+from .mailbox import Admission, Mailbox
+from .ownership import Ownership
+from .registry import Registry
+from .state import RunState, State
 
-if TYPE_CHECKING:
-    from .runtime import Runtime
+__all__ = ["Actor", "ActorHost", "ActorServices"]
 
-__all__ = ["Actor"]
+#: "Only a claim in the shared index can tell who holds this token."
+_ASK = object()
 
 _FEEDABLE = frozenset({ev.STEP_COMPLETED, ev.STEP_FAILED, ev.HOOK_RECEIVED, ev.WAIT_COMPLETED})
+
+
+class ActorHost(Protocol):
+    """The supervisor, as an actor sees it."""
+
+    def schedule(self, actor: Actor) -> None: ...
+
+    def crashed(self, actor: Actor, exc: Exception) -> None: ...
+
+    def spawn(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None: ...
+
+
+class StepStarter(Protocol):
+    def start(self, step_id: str) -> None: ...
+
+
+class TimerArm(Protocol):
+    def add(self, wait_id: str, resume_at: float) -> None: ...
+
+
+@dataclass(slots=True)
+class ActorServices:
+    """What every actor of a runtime uses (one instance, shared)."""
+
+    journal: Journal
+    state: State
+    registry: Registry
+    ownership: Ownership
+    admission: Admission
+    steps: StepStarter
+    timers: TimerArm
+    limits: Limits
+    identity: Identity
+    on_missing_workflow: Callable[[RunState], None]
+    scope_probe: Callable[[], object] | None = None
 
 
 class Actor:
     """The mailbox and live machine of one run."""
 
     __slots__ = (
-        "run", "rt", "machine", "mailbox", "scheduled", "rebuilding", "replayed_upto",
-        "last_active", "crashes", "missing_workflow", "waking",
+        "run", "svc", "host", "machine", "mailbox", "scheduled", "rebuilding", "replayed_upto",
+        "last_active", "crashes", "missing_workflow", "waking", "claiming", "replay_rest",
     )  # fmt: skip
 
-    def __init__(self, rt: Runtime, run: RunState) -> None:
+    def __init__(self, svc: ActorServices, host: ActorHost, run: RunState) -> None:
         self.run = run
-        self.rt = rt
+        self.svc = svc
+        self.host = host
         self.machine: Machine | None = None
-        self.mailbox: deque[Event] = deque()
+        self.mailbox = Mailbox()
         self.scheduled = False
         self.rebuilding = False
         self.replayed_upto = -1
@@ -60,6 +100,10 @@ class Actor:
         self.missing_workflow = False
         #: Queued behind recovery's background wakes (see Supervisor.rebuild_worker).
         self.waking = False
+        #: A chosen token's claim is out; the commands after it wait here.
+        self.claiming: deque[Command] | None = None
+        #: Events of a replay that a claim interrupted, fed before the mailbox.
+        self.replay_rest: deque[Event] | None = None
 
     # -- messages ----------------------------------------------------------------------------
 
@@ -67,40 +111,51 @@ class Actor:
         """Feed every message in the mailbox to the live machine."""
         machine = self.machine
         assert machine is not None
+        rest = self.replay_rest
+        while rest and self.claiming is None:
+            self._feed(machine, rest.popleft())
+        if not rest:
+            self.replay_rest = None
         mailbox = self.mailbox
         run = self.run
-        while mailbox:
-            event = mailbox.popleft()
-            if event.type == ev.HOOK_RECEIVED and event.data.get("external"):
-                run.external -= 1
+        taken = self.svc.admission.taken
+        while mailbox and self.claiming is None:
+            event = mailbox.take()
+            taken(run, event)
             if event.position <= self.replayed_upto:
                 continue
             if event.type == ev.RUN_CANCELLED:
                 self.drop()
                 return
-            if event.type in _FEEDABLE and not machine.done:
-                machine.feed(event)
+            self._feed(machine, event)
         self._count_untaken(machine)
+
+    def _feed(self, machine: Machine, event: Event) -> None:
+        self.replayed_upto = max(self.replayed_upto, event.position)
+        if event.type in _FEEDABLE and not machine.done:
+            self._carry_out(machine, deque(machine.feed(event)))
 
     def can_build_in_place(self) -> bool:
         """True for a new run whose only event (``run_created``) is in the mailbox."""
         run = self.run
+        first = self.mailbox.peek()
         return (
             len(run.positions) == 1
-            and bool(self.mailbox)
-            and self.mailbox[0].type == ev.RUN_CREATED
-            and self.mailbox[0].position == run.positions[0]
+            and first is not None
+            and first.type == ev.RUN_CREATED
+            and first.position == run.positions[0]
         )
 
     def build(self, events: Sequence[Event]) -> None:
         """Rebuild the machine from the run's events (decrypted), replaying them."""
         if self.run.finished:
             return
+        svc = self.svc
         created = events[0]
-        workflow = self.rt.workflows.get(self.run.workflow_name)
+        workflow = svc.registry.get(self.run.workflow_name)
         if workflow is None:
             self.missing_workflow = True
-            self.rt.log_missing_workflow(self.run)
+            svc.on_missing_workflow(self.run)
             return
         inputs = codec.from_tree(created.data.get("input"))
         recorded = [e for e in events if e.type in ev.COMMAND_EVENTS]
@@ -111,36 +166,38 @@ class Actor:
             args=inputs["args"],
             kwargs=inputs["kwargs"],
             started_at=created.created_at,
-            sink=self._sink,
             codec=codec,
             new_id=new_id,
             new_token=self._token_maker(created),
             recorded=recorded,
-            base_url=created.data.get("base_url", self.rt.base_url),
-            max_calls=self.rt.max_calls_per_run,
-            max_hooks=self.rt.max_hooks_per_run,
-            scope_probe=self.rt.scope_probe,
+            base_url=created.data.get("base_url", svc.identity.base_url),
+            max_calls=svc.limits.max_calls_per_run,
+            max_hooks=svc.limits.max_hooks_per_run,
+            scope_probe=svc.scope_probe,
         )
         self.machine = machine
-        self.replayed_upto = events[-1].position
+        self.claiming = None
+        self.replay_rest = None
+        self.replayed_upto = -1
         if self.run.status == "pending":
-            self.rt.append(Event(new_id("evnt_"), self.run.run_id, ev.RUN_STARTED, None,
-                                 self.rt.clock(), {}))  # fmt: skip
-        machine.start()
-        for event in events:
-            if machine.done:
+            svc.journal.record(svc.journal.event(self.run.run_id, ev.RUN_STARTED, None, {}))
+        self._carry_out(machine, deque(machine.start()))
+        for index, event in enumerate(events):
+            if self.claiming is not None:
+                # A claim is out: the rest of the history is fed once it is answered.
+                self.replay_rest = deque(events[index:])
                 break
-            if event.type in _FEEDABLE:
-                machine.feed(event)
+            self._feed(machine, event)
         self._count_untaken(machine)
 
     def _count_untaken(self, machine: Machine) -> None:
         # Payloads fed to a hook that nobody awaits still count against its mailbox bound.
-        tokens = self.rt.state.tokens
+        tokens = self.svc.state.tokens
+        untaken = self.svc.admission.untaken
         for hook in machine.take_changed():
             entry = tokens.get(hook.token)
             if entry is not None and entry.hook_id == hook.hook_id:
-                entry.untaken = len(hook.buffer) if hook.buffer else 0
+                untaken(entry, len(hook.buffer) if hook.buffer else 0)
 
     def _token_maker(self, created: Event) -> Callable[[int], str]:
         seed = created.data.get("token_seed")
@@ -152,63 +209,83 @@ class Actor:
     def drop(self) -> None:
         """Forget the live machine (passivation, cancellation, crash); emits nothing."""
         machine, self.machine = self.machine, None
+        self.claiming = None
+        self.replay_rest = None
         if machine is not None:
             machine.close()
 
     # -- commands ----------------------------------------------------------------------------
 
-    def _event(self, kind: str, corr: str | None, data: dict[str, Any]) -> Event:
-        return Event(new_id("evnt_"), self.run.run_id, kind, corr, self.rt.clock(), data)
+    def _record(self, command: Command, *, holder: str | None = None, received: int = 0) -> Event:
+        journal = self.svc.journal
+        kind, corr, data = event_of(command, holder=holder, received=received)
+        event = journal.event(self.run.run_id, kind, corr, data)
+        journal.record(event)
+        return event
 
-    def _sink(self, command: Command) -> Any:
-        rt = self.rt
-        if self.run.finished:
-            return None
-        if isinstance(command, StartStep):
-            rt.append(self._event(ev.STEP_STARTED, command.step_id, {
-                "name": command.name, "args": command.args, "digest": command.digest,
-                "max_retries": command.options.max_retries,
-            }))  # fmt: skip
-            rt.steps.start(command.step_id)
-        elif isinstance(command, CreateHook):
-            entry = rt.state.tokens.get(command.token)
-            holder = entry.run_id if entry is not None else None
-            if holder is None and command.chosen and rt.cluster is not None:
-                # Other nodes' hooks are not in this node's index: the shared one decides.
-                holder = rt.cluster.claim_token(command.token, self.run.run_id, command.hook_id)
-            base = {"token": command.token, "chosen": command.chosen}
-            if holder is not None:
-                base["holder"] = holder
-                base["webhook"] = command.webhook is not None
-                rt.append(self._event(ev.HOOK_CONFLICT, command.hook_id, base))
-                return holder
-            base["metadata"] = command.metadata
-            base["webhook"] = command.webhook
-            if command.schema is not None:
-                base["schema"] = command.schema
-            rt.append(self._event(ev.HOOK_CREATED, command.hook_id, base))
-        elif isinstance(command, DisposeHook):
-            entry = rt.state.tokens.get(command.token)
-            received = (
-                entry.received if entry is not None and entry.hook_id == command.hook_id else 0
-            )
-            rt.append(self._event(ev.HOOK_DISPOSED, command.hook_id, {
-                "token": command.token, "received": received,
-            }))  # fmt: skip
-            return received
-        elif isinstance(command, CreateWait):
-            rt.append(self._event(ev.WAIT_CREATED, command.wait_id, {
-                "resume_at": command.resume_at, "purpose": command.purpose,
-            }))  # fmt: skip
-            rt.timers.add(command.wait_id, command.resume_at)
-        elif isinstance(command, CancelWait):
-            rt.append(self._event(ev.WAIT_CANCELLED, command.wait_id, {}))
-        elif isinstance(command, Respond):
-            rt.append(self._event(ev.WEBHOOK_RESPONDED, command.hook_id, {
-                "request_event_id": command.request_event_id, "response": command.response,
-            }))  # fmt: skip
-        elif isinstance(command, CompleteRun):
-            rt.append(self._event(ev.RUN_COMPLETED, None, {"result": command.result}))
-        elif isinstance(command, FailRun):
-            rt.append(self._event(ev.RUN_FAILED, None, {"error": command.error_tree}))
-        return None
+    def _carry_out(self, machine: Machine, commands: deque[Command]) -> None:
+        """Turn commands into events, in order, feeding answers back to the machine."""
+        svc = self.svc
+        while commands:
+            if self.run.finished or machine is not self.machine:
+                return
+            command = commands.popleft()
+            if isinstance(command, CreateHook):
+                holder = self._holder_now(command)
+                if holder is _ASK:
+                    self.claiming = commands
+                    self.host.spawn(functools.partial(self._claim, machine, command))
+                    return
+                commands.extend(machine.answer(self._hook_answer(command, holder)))
+            elif isinstance(command, DisposeHook):
+                entry = svc.state.tokens.get(command.token)
+                received = (
+                    entry.received if entry is not None and entry.hook_id == command.hook_id else 0
+                )
+                commands.extend(machine.answer(self._record(command, received=received)))
+            else:
+                self._record(command)
+                if isinstance(command, StartStep):
+                    svc.steps.start(command.step_id)
+                elif isinstance(command, CreateWait):
+                    svc.timers.add(command.wait_id, command.resume_at)
+
+    def _holder_now(self, command: CreateHook) -> str | None | object:
+        """The run holding the token, ``None`` if free, or ``_ASK``: only a claim can tell."""
+        entry = self.svc.state.tokens.get(command.token)
+        if entry is not None:
+            return entry.run_id
+        if not command.chosen:
+            return None  # random tokens are unguessable: no other run can hold one
+        decided, holder = self.svc.ownership.decide_token(command.token)
+        return holder if decided else _ASK
+
+    def _hook_answer(self, command: CreateHook, holder: object) -> Event:
+        return self._record(command, holder=holder if isinstance(holder, str) else None)
+
+    async def _claim(self, machine: Machine, command: CreateHook) -> None:
+        """Claim a chosen token in the shared index (off the dispatcher), then carry on."""
+        svc = self.svc
+        try:
+            holder = await svc.ownership.claim_token(command.token, self.run.run_id,
+                                                     command.hook_id)  # fmt: skip
+        except Exception as exc:
+            if machine is self.machine:
+                self.host.crashed(self, exc)
+            return
+        held = self.claiming
+        if machine is not self.machine or held is None or self.run.finished:
+            return  # dropped meanwhile (cancelled, crashed): a rebuild claims again
+        self.claiming = None
+        try:
+            if holder is None:
+                # Taken here meanwhile by another of this node's runs?
+                local = svc.state.tokens.get(command.token)
+                holder = local.run_id if local is not None else None
+            held.extend(machine.answer(self._hook_answer(command, holder)))
+            self._carry_out(machine, held)
+            self._count_untaken(machine)
+        except Exception as exc:
+            self.host.crashed(self, exc)
+            return
+        self.host.schedule(self)

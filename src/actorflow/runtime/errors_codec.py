@@ -13,20 +13,16 @@ cancellation) are never re-created: raising one inside a workflow would pass for
 cancellation of the runtime. Either way the exception keeps the recorded traceback text in
 ``__actorflow_traceback__``.
 
-The codec functions are imported inside the functions because :mod:`codec` re-exports this
-module's names.
 """
 
 from __future__ import annotations
 
 import traceback
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from actorflow.errors import SerializationError, WorkflowError
 from actorflow.runtime.import_path import import_path
-
-if TYPE_CHECKING:
-    from actorflow.runtime.codec import JSONValue
+from actorflow.runtime.values import JSONValue, from_tree, to_tree
 
 __all__ = ["StepError", "error_from_tree", "error_to_tree"]
 
@@ -53,8 +49,6 @@ def error_to_tree(exc: BaseException) -> JSONValue:
 
     Never raises: args or attributes that cannot be encoded are left out.
     """
-    from actorflow.runtime.codec import to_tree
-
     text = _format(exc)
     earlier = getattr(exc, _TRACEBACK_ATTR, None)
     if isinstance(earlier, str) and earlier:
@@ -138,8 +132,6 @@ def error_from_tree(tree: JSONValue) -> BaseException:
 
 
 def _recreate(type_name: str, args_tree: Any, attrs_tree: Any, group: Any) -> BaseException | None:
-    from actorflow.runtime.codec import from_tree
-
     cls = _exception_class(type_name)
     if cls is None or args_tree is None:
         return None

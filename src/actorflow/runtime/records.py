@@ -4,19 +4,36 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
 from ..errors import (
     WorkflowRunCancelledError,
     WorkflowRunFailedError,
-    WorkflowRunNotFoundError,
 )
 
 if TYPE_CHECKING:
-    from .runtime import Runtime
-    from .state import RunState
+    from .core.events import Event
+    from .state import RunState, State
+
+
+class RunSource(Protocol):
+    """What a ``Run`` handle reads through (the runtime's API front)."""
+
+    @property
+    def poll_interval(self) -> float: ...
+
+    async def run_state(self, run_id: str) -> tuple[RunState, State | None]: ...
+
+    def is_local(self, run: RunState) -> bool: ...
+
+    def decode_value(self, event: Event, key: str) -> Any: ...
+
+    def decode_error(self, event: Event) -> BaseException: ...
+
+    async def cancel_run(self, run_id: str, reason: str | None = None) -> None: ...
+
 
 __all__ = ["SPEC_VERSION", "Hook", "Run"]
 
@@ -59,7 +76,7 @@ class Run:
 
     __slots__ = ("_rt", "run_id")
 
-    def __init__(self, rt: Runtime, run_id: str) -> None:
+    def __init__(self, rt: RunSource, run_id: str) -> None:
         self._rt = rt
         self.run_id = run_id
 
@@ -73,14 +90,7 @@ class Run:
         return hash(self.run_id)
 
     async def _state(self) -> RunState:
-        rt = self._rt
-        run = rt.state.runs.get(self.run_id)
-        if run is None and rt.cluster is not None:
-            found = await rt.cluster.snapshot(self.run_id)  # a run another node owns
-            run = None if found is None else found.runs.get(self.run_id)
-        if run is None:
-            raise WorkflowRunNotFoundError(self.run_id)
-        return run
+        return (await self._rt.run_state(self.run_id))[0]
 
     async def status(self) -> str:
         """``pending``, ``running``, ``completed``, ``failed`` or ``cancelled``.
@@ -101,7 +111,7 @@ class Run:
         if run.terminal is not None and run.terminal.position >= 0:
             return
         with anyio.fail_after(timeout):
-            while run is not self._rt.state.runs.get(self.run_id):
+            while not self._rt.is_local(run):
                 # Owned by another node: its end shows in the database; poll for it.
                 await anyio.sleep(self._rt.poll_interval)
                 run = await self._state()

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
+import anyio.abc
 
 from ..errors import FatalError, RetryableError, StorageError, WorkflowDefinitionError
 from . import codec
@@ -21,12 +22,11 @@ from .core import events as ev
 from .core.events import Event
 from .core.machine import clear_current_machine
 from .durations import parse_duration
-from .ids import new_id
-from .state import PendingStep
+from .journal import Journal
+from .limits import Identity
+from .payloads import Payloads
+from .state import PendingStep, State
 from .workflow import StepMetadata, WorkflowMetadata, find_step, step_context
-
-if TYPE_CHECKING:
-    from .runtime import Runtime
 
 __all__ = ["StepExecutor", "backoff"]
 
@@ -39,10 +39,32 @@ def backoff(attempt: int) -> float:
 
 
 class StepExecutor:
-    def __init__(self, rt: Runtime, max_concurrent: int) -> None:
-        self._rt = rt
+    def __init__(
+        self,
+        journal: Journal,
+        state: State,
+        payloads: Payloads,
+        identity: Identity,
+        max_concurrent: int,
+    ) -> None:
+        self._journal = journal
+        self._state = state
+        self._payloads = payloads
+        self._identity = identity
+        self._clock = journal.clock
         self._limiter = anyio.CapacityLimiter(max_concurrent)
         self._scopes: dict[str, anyio.CancelScope] = {}
+        self._task_group: anyio.abc.TaskGroup | None = None
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        """Own the steps' tasks while the runtime runs."""
+        try:
+            async with anyio.create_task_group() as tg:
+                self._task_group = tg
+                task_status.started()
+                await anyio.sleep_forever()
+        finally:
+            self._task_group = None
 
     @property
     def running(self) -> int:
@@ -50,7 +72,8 @@ class StepExecutor:
 
     def start(self, step_id: str) -> None:
         """Run the started step ``step_id`` in the supervisor's task group."""
-        self._rt.task_group.start_soon(self._run, step_id)
+        assert self._task_group is not None, "the runtime is not running"
+        self._task_group.start_soon(self._run, step_id)
 
     def cancel(self, step_ids: list[str]) -> None:
         """Stop the attempts of steps whose run ended."""
@@ -75,7 +98,7 @@ class StepExecutor:
             # Not the step's own error (those are recorded by _attempts) but ours, e.g. its
             # recorded arguments no longer decrypt: fail the step, never the task group.
             logger.exception("step %s could not run", step_id)
-            step = self._rt.state.steps.get(step_id)
+            step = self._state.steps.get(step_id)
             if step is not None:
                 try:
                     self._finish(step, ev.STEP_FAILED, {"error": codec.error_to_tree(exc)})
@@ -85,11 +108,12 @@ class StepExecutor:
             self._scopes.pop(step_id, None)
 
     async def _attempts(self, step_id: str) -> None:
-        rt = self._rt
-        step = rt.state.steps.get(step_id)
+        state = self._state
+        clock = self._clock
+        step = state.steps.get(step_id)
         if step is None:
             return
-        run = rt.state.runs[step.run_id]
+        run = state.runs[step.run_id]
         function = find_step(step.name)
         if function is None:
             self._finish(step, ev.STEP_FAILED, {"error": codec.error_to_tree(FatalError(
@@ -97,15 +121,18 @@ class StepExecutor:
                 "defines it before starting the runtime"))})  # fmt: skip
             return
         stub = Event(step_id, step.run_id, ev.STEP_STARTED, step_id, step.started_at, {})
-        inputs = codec.from_tree(rt.payloads.value(stub, step.args))
+        inputs = codec.from_tree(self._payloads.value(stub, step.args))
         workflow_meta = WorkflowMetadata(
-            run.run_id, run.workflow_name, datetime.fromtimestamp(run.created_at, UTC), rt.base_url
+            run.run_id,
+            run.workflow_name,
+            datetime.fromtimestamp(run.created_at, UTC),
+            self._identity.base_url,
         )
         while True:
-            delay = step.retry_at - rt.clock()
+            delay = step.retry_at - clock()
             if delay > 0:
                 await anyio.sleep(delay)
-            meta = StepMetadata(step_id, step.attempt, datetime.fromtimestamp(rt.clock(), UTC))
+            meta = StepMetadata(step_id, step.attempt, datetime.fromtimestamp(clock(), UTC))
             token = step_context.set((meta, workflow_meta))
             try:
                 result = await function.fn(*inputs["args"], **inputs["kwargs"])
@@ -116,12 +143,14 @@ class StepExecutor:
                 if step.attempt > step.max_retries:
                     self._finish(step, ev.STEP_FAILED, {"error": codec.error_to_tree(exc)})
                     return
-                retry_at = rt.clock() + self._delay(exc, step.attempt, rt.clock())
-                if rt.state.steps.get(step_id) is not step:
+                retry_at = clock() + self._delay(exc, step.attempt, clock())
+                if state.steps.get(step_id) is not step:
                     return
-                rt.append(Event(new_id("evnt_"), step.run_id, ev.STEP_RETRYING, step_id,
-                                rt.clock(), {"attempt": step.attempt, "retry_at": retry_at,
-                                             "error": codec.error_to_tree(exc)}))  # fmt: skip
+                journal = self._journal
+                journal.record(journal.event(step.run_id, ev.STEP_RETRYING, step_id, {
+                    "attempt": step.attempt, "retry_at": retry_at,
+                    "error": codec.error_to_tree(exc),
+                }))  # fmt: skip
                 continue
             finally:
                 step_context.reset(token)
@@ -148,7 +177,7 @@ class StepExecutor:
         return backoff(attempt)
 
     def _finish(self, step: PendingStep, kind: str, data: dict[str, Any]) -> None:
-        rt = self._rt
-        if rt.state.steps.get(step.step_id) is not step:
+        if self._state.steps.get(step.step_id) is not step:
             return  # the run ended meanwhile
-        rt.append(Event(new_id("evnt_"), step.run_id, kind, step.step_id, rt.clock(), data))
+        journal = self._journal
+        journal.record(journal.event(step.run_id, kind, step.step_id, data))

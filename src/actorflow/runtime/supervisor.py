@@ -17,8 +17,8 @@ import functools
 import logging
 import math
 from collections import OrderedDict, deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -26,14 +26,11 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from . import codec
-from .actor import Actor
+from .actor import Actor, ActorServices
 from .core import events as ev
 from .core.events import Event
-from .ids import new_id
+from .journal import Journal
 from .state import RunState
-
-if TYPE_CHECKING:
-    from .runtime import Runtime
 
 __all__ = ["Supervisor"]
 
@@ -46,14 +43,21 @@ REBUILD_BATCH = 64
 class Supervisor:
     def __init__(
         self,
-        rt: Runtime,
+        services: ActorServices,
         *,
+        read: Callable[[list[int]], Sequence[bytes]],
+        decode: Callable[[bytes, int], Event],
         passivate_after: float,
         max_resident: int,
         restart_budget: int,
         restart_window: float,
     ) -> None:
-        self._rt = rt
+        self._svc = services
+        self._journal: Journal = services.journal
+        self._clock = services.journal.clock
+        self._read = read
+        self._decode = decode
+        self._task_group: anyio.abc.TaskGroup | None = None
         self._ready: deque[Actor] = deque()
         self._wake = anyio.Event()
         self._resident: OrderedDict[str, Actor] = OrderedDict()
@@ -81,8 +85,8 @@ class Supervisor:
         if actor is None:
             if run.finished:
                 return
-            actor = run.actor = Actor(self._rt, run)
-        actor.mailbox.append(event)
+            actor = run.actor = Actor(self._svc, self, run)
+        actor.mailbox.put(event)
         self.schedule(actor)
 
     def wake(self, run: RunState) -> None:
@@ -91,7 +95,7 @@ class Supervisor:
             return
         actor = run.actor
         if actor is None:
-            actor = run.actor = Actor(self._rt, run)
+            actor = run.actor = Actor(self._svc, self, run)
         self.schedule(actor)
 
     def schedule(self, actor: Actor) -> None:
@@ -99,6 +103,24 @@ class Supervisor:
             actor.scheduled = True
             self._ready.append(actor)
             self._wake.set()
+
+    def spawn(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``fn`` as a task of the supervisor's group (an actor's claim in a database)."""
+        assert self._task_group is not None, "the supervisor is not running"
+        self._task_group.start_soon(fn)
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        """The dispatcher, the reaper and the rebuild workers, in one task group."""
+        try:
+            async with anyio.create_task_group() as tg:
+                self._task_group = tg
+                await tg.start(self.dispatch)
+                await tg.start(self.reap)
+                for _ in range(4):
+                    await tg.start(self.rebuild_worker)
+                task_status.started()
+        finally:
+            self._task_group = None
 
     # -- the dispatcher ----------------------------------------------------------------------
 
@@ -132,7 +154,7 @@ class Supervisor:
                         self._rebuild_wake.set()
                     continue
                 if actor.can_build_in_place():
-                    created = actor.mailbox.popleft()
+                    created = actor.mailbox.take()
                     self._guard(actor, functools.partial(actor.build, [created]))
                 else:
                     actor.rebuilding = True
@@ -154,14 +176,14 @@ class Supervisor:
         try:
             fn()
         except Exception as exc:
-            self._crashed(actor, exc)
+            self.crashed(actor, exc)
 
     def _touch(self, actor: Actor) -> None:
         run = actor.run
         if actor.machine is None or run.finished:
             self._forget(actor)
             return
-        actor.last_active = self._rt.clock()
+        actor.last_active = self._clock()
         resident = self._resident
         if run.run_id in resident:
             resident.move_to_end(run.run_id)
@@ -208,38 +230,38 @@ class Supervisor:
                 self._rebuild_wake = anyio.Event()
 
     async def _rebuild(self, batch: list[tuple[Actor, bool]]) -> None:
-        rt = self._rt
+        journal = self._journal
         # A run with events still on their way to disk needs them written (and positioned)
         # before its history can be read; most runs woken here have none.
-        if any(a.run.submitted > len(a.run.positions) for a, _ in batch):
+        if any(journal.unwritten(a.run) for a, _ in batch):
             try:
-                await rt.writer.flush()
+                await journal.flush()
             except Exception as exc:
                 for actor, _ in batch:
                     actor.rebuilding = False
-                    self._crashed(actor, exc)
+                    self.crashed(actor, exc)
                 return
         wanted = [list(actor.run.positions) for actor, _ in batch]
         flat = [p for positions in wanted for p in positions]
         try:
-            records = await anyio.to_thread.run_sync(rt.store.read, flat)
+            records = await anyio.to_thread.run_sync(self._read, flat)
         except Exception as exc:
             for actor, _ in batch:
                 actor.rebuilding = False
-                self._crashed(actor, exc)
+                self.crashed(actor, exc)
             return
         offset = 0
         for (actor, background), positions in zip(batch, wanted, strict=True):
             mine = records[offset : offset + len(positions)]
             offset += len(positions)
             try:
-                events = [rt.payloads.decode(r, p) for r, p in zip(mine, positions, strict=True)]
+                events = [self._decode(r, p) for r, p in zip(mine, positions, strict=True)]
                 self.rebuilt += 1
                 actor.rebuilding = False
                 self._guard(actor, functools.partial(actor.build, events))
             except Exception as exc:
                 actor.rebuilding = False
-                self._crashed(actor, exc)
+                self.crashed(actor, exc)
             self._after_rebuild(actor, background)
 
     def _after_rebuild(self, actor: Actor, background: bool) -> None:
@@ -253,13 +275,14 @@ class Supervisor:
         elif actor.machine is not None:
             self.schedule(actor)
 
-    def _crashed(self, actor: Actor, exc: Exception) -> None:
-        rt = self._rt
+    def crashed(self, actor: Actor, exc: Exception) -> None:
+        """An actor raised: drop it and rebuild it from its log, within the restart budget."""
+        journal = self._journal
         run = actor.run
         self.crashes += 1
         actor.drop()
         self._resident.pop(run.run_id, None)
-        now = rt.clock()
+        now = self._clock()
         actor.crashes = [t for t in actor.crashes if now - t < self.restart_window] + [now]
         if run.finished:
             return
@@ -270,8 +293,8 @@ class Supervisor:
             )  # fmt: skip
             actor.mailbox.clear()
             try:
-                rt.append(Event(new_id("evnt_"), run.run_id, ev.RUN_FAILED, None, now,
-                                {"error": codec.error_to_tree(exc)}))  # fmt: skip
+                journal.record(journal.event(run.run_id, ev.RUN_FAILED, None,
+                                             {"error": codec.error_to_tree(exc)}))  # fmt: skip
             except Exception:
                 logger.exception("could not record the failure of run %s", run.run_id)
             return
@@ -282,7 +305,7 @@ class Supervisor:
     # -- passivation -------------------------------------------------------------------------
 
     def _passivate(self, actor: Actor) -> None:
-        if actor.mailbox or actor.rebuilding or actor.scheduled:
+        if actor.mailbox or actor.rebuilding or actor.scheduled or actor.claiming is not None:
             return
         actor.drop()
         actor.run.actor = None
@@ -298,7 +321,7 @@ class Supervisor:
                 await self._reaper_wake.wait()
                 self._reaper_wake = anyio.Event()
                 continue
-            now = self._rt.clock()
+            now = self._clock()
             while resident:
                 run_id, actor = next(iter(resident.items()))
                 if now - actor.last_active < self.passivate_after:

@@ -10,18 +10,14 @@ from __future__ import annotations
 import heapq
 import logging
 import math
-from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
 
 from ..errors import StorageError
 from .core import events as ev
-from .core.events import Event
-from .ids import new_id
-
-if TYPE_CHECKING:
-    from .runtime import Runtime
+from .journal import Journal
+from .state import State
 
 __all__ = ["TimerService"]
 
@@ -29,15 +25,16 @@ logger = logging.getLogger("actorflow.runtime")
 
 
 class TimerService:
-    def __init__(self, rt: Runtime) -> None:
-        self._rt = rt
+    def __init__(self, journal: Journal, state: State) -> None:
+        self._journal = journal
+        self._state = state
         self._heap: list[tuple[float, str, str]] = []
         self._wake = anyio.Event()
         self._next = math.inf
 
     def add(self, wait_id: str, resume_at: float) -> None:
         """Arm a timer recorded in the state."""
-        timer = self._rt.state.timers.get(wait_id)
+        timer = self._state.timers.get(wait_id)
         run_id = timer.run_id if timer is not None else ""
         heapq.heappush(self._heap, (resume_at, wait_id, run_id))
         if resume_at < self._next:
@@ -45,24 +42,24 @@ class TimerService:
 
     @property
     def armed(self) -> int:
-        return len(self._rt.state.timers)
+        return len(self._state.timers)
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         task_status.started()
-        rt = self._rt
+        journal = self._journal
+        timers = self._state.timers
         heap = self._heap
         while True:
-            now = rt.clock()
+            now = journal.clock()
             while heap and heap[0][0] <= now:
                 _, wait_id, _ = heapq.heappop(heap)
-                timer = rt.state.timers.get(wait_id)
+                timer = timers.get(wait_id)
                 if timer is None:
                     continue  # cancelled, or its run ended
                 try:
-                    rt.append(Event(new_id("evnt_"), timer.run_id, ev.WAIT_COMPLETED, wait_id,
-                                    now, {}))  # fmt: skip
+                    journal.record(journal.event(timer.run_id, ev.WAIT_COMPLETED, wait_id, {}))
                 except StorageError as exc:
                     logger.error("timer %s could not fire: %s", wait_id, exc)
                     return

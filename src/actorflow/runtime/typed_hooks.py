@@ -26,6 +26,7 @@ from typing import (
 
 from ..errors import HookPayloadError, WorkflowDefinitionError
 from .core.ops import HookHandle
+from .current import OutsideApi, current
 from .import_path import import_path, importable, qualified_name
 
 __all__ = ["TypedHook", "define_hook", "load_schema", "schema_path", "validate_payload"]
@@ -248,10 +249,9 @@ class TypedHook(Generic[T]):
             HookPayloadError: the payload does not fit the schema.
             HookNotFoundError, SerializationError, OverloadedError, LogWriteError.
         """
-        from .runtime import current_runtime
-
         value = self.validate(payload, token)
-        return await current_runtime().resume_hook(token, value, **options)
+        api: OutsideApi = current()
+        return await api.resume_hook(token, value, **options)
 
 
 def define_hook(schema: type[T]) -> TypedHook[T]:

@@ -9,6 +9,15 @@ Replay: the machine is given the run's recorded command events. Each durable cal
 makes is matched, by position and by its full description (kind, name, digest of arguments), with
 the next recorded one; while recorded calls remain, nothing is emitted. Past them, calls become
 commands for the driver. A mismatch fails the run with ``ReplayDivergenceError``.
+
+The shape is h11's: ``start()``, ``feed(event)`` and ``answer(event)`` each return the commands
+the workflow issued, and nothing is asked of the driver mid-turn. Two commands need an answer
+before the workflow may go on: ``CreateHook`` (is the token free?) and ``DisposeHook`` (how many
+payloads had the hook accepted?). The driver records each one's event and hands it back with
+``answer``; until every such answer is in, the machine runs no other fiber (``awaiting``). The
+workflow code between the call and its next suspension runs on at once, as before, so the order
+of commands is the same whether the answer comes at once (one process) or after a round trip to
+a shared database, and the same on replay, where the recorded event is the answer.
 """
 
 from __future__ import annotations
@@ -18,7 +27,6 @@ import random as _random
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -33,7 +41,7 @@ from ..durations import parse_duration, resolve_deadline
 from . import events as ev
 from .commands import (
     CancelWait,
-    CommandSink,
+    Command,
     CompleteRun,
     CreateHook,
     CreateWait,
@@ -43,13 +51,20 @@ from .commands import (
     StartStep,
 )
 from .events import Event
+from .fibers import DEFER as _DEFER
+from .fibers import SEND as _SEND
+from .fibers import THROW as _THROW
+from .fibers import Abort as _Abort
+from .fibers import Fiber as _Fiber
+from .fibers import FiberScheduler, current
+from .fibers import await_one as _await_one
+from .hooks import HookState
 from .ops import (
     DISPOSED,
     FirstOp,
     GatherOp,
     HookHandle,
     HookNextOp,
-    Op,
     RespondOp,
     SleepOp,
     StepCall,
@@ -67,12 +82,13 @@ __all__ = [
 #: Longest hook token a workflow may choose (random tokens are 32 characters).
 MAX_TOKEN_LENGTH = 1024
 
-_current: ContextVar[Machine | None] = ContextVar("actorflow_machine", default=None)
+_current = current
 
 
 def current_machine() -> Machine | None:
     """The machine whose workflow code is running now, if any."""
-    return _current.get()
+    machine: Machine | None = _current.get()
+    return machine
 
 
 def clear_current_machine() -> None:
@@ -88,82 +104,19 @@ class Codec(Protocol):
     def digest(self, tree: Any) -> str: ...
 
 
-class _Abort(BaseException):
-    """Unwinds workflow code after a divergence; never reaches user ``except Exception``."""
-
-
-_SEND, _THROW = 0, 1
-
-
-class HookState:
-    __slots__ = (
-        "hook_id", "token", "metadata", "webhook", "buffer", "waiters", "disposed", "conflict",
-        "fed", "expected",
-    )  # fmt: skip
-
-    def __init__(
-        self, hook_id: str, token: str, metadata: Any, webhook: dict[str, Any] | None
-    ) -> None:
-        self.hook_id = hook_id
-        self.token = token
-        self.metadata = metadata
-        self.webhook = webhook
-        self.buffer: deque[Event] | None = None
-        self.waiters: list[_Fiber] = []
-        self.disposed = False
-        self.conflict: HookConflictError | None = None
-        #: Payloads fed so far, and (once disposed) how many the hook had accepted in all.
-        self.fed = 0
-        self.expected = 0
-
-    @property
-    def draining(self) -> bool:
-        """Disposed, but payloads it accepted before the dispose are still on their way."""
-        return self.disposed and self.fed < self.expected
-
-
-class _Group:
-    __slots__ = ("kind", "parent", "children", "results", "remaining", "done")
-
-    def __init__(self, kind: str, parent: _Fiber, size: int) -> None:
-        self.kind = kind
-        self.parent = parent
-        self.children: list[_Fiber] = []
-        self.results: list[Any] = [None] * size
-        self.remaining = size
-        self.done = False
-
-
-class _Fiber:
-    __slots__ = ("coro", "group", "index", "blocked_on", "child_group", "finished")
-
-    def __init__(self, coro: Coroutine[Any, Any, Any], group: _Group | None, index: int) -> None:
-        self.coro = coro
-        self.group = group
-        self.index = index
-        # What the fiber waits on: ("step", id) | ("wait", id) | ("hook", HookState) | ("group",)
-        self.blocked_on: tuple[Any, ...] | None = None
-        self.child_group: _Group | None = None
-        self.finished = False
-
-
-async def _await_one(awaitable: Awaitable[Any]) -> Any:
-    return await awaitable
-
-
-class Machine:
+class Machine(FiberScheduler):
     """Steps one run's workflow coroutine. Synchronous; the actor drives it.
 
-    ``sink`` carries out each command as it is emitted. ``recorded`` holds the run's command
-    events in log order (empty for a new run).
+    Each driving call returns the commands issued meanwhile. ``recorded`` holds the run's
+    command events in log order (empty for a new run).
     """
 
     # Slots and lazily created containers: one machine lives per resident run.
     __slots__ = (
-        "run_id", "workflow_name", "started_at", "base_url", "now", "done", "_workflow",
-        "_args", "_kwargs", "_sink", "_codec", "_new_id", "_new_token", "_recorded", "_pos",
-        "_ready", "_steps", "_waits", "_hooks", "_root", "_fatal", "_rng", "_closing",
-        "_calls", "_live_hooks", "max_calls", "max_hooks", "_probe", "_scope", "changed",
+        "run_id", "workflow_name", "started_at", "base_url", "now", "_workflow",
+        "_args", "_kwargs", "_out", "_codec", "_new_id", "_new_token", "_recorded", "_pos",
+        "_steps", "_waits", "_hooks", "_rng", "_closing",
+        "_calls", "_live_hooks", "max_calls", "max_hooks", "changed", "_unanswered",
     )  # fmt: skip
 
     def __init__(
@@ -175,7 +128,6 @@ class Machine:
         args: Sequence[Any],
         kwargs: dict[str, Any],
         started_at: float,
-        sink: CommandSink,
         codec: Codec,
         new_id: Callable[[str], str],
         new_token: Callable[[int], str],
@@ -185,27 +137,26 @@ class Machine:
         max_hooks: int = 10_000,
         scope_probe: Callable[[], object] | None = None,
     ) -> None:
+        super().__init__(scope_probe)
         self.run_id = run_id
         self.workflow_name = workflow_name
         self.started_at = started_at
         self.base_url = base_url
         self.now = started_at
-        self.done = False
         self._workflow = workflow
         self._args = args
         self._kwargs = kwargs
-        self._sink = sink
+        self._out: list[Command] = []
+        #: Hooks whose creation or dispose the driver has yet to answer.
+        self._unanswered: dict[str, HookState] = {}
         self._codec = codec
         self._new_id = new_id
         self._new_token = new_token
         self._recorded = recorded
         self._pos = 0
-        self._ready: deque[tuple[_Fiber, int, Any]] | None = None
         self._steps: dict[str, _Fiber] = {}
         self._waits: dict[str, _Fiber] = {}
         self._hooks: dict[str, HookState] = {}
-        self._root: _Fiber | None = None
-        self._fatal: BaseException | None = None
         self._rng: _random.Random | None = None
         self._closing = False
         # Limits are enforced from the machine's own counts, so replay meets them at the same
@@ -214,10 +165,6 @@ class Machine:
         self._live_hooks = 0
         self.max_calls = max_calls
         self.max_hooks = max_hooks
-        # Reports the driver's innermost cancel scope; a change while workflow code suspends
-        # means the workflow entered an event-loop scope (see runtime/scope_probe.py).
-        self._probe = scope_probe
-        self._scope: object = None
         #: Hooks whose buffer of untaken payloads changed since the driver last looked.
         self.changed: set[HookState] | None = None
 
@@ -236,13 +183,25 @@ class Machine:
         """True while recorded calls remain to be matched."""
         return self._pos < len(self._recorded)
 
-    def start(self) -> None:
-        """Run the workflow from its beginning until every fiber is blocked."""
+    @property
+    def awaiting(self) -> bool:
+        """True while a command waits for its answer (``answer``); feed nothing meanwhile."""
+        return bool(self._unanswered)
+
+    def _emit(self, command: Command) -> None:
+        self._out.append(command)
+
+    def _take_out(self) -> list[Command]:
+        out, self._out = self._out, []
+        return out
+
+    def start(self) -> list[Command]:
+        """Run the workflow from its beginning until every fiber is blocked; the commands."""
         try:
             coro = self._workflow(*self._args, **self._kwargs)
         except Exception as exc:  # the recorded arguments do not fit: the run fails, once
             self._fail(exc)
-            return
+            return self._take_out()
         if not isinstance(coro, Coroutine):
             raise WorkflowDefinitionError(
                 f"workflow {self.workflow_name!r} did not return a coroutine; "
@@ -251,11 +210,40 @@ class Machine:
         self._root = _Fiber(coro, None, 0)
         self._resume(self._root, _SEND, None)
         self._run()
+        return self._take_out()
 
-    def feed(self, event: Event) -> None:
-        """Apply one completion event (step result, hook payload, timer) and run what it wakes."""
+    def answer(self, event: Event) -> list[Command]:
+        """The driver's answer to ``CreateHook`` (its ``hook_created`` or ``hook_conflict``
+        event) or ``DisposeHook`` (its ``hook_disposed``); runs what it wakes; the commands."""
+        kind = "d:" if event.type == ev.HOOK_DISPOSED else "c:"
+        hook = self._unanswered.pop(kind + (event.correlation_id or ""), None)
+        if hook is None or self.done:
+            return self._take_out()
+        hook.unanswered -= 1
+        if event.type == ev.HOOK_CONFLICT:
+            self._conflicted(hook, str(event.data.get("holder")))
+        elif event.type == ev.HOOK_DISPOSED:
+            hook.expected = int(event.data.get("received", 0) or 0)
+        claimant = hook.claimant
+        if claimant is not None and hook.unanswered:
+            claimant = None  # its dispose is still to be answered
+        hook.claimant = hook.claimant if claimant is None else None
+        if claimant is not None and not claimant.finished:
+            # It awaited the hook before the answer; it goes on first, as it would have had
+            # the answer been there.
+            outcome = self._hook_next(claimant, hook)
+            if outcome is not None:
+                claimant.blocked_on = None
+                self._ready_first(claimant, *outcome)
+        self._run()
+        return self._take_out()
+
+    def feed(self, event: Event) -> list[Command]:
+        """Apply one completion event (step result, hook payload, timer) and run what it wakes;
+        the commands issued."""
         if self.done:
-            return
+            return self._take_out()
+        assert not self._unanswered, "fed while a command waits for its answer"
         self.now = event.created_at
         kind = event.type
         corr = event.correlation_id
@@ -283,6 +271,7 @@ class Machine:
             if fiber is not None:
                 self._resume(fiber, _SEND, None)
         self._run()
+        return self._take_out()
 
     def close(self) -> None:
         """Drop the coroutines (run cancelled or actor passivated); emits nothing."""
@@ -292,150 +281,43 @@ class Machine:
             self._silent_close(self._root)
         self._ready = None
 
-    # -- the fiber scheduler -----------------------------------------------------------------
+    # -- withdrawn and deferred fibers ------------------------------------------------------
 
-    def _resume(self, fiber: _Fiber, mode: int, value: Any) -> None:
-        fiber.blocked_on = None
-        if self._ready is None:
-            self._ready = deque()
-        self._ready.append((fiber, mode, value))
-
-    def _run(self) -> None:
-        ready = self._ready
-        if ready is None:
-            return
-        token = _current.set(self)
-        if self._probe is not None:
-            self._scope = self._probe()
-        try:
-            while ready and self._fatal is None and not self.done:
-                fiber, mode, value = ready.popleft()
-                if not fiber.finished:
-                    try:
-                        self._step(fiber, mode, value)
-                    except _Abort:
-                        pass
-        finally:
-            _current.reset(token)
-            if self._ready is not None and not self._ready:
-                self._ready = None
-        if self._fatal is not None and not self.done:
-            self._fail(self._fatal)
-
-    def _step(self, fiber: _Fiber, mode: int, value: Any) -> None:
-        coro = fiber.coro
-        while True:
+    def _withdraw(self, fiber: _Fiber, blocked: tuple[Any, ...]) -> None:
+        """A losing fiber's hook payloads stay buffered; its timer is cancelled."""
+        if blocked[0] == "hook":
+            hook: HookState = blocked[1]
             try:
-                op = coro.send(value) if mode == _SEND else coro.throw(value)
-            except StopIteration as stop:
-                self._finish(fiber, True, stop.value)
-                return
-            except _Abort:
-                fiber.finished = True
-                return
-            except Exception as exc:
-                self._finish(fiber, False, exc)
-                return
-            if self._fatal is not None:
-                return
-            # Foreign awaitables are named first (trio.sleep opens a scope of its own before it
-            # yields); only an actorflow op awaited inside a changed scope gets the scope error.
-            if self._probe is not None and isinstance(op, Op) and self._probe() is not self._scope:
-                mode, value = (
-                    _THROW,
-                    WorkflowDefinitionError(
-                        "a workflow awaited inside a cancel scope of the event loop "
-                        "(anyio.move_on_after, fail_after, a trio or asyncio timeout); such scopes "
-                        "cannot be suspended durably: use hook.wait(timeout=...) or "
-                        "af.first(awaitable, af.sleep(...)) instead"
-                    ),
+                hook.waiters.remove(fiber)
+            except ValueError:
+                pass
+        elif blocked[0] == "wait":
+            wait_id = blocked[1]
+            if self._waits.pop(wait_id, None) is not None:
+                self._call(
+                    "wait_cancel",
+                    f"cancel {wait_id}",
+                    lambda e: e.type == ev.WAIT_CANCELLED and e.correlation_id == wait_id,
+                    lambda: self._emit(CancelWait(wait_id)),
                 )
-                continue
-            try:
-                outcome = self._issue(fiber, op)
-            except _Abort:
-                return
-            except Exception as exc:  # an error the call raises at the await (bad argument...)
-                mode, value = _THROW, exc
-                continue
-            if outcome is None:
-                return
-            mode, value = outcome
+        elif blocked[0] == "claim":
+            blocked[1].claimant = None
+        elif blocked[0] == "step":
+            # A step already started cannot be unsent; its result is recorded and ignored.
+            self._steps.pop(blocked[1], None)
 
-    def _finish(self, fiber: _Fiber, ok: bool, value: Any) -> None:
-        fiber.finished = True
+    def _release(self, fiber: _Fiber, value: Any) -> tuple[int, Any] | None:
+        # A waiter of a hook disposed since: released unless the hook still drains payloads
+        # it accepted before the dispose (known from the answer).
+        hook: HookState = value
+        if fiber.finished or hook.draining or fiber not in hook.waiters:
+            return None
+        hook.waiters.remove(fiber)
         fiber.blocked_on = None
-        group = fiber.group
-        if group is None:
-            if ok:
-                self._complete(value)
-            else:
-                self._fail(value)
-            return
-        if group.done:
-            return
-        if group.kind == "gather":
-            if ok:
-                group.results[fiber.index] = value
-                group.remaining -= 1
-                if group.remaining == 0:
-                    group.done = True
-                    group.parent.child_group = None
-                    self._resume(group.parent, _SEND, group.results)
-                return
-            outcome: tuple[int, Any] = (_THROW, value)
-        else:
-            outcome = (_SEND, (fiber.index, value)) if ok else (_THROW, value)
-        group.done = True
-        for child in group.children:
-            if child is not fiber and not child.finished:
-                self._cancel(child)
-        group.parent.child_group = None
-        self._resume(group.parent, *outcome)
+        return (_SEND, DISPOSED)
 
-    def _cancel(self, fiber: _Fiber) -> None:
-        """Withdraw a losing fiber: its hook payloads stay buffered, its timers are cancelled."""
-        blocked = fiber.blocked_on
-        fiber.blocked_on = None
-        if blocked is not None:
-            if blocked[0] == "hook":
-                hook: HookState = blocked[1]
-                try:
-                    hook.waiters.remove(fiber)
-                except ValueError:
-                    pass
-            elif blocked[0] == "wait":
-                wait_id = blocked[1]
-                if self._waits.pop(wait_id, None) is not None:
-                    self._call(
-                        "wait_cancel",
-                        f"cancel {wait_id}",
-                        lambda e: e.type == ev.WAIT_CANCELLED and e.correlation_id == wait_id,
-                        lambda: self._sink(CancelWait(wait_id)),
-                    )
-            elif blocked[0] == "step":
-                # A step already started cannot be unsent; its result is recorded and ignored.
-                self._steps.pop(blocked[1], None)
-        group = fiber.child_group
-        if group is not None and not group.done:
-            group.done = True
-            for child in group.children:
-                if not child.finished:
-                    self._cancel(child)
-        fiber.finished = True
-        self._silent_close(fiber)
-
-    def _silent_close(self, fiber: _Fiber) -> None:
-        token = _current.set(self)
-        try:
-            fiber.coro.close()
-        except (Exception, _Abort):
-            # A workflow that awaits in a ``finally`` while being withdrawn cannot be resumed;
-            # dropping it is the only deterministic choice.
-            pass
-        finally:
-            _current.reset(token)
-        fiber.finished = True
+    def _paused(self) -> bool:
+        return bool(self._unanswered)
 
     # -- durable calls -----------------------------------------------------------------------
 
@@ -490,7 +372,7 @@ class Machine:
         def emit() -> None:
             step_id = self._new_id("step_")
             new.append(step_id)
-            self._sink(StartStep(step_id, op.name, tree, digest, op.options))
+            self._emit(StartStep(step_id, op.name, tree, digest, op.options))
 
         recorded = self._call(
             "step",
@@ -521,7 +403,7 @@ class Machine:
         def emit() -> None:
             wait_id = self._new_id("wait_")
             new.append(wait_id)
-            self._sink(CreateWait(wait_id, resume_at, purpose))
+            self._emit(CreateWait(wait_id, resume_at, purpose))
 
         recorded = self._call(
             "wait",
@@ -536,21 +418,6 @@ class Machine:
         wait_id = recorded.correlation_id if recorded is not None else new[0]
         assert wait_id is not None
         return wait_id
-
-    def _group(self, fiber: _Fiber, op: GatherOp | FirstOp) -> tuple[int, Any] | None:
-        kind = "gather" if isinstance(op, GatherOp) else "first"
-        if not op.awaitables:
-            if kind == "gather":
-                return (_SEND, [])
-            raise WorkflowDefinitionError("af.first() needs at least one awaitable")
-        group = _Group(kind, fiber, len(op.awaitables))
-        fiber.child_group = group
-        fiber.blocked_on = ("group",)
-        for index, awaitable in enumerate(op.awaitables):
-            child = _Fiber(_await_one(awaitable), group, index)
-            group.children.append(child)
-            self._resume(child, _SEND, None)
-        return None
 
     # -- hooks -------------------------------------------------------------------------------
 
@@ -575,14 +442,14 @@ class Machine:
             )
         meta_tree = self._codec.to_tree(metadata, root="metadata")
         chosen = token is not None
-        new: list[tuple[str, str, str | None]] = []
+        new: list[tuple[str, str]] = []
 
         def emit() -> None:
             hook_id = self._new_id("hook_")
             # The call's index is the same on every replay: a derived token then is too.
             tok = token if token is not None else self._new_token(self._calls)
-            holder = self._sink(CreateHook(hook_id, tok, chosen, meta_tree, webhook, schema))
-            new.append((hook_id, tok, holder))
+            self._emit(CreateHook(hook_id, tok, chosen, meta_tree, webhook, schema))
+            new.append((hook_id, tok))
 
         recorded = self._call(
             "webhook" if webhook is not None else "hook",
@@ -595,20 +462,34 @@ class Machine:
             ),
             emit,
         )
+        state: HookState
         if recorded is not None:
             assert recorded.correlation_id is not None
             hook_id, tok = recorded.correlation_id, str(recorded.data["token"])
-            holder = recorded.data.get("holder") if recorded.type == ev.HOOK_CONFLICT else None
-        else:
-            hook_id, tok, holder = new[0]
-        state = HookState(hook_id, tok, metadata, webhook)
-        if holder is not None:
-            state.conflict = HookConflictError(tok, str(holder))
-            state.disposed = True
-        else:
+            state = HookState(hook_id, tok, metadata, webhook)
             self._hooks[hook_id] = state
             self._live_hooks += 1
+            if recorded.type == ev.HOOK_CONFLICT:
+                self._conflicted(state, str(recorded.data.get("holder")))
+        else:
+            hook_id, tok = new[0]
+            state = HookState(hook_id, tok, metadata, webhook)
+            self._hooks[hook_id] = state
+            self._live_hooks += 1
+            self._await_answer(state, "c:")
         return HookHandle(state, self)
+
+    def _await_answer(self, hook: HookState, kind: str) -> None:
+        hook.unanswered += 1
+        self._unanswered[kind + hook.hook_id] = hook
+
+    def _conflicted(self, hook: HookState, holder: str) -> None:
+        """Another run holds the hook's token: awaiting the hook raises, now and on replay."""
+        hook.conflict = HookConflictError(hook.token, holder)
+        if not hook.disposed:
+            hook.disposed = True
+            self._live_hooks -= 1
+        self._hooks.pop(hook.hook_id, None)
 
     def _hook_next(self, fiber: _Fiber, hook: HookState) -> tuple[int, Any] | None:
         if hook.conflict is not None:
@@ -616,6 +497,12 @@ class Machine:
         if hook.buffer:
             self._changed(hook)
             return (_SEND, self._payload(hook, hook.buffer.popleft()))
+        if hook.unanswered:
+            # Whether it conflicts, or how much it drains, is not known yet: wait for the
+            # answer, which comes before any other fiber runs (see ``answer``).
+            hook.claimant = fiber
+            fiber.blocked_on = ("claim", hook)
+            return None
         if hook.disposed and not hook.draining:
             return (_SEND, DISPOSED)
         hook.waiters.append(fiber)
@@ -649,26 +536,48 @@ class Machine:
     def dispose_hook(self, hook: HookState) -> None:
         """Release a hook's token (idempotent)."""
         if hook.disposed:
+            if hook.conflict is not None and self._disposed_next(hook):
+                # Disposed live before its conflict was known (the claim went to a shared
+                # database): that dispose is in the history, so replay makes it too.
+                self._call("dispose", f"hook {hook.hook_id}", lambda e: True, lambda: None)
             return
         # The hook stays known: a payload accepted before the dispose (durable, acknowledged)
         # may still be on its way, and is buffered rather than dropped.
         hook.disposed = True
         self._live_hooks -= 1
-        answer: list[Any] = []
+        emitted: list[bool] = []
+
+        def emit() -> None:
+            self._emit(DisposeHook(hook.hook_id, hook.token))
+            emitted.append(True)
+
         recorded = self._call(
             "dispose",
             f"hook {hook.hook_id}",
             lambda e: e.type == ev.HOOK_DISPOSED and e.correlation_id == hook.hook_id,
-            lambda: answer.append(self._sink(DisposeHook(hook.hook_id, hook.token))),
+            emit,
         )
         # Payloads accepted before the dispose (in log order) may not have reached the machine
         # yet; the dispose records how many the hook had accepted, and the hook drains up to
         # that count before it reports itself disposed, on replay exactly as live.
-        received = recorded.data.get("received", 0) if recorded is not None else answer[0]
-        hook.expected = int(received or 0)
-        if not hook.draining:
-            while hook.waiters:
-                self._resume(hook.waiters.pop(0), _SEND, DISPOSED)
+        if recorded is not None:
+            hook.expected = int(recorded.data.get("received", 0) or 0)
+        elif emitted:
+            self._await_answer(hook, "d:")
+        # Its waiters are released in their place in the queue, once the count is known.
+        for waiter in hook.waiters:
+            if self._ready is None:
+                self._ready = deque()
+            self._ready.append((waiter, _DEFER, hook))
+
+    def _disposed_next(self, hook: HookState) -> bool:
+        recorded = self._recorded
+        pos = self._pos
+        return (
+            pos < len(recorded)
+            and recorded[pos].type == ev.HOOK_DISPOSED
+            and recorded[pos].correlation_id == hook.hook_id
+        )
 
     async def _hook_wait_timeout(self, handle: HookHandle[Any], timeout: Any) -> Any:
         seconds = parse_duration(timeout)
@@ -690,7 +599,7 @@ class Machine:
                 and e.correlation_id == op.hook.hook_id
                 and e.data.get("request_event_id") == op.request_event_id
             ),
-            lambda: self._sink(Respond(op.hook.hook_id, op.request_event_id, tree)),
+            lambda: self._emit(Respond(op.hook.hook_id, op.request_event_id, tree)),
         )
         return (_SEND, None)
 
@@ -711,13 +620,13 @@ class Machine:
             self._fail(exc)
             return
         self.done = True
-        self._sink(CompleteRun(tree))
+        self._emit(CompleteRun(tree))
 
     def _fail(self, exc: BaseException) -> None:
         if self.done:
             return
         self.done = True
-        self._sink(FailRun(exc, self._codec.error_to_tree(exc)))
+        self._emit(FailRun(exc, self._codec.error_to_tree(exc)))
         self._ready = None
 
     # -- deterministic helpers ---------------------------------------------------------------

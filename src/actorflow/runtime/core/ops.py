@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Generator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from ...errors import WorkflowDefinitionError
 
 if TYPE_CHECKING:
-    from .machine import HookState, Machine
+    from .hooks import HookState
 
 __all__ = [
     "DISPOSED",
@@ -126,6 +126,16 @@ class RespondOp(Op):
         self.response = response
 
 
+class HookOwner(Protocol):
+    """The machine, as a hook handle uses it."""
+
+    base_url: str | None
+
+    def dispose_hook(self, hook: HookState) -> None: ...
+
+    def hook_wait_with_timeout(self, handle: HookHandle[Any], timeout: Any) -> Awaitable[Any]: ...
+
+
 @dataclass(eq=False, slots=True)
 class HookHandle(Generic[T]):
     """A hook as workflow code holds it: await it, iterate it, dispose it.
@@ -134,7 +144,7 @@ class HookHandle(Generic[T]):
     """
 
     _state: HookState
-    _machine: Machine = field(repr=False)
+    _machine: HookOwner = field(repr=False)
 
     @property
     def token(self) -> str:

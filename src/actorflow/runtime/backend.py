@@ -1,0 +1,117 @@
+"""Where the log lives and who owns runs: chosen once, when a runtime opens.
+
+The embedded file log (``data_dir/log``), a store object given by the caller, or PostgreSQL for a
+``postgresql://`` URL. Over a shared PostgreSQL log (a ``ClusterLog``), run ownership is shared
+with the other processes on the schema (``cluster.SharedOwnership``); otherwise this process owns
+every run (``ownership.LocalOwnership``).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import WorkflowDefinitionError
+from .log.file_log import FileLog
+from .log.store import Durability, EventStore
+from .ownership import LocalOwnership, Ownership
+from .payloads import Payloads
+from .response_waiters import WebhookResponses
+from .state import RunState
+
+__all__ = ["POSTGRES_SCHEMES", "StoreConfig", "describe", "open_store", "share_ownership"]
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+_CLUSTER_MODULE = "actorflow.runtime.log.postgres_cluster"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    store: EventStore | str | None
+    data_dir: Path
+    durability: Durability
+    node_id: str
+    schema: str
+    migrate: bool
+    lease_seconds: float
+
+
+def open_store(config: StoreConfig) -> EventStore:
+    """The store to open: the one given, PostgreSQL for a URL, else the file log.
+
+    Raises:
+        WorkflowDefinitionError: a URL was given but psycopg is not installed.
+    """
+    store = config.store
+    if store is None:
+        return FileLog(config.data_dir / "log", durability=config.durability)
+    if isinstance(store, str):
+        try:
+            from .log.postgres_cluster import ClusterLog
+        except ImportError as exc:
+            raise WorkflowDefinitionError(
+                "store='postgresql://...' needs psycopg: pip install 'actorflow[postgres]'"
+            ) from exc
+        return ClusterLog(
+            store,
+            node_id=config.node_id,
+            durability=config.durability,
+            schema=config.schema,
+            migrate=config.migrate,
+            lease_seconds=config.lease_seconds,
+        )
+    return store
+
+
+def shared_log(store: EventStore) -> Any:
+    """The ``ClusterLog`` under ``store`` (itself, or the store a wrapper holds as ``inner``),
+    or ``None``. Without the PostgreSQL module imported no store can be one."""
+    module = sys.modules.get(_CLUSTER_MODULE)
+    if module is None:
+        return None
+    for candidate in (store, getattr(store, "inner", None)):
+        if isinstance(candidate, module.ClusterLog):
+            return candidate
+    return None
+
+
+def share_ownership(
+    store: EventStore,
+    local: LocalOwnership,
+    *,
+    payloads: Payloads,
+    responses: WebhookResponses,
+    adopt_run: Callable[[RunState], None],
+    fail: Callable[[BaseException], None],
+    failure: Callable[[], BaseException | None],
+    poll_interval: float,
+) -> Ownership | None:
+    """Shared ownership over ``store`` if it is a shared PostgreSQL log, else ``None``."""
+    log = shared_log(store)
+    if log is None:
+        return None
+    from .cluster import SharedOwnership
+
+    return SharedOwnership(
+        log,
+        local,
+        payloads=payloads,
+        responses=responses,
+        adopt_run=adopt_run,
+        fail=fail,
+        failure=failure,
+        poll_interval=poll_interval,
+    )
+
+
+def describe(store: EventStore | None, config: StoreConfig) -> str:
+    """Where the log is, for messages (never a password)."""
+    log = shared_log(store) if store is not None else None
+    if log is not None:
+        return f"PostgreSQL {log._where}, node {log.node_id}"
+    if config.store is not None:
+        return f"store {type(config.store).__name__}"
+    return f"data dir {config.data_dir}"

@@ -1,0 +1,68 @@
+"""What event each of the machine's commands becomes: one pure function, shared by the actor
+and by the tests that drive the machine by hand.
+
+Two commands are decided by the driver first: ``CreateHook`` (``holder``: the run already
+holding the token, or ``None``) and ``DisposeHook`` (``received``: how many payloads the hook had
+accepted). Their events are then handed back to the machine as its answers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .core import events as ev
+from .core.commands import (
+    CancelWait,
+    Command,
+    CompleteRun,
+    CreateHook,
+    CreateWait,
+    DisposeHook,
+    FailRun,
+    Respond,
+    StartStep,
+)
+
+__all__ = ["ANSWERED", "event_of"]
+
+#: Commands whose events go back to the machine (``Machine.answer``).
+ANSWERED = (CreateHook, DisposeHook)
+
+
+def event_of(
+    command: Command, *, holder: str | None = None, received: int = 0
+) -> tuple[str, str | None, dict[str, Any]]:
+    """The type, correlation id and data of the event that records ``command``."""
+    if isinstance(command, StartStep):
+        return ev.STEP_STARTED, command.step_id, {
+            "name": command.name, "args": command.args, "digest": command.digest,
+            "max_retries": command.options.max_retries,
+        }  # fmt: skip
+    if isinstance(command, CreateHook):
+        data: dict[str, Any] = {"token": command.token, "chosen": command.chosen}
+        if holder is not None:
+            data["holder"] = holder
+            data["webhook"] = command.webhook is not None
+            return ev.HOOK_CONFLICT, command.hook_id, data
+        data["metadata"] = command.metadata
+        data["webhook"] = command.webhook
+        if command.schema is not None:
+            data["schema"] = command.schema
+        return ev.HOOK_CREATED, command.hook_id, data
+    if isinstance(command, DisposeHook):
+        return ev.HOOK_DISPOSED, command.hook_id, {"token": command.token, "received": received}
+    if isinstance(command, CreateWait):
+        return ev.WAIT_CREATED, command.wait_id, {
+            "resume_at": command.resume_at, "purpose": command.purpose,
+        }  # fmt: skip
+    if isinstance(command, CancelWait):
+        return ev.WAIT_CANCELLED, command.wait_id, {}
+    if isinstance(command, Respond):
+        return ev.WEBHOOK_RESPONDED, command.hook_id, {
+            "request_event_id": command.request_event_id, "response": command.response,
+        }  # fmt: skip
+    if isinstance(command, CompleteRun):
+        return ev.RUN_COMPLETED, None, {"result": command.result}
+    if isinstance(command, FailRun):
+        return ev.RUN_FAILED, None, {"error": command.error_tree}
+    raise AssertionError(f"unknown command {command!r}")

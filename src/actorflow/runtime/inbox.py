@@ -1,0 +1,361 @@
+"""The inbox: deliveries to runs another node owns, through a table in the shared schema.
+
+Sender side: a resume or webhook for a run owned elsewhere is committed to the inbox by the node
+that received it; the owner is woken by ``NOTIFY`` and also polls, so a lost notification only
+delays a delivery. The sender answers once the owner has taken the delivery into the run's
+history (``took``), or refused it (``drop``: its hook went away; ``full``: the run's mailbox
+is), or gives it up when no owner claims it within a lease.
+
+Owner side: each record is claimed as it is read, then appended unchanged (same event id, same
+encrypted bytes) if its hook is live here, or refused; the mailbox bound is the one a delivery
+made here meets (``mailbox.Admission``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from ..errors import (
+    HookNotFoundError,
+    IdempotencyKeyConflictError,
+    LogWriteError,
+    OverloadedError,
+    StorageError,
+)
+from .core import events as ev
+from .core.events import Event
+from .journal import Journal
+from .log.postgres_cluster import Directory, ForeignHook
+from .log.writer import Ticket
+from .mailbox import Admission
+from .ownership import StaleHookError
+from .payloads import Payloads
+from .state import HookEntry, State
+
+__all__ = ["Inbox"]
+
+logger = logging.getLogger("actorflow.cluster")
+
+_INBOX_BATCH = 1000
+
+
+def _retry_of(event: Event, first_event_id: str) -> Event:
+    """The delivery a retry is answered by (for its outcome: same run and token)."""
+    return Event(first_event_id, event.run_id, event.type, event.correlation_id,
+                 event.created_at, event.data)  # fmt: skip
+
+
+class Inbox:
+    """This node's side of the inbox: what it sends to other owners, and what it takes."""
+
+    def __init__(
+        self,
+        directory: Directory,
+        *,
+        state: State,
+        journal: Journal,
+        admission: Admission,
+        payloads: Payloads,
+        node_id: str,
+        lease_seconds: float,
+        poll_interval: float,
+        hook_cache: dict[str, HookEntry],
+    ) -> None:
+        self.directory = directory
+        self.state = state
+        self.journal = journal
+        self.admission = admission
+        self.payloads = payloads
+        self.node_id = node_id
+        self.lease_seconds = lease_seconds
+        self.poll_interval = poll_interval
+        self._hook_cache = hook_cache
+        self._wake = anyio.Event()
+        #: A wake is on its way to the event loop (set in the listener's thread).
+        self.wake_pending = threading.Event()
+        # Inbox records submitted to the writer and not yet durable, by event id: a sender at
+        # this node waits on their tickets.
+        self._inflight: dict[str, Ticket] = {}
+        self.ingested = 0
+        #: Deliveries this node committed for another node's runs, awaiting their outcome,
+        #: and the outcomes the owners announced (``took``, ``drop``, ``full``).
+        self._outcomes: dict[str, anyio.Event] = {}
+        self._announced: dict[str, str] = {}
+
+    def wake(self) -> None:
+        """Read the inbox now (a notification, or runs just taken over)."""
+        self._wake.set()
+
+    def awaits(self, event_id: str) -> bool:
+        """Whether a sender here waits on this delivery (a read of a dict: any thread)."""
+        return event_id in self._outcomes
+
+    def announce(self, event_id: str, outcome: str) -> None:
+        """The owner's announced outcome of a delivery sent from here."""
+        waiter = self._outcomes.get(event_id)
+        if waiter is not None:
+            # Sent by the owner's commit: as good as reading the outcome back.
+            self._announced[event_id] = outcome
+            waiter.set()
+
+    async def run(self) -> None:
+        while True:
+            with anyio.move_on_after(self.poll_interval):
+                await self._wake.wait()
+            self._wake = anyio.Event()
+            self.wake_pending.clear()  # before reading: a later notification wakes us again
+            try:
+                while await self.ingest() >= _INBOX_BATCH:
+                    pass
+            except LogWriteError:
+                # This node's log failed (and with a lost lease, the runtime): the inbox stays
+                # in the database for whichever node owns the runs next.
+                return
+            except StorageError as exc:
+                logger.warning("reading the inbox failed, retrying: %s", exc)
+
+    async def ingest(self) -> int:
+        """Take the inbox records of runs this node owns into their history; return how many
+        records were read.
+
+        Each record is claimed as it is read (its sender can no longer give it up), then appended if
+        its hook is live here, or refused (its sender answers "not found") if the hook went
+        away since the delivery: a delivery that lost the race with a dispose never happened.
+        """
+        for event_id, ticket in list(self._inflight.items()):
+            if ticket.done:
+                del self._inflight[event_id]
+        rows = await anyio.to_thread.run_sync(self.directory.fetch_inbox, _INBOX_BATCH)
+        refused: dict[str, list[str]] = {"drop": [], "full": []}
+        later: list[str] = []
+        # Claimed by the fetch; no await from the checks to the appends.
+        for _, run_id, record in rows:
+            event = self.payloads.decode_plain(record)
+            if run_id not in self.state.runs:
+                later.append(event.event_id)  # claimed a moment ago and not adopted yet
+                continue
+            verdict = self._verdict(event)
+            if verdict == "take":
+                self._submit(event, record)
+            else:
+                refused[verdict].append(event.event_id)
+        await self._refuse(refused)
+        if later:
+            await anyio.to_thread.run_sync(self.directory.unclaim_inbox, later)
+        return len(rows)
+
+    async def _take(self, candidates: list[tuple[Event, bytes]]) -> None:
+        ids = [event.event_id for event, _ in candidates]
+        claimed = set(await anyio.to_thread.run_sync(self.directory.claim_inbox, ids))
+        refused: dict[str, list[str]] = {"drop": [], "full": []}
+        # No await from the check to the append: the hook cannot go away in between.
+        for event, record in candidates:
+            if event.event_id not in claimed:
+                continue  # given up by its sender, or taken by another pass
+            verdict = self._verdict(event)
+            if verdict == "take":
+                self._submit(event, record)
+            else:
+                refused[verdict].append(event.event_id)
+        await self._refuse(refused)
+
+    async def _refuse(self, refused: dict[str, list[str]]) -> None:
+        for kind, event_ids in refused.items():
+            if event_ids:
+                await anyio.to_thread.run_sync(self.directory.drop_inbox, event_ids, kind)
+
+    def _verdict(self, event: Event) -> str:
+        """``take``; ``drop``: its hook (or run) is gone; ``full``: the run's mailbox is."""
+        state = self.state
+        run = state.runs.get(event.run_id)
+        if run is None or run.finished:
+            return "drop"
+        if event.type != ev.HOOK_RECEIVED:
+            return "take"
+        entry = state.tokens.get(str(event.data.get("token")))
+        if entry is None or entry.hook_id != event.correlation_id:
+            return "drop"
+        # The bound a delivery made here meets.
+        if not self.admission.has_room(run, entry):
+            return "full"
+        return "take"
+
+    def _submit(self, event: Event, record: bytes) -> Ticket:
+        journal = self.journal
+        journal.check()
+        ticket: Ticket = journal.record(event, record=record)
+        self._inflight[event.event_id] = ticket
+        run = self.state.runs.get(event.run_id)
+        if run is not None and event.type == ev.HOOK_RECEIVED and event.data.get("external"):
+            self.admission.accepted(run)
+        self.ingested += 1
+        return ticket
+
+    async def deliver(
+        self, entry: HookEntry, kind: str, data: dict[str, Any], key: bytes | str | None = None
+    ) -> tuple[str, bool]:
+        """Commit a delivery to the inbox of the hook's run.
+
+        Returns the event id that holds it and whether it is new (``False``: a retry with the
+        same idempotency key and payload, answered by the first delivery).
+
+        Raises:
+            HookNotFoundError: the hook is gone (disposed, or its run ended) by now.
+            IdempotencyKeyConflictError: the key was used before with another payload.
+            OverloadedError: the run's inbox is full.
+            StaleHookError: the same, for an entry this node remembered: look it up afresh.
+            StorageError: the database failed (nothing committed, or the outcome unknown).
+        """
+        remote = entry.remote
+        if remote is None:
+            # A hook of a run this node owns, delivered through the inbox for the shared
+            # idempotency check: its hook_created must be committed first.
+            await self.journal.flush()
+            remote = ForeignHook(entry.token, entry.run_id, entry.hook_id, self.node_id, b"")
+        data = {**data, "via": "inbox"}
+        event = self.journal.event(entry.run_id, kind, entry.hook_id, data)
+        record = self.payloads.encode(event, key)
+        idempotency_key = data.get("idempotency_key")
+        # Listen for the owner's answer before it can be sent.
+        self._outcomes.setdefault(event.event_id, anyio.Event())
+        try:
+            return await self._deliver(entry, event, record, remote, data, idempotency_key)
+        finally:
+            self._outcomes.pop(event.event_id, None)
+            self._announced.pop(event.event_id, None)
+
+    async def _deliver(
+        self,
+        entry: HookEntry,
+        event: Event,
+        record: bytes,
+        remote: ForeignHook,
+        data: dict[str, Any],
+        idempotency_key: Any,
+    ) -> tuple[str, bool]:
+        size = self.admission.size
+        outcome = await anyio.to_thread.run_sync(
+            lambda: self.directory.deliver(
+                remote,
+                event.event_id,
+                record,
+                key=None if idempotency_key is None else str(idempotency_key),
+                digest=None if idempotency_key is None else str(data.get("digest")),
+                mailbox_size=size,
+            )
+        )
+        if outcome.status == "gone":
+            if self._hook_cache.get(entry.token) is entry:
+                del self._hook_cache[entry.token]
+                raise StaleHookError(entry.token)
+            raise HookNotFoundError(entry.token)
+        if outcome.status == "full":
+            raise OverloadedError(
+                f"the inbox of run {entry.run_id} is full ({size} deliveries waiting "
+                "for its owner); retry shortly",
+                retry_after=1.0,
+            )
+        if outcome.status == "conflict":
+            raise IdempotencyKeyConflictError(entry.token, str(idempotency_key))
+        # Answer once the delivery is in the run's history, as a resume of a local run always
+        # is: a later resume is then ordered after it, and a delivery that lost a race with the
+        # hook's dispose is refused rather than acknowledged and dropped.
+        if outcome.status == "accepted" and outcome.owner == self.node_id:
+            await self._append_now(event, record)
+            return outcome.event_id, True
+        if outcome.owner == self.node_id:
+            self._wake.set()  # a retry of a delivery still in this node's inbox
+        settled = event if outcome.status == "accepted" else _retry_of(event, outcome.event_id)
+        await self._settle(settled, check_first=outcome.status != "accepted")
+        return outcome.event_id, outcome.status == "accepted"
+
+    async def _append_now(self, event: Event, record: bytes) -> None:
+        """Take a delivery to a run this node owns into its history now; wait until durable.
+
+        Raises:
+            HookNotFoundError: the hook went away before it was taken (nothing delivered).
+        """
+        if event.event_id not in self._inflight and event.run_id in self.state.runs:
+            await self._take([(event, record)])
+        ticket = self._inflight.get(event.event_id)
+        if ticket is not None:
+            await ticket.wait()
+        else:  # refused by _take (announced to us), or taken by the inbox poll first
+            await self._settle(event, check_first=True)
+
+    async def _settle(self, event: Event, *, check_first: bool) -> None:
+        """Wait for the owner's verdict on a delivery; raise if it was refused.
+
+        Raises:
+            HookNotFoundError: refused: the hook went away first (nothing delivered).
+            OverloadedError: refused: the run's mailbox is full, or no owner took it in time
+                (nothing delivered, in both cases); retry shortly.
+            StorageError: see ``_outcome``.
+        """
+        outcome = await self._outcome(event.event_id, check_first=check_first)
+        if outcome == "drop":
+            raise HookNotFoundError(str(event.data.get("token")))
+        if outcome == "full":
+            raise OverloadedError(
+                f"the mailbox of run {event.run_id} is full ({self.admission.size} payloads "
+                "waiting for the workflow to take them); retry shortly",
+                retry_after=1.0,
+            )
+
+    async def _outcome(self, event_id: str, *, check_first: bool = False) -> str:
+        """Wait until the owner has taken a delivery into the run's history (``took``) or
+        refused it (``drop``, ``full``). Woken by the owner's ``NOTIFY``, and polled (a refusal
+        seen only by polling reads as ``drop``).
+
+        Raises:
+            OverloadedError: no owner took it within a lease; it was given up (nothing
+                committed), so the sender may retry.
+            StorageError: an owner claimed it and then said nothing for three leases: its
+                outcome is unknown.
+        """
+        waiter = self._outcomes.setdefault(event_id, anyio.Event())
+        start = anyio.current_time()
+        gave_up_at = start + self.lease_seconds
+        try:
+            if not check_first:
+                with anyio.move_on_after(self.poll_interval):
+                    await waiter.wait()
+            while True:
+                announced = self._announced.pop(event_id, None)
+                if announced is not None:
+                    return announced
+                if waiter.is_set():
+                    waiter = self._outcomes[event_id] = anyio.Event()
+                in_history, pending = await anyio.to_thread.run_sync(
+                    self.directory.delivery_state, event_id
+                )
+                if in_history:
+                    return "took"
+                if not pending:
+                    return "drop"
+                now = anyio.current_time()
+                if now >= gave_up_at:
+                    cancelled = await anyio.to_thread.run_sync(
+                        self.directory.cancel_delivery, event_id
+                    )
+                    if cancelled:
+                        raise OverloadedError(
+                            "the run's owner did not take the delivery in time (it may be "
+                            "restarting); nothing was delivered: retry shortly",
+                            retry_after=1.0,
+                        )
+                    if now >= start + 3 * self.lease_seconds:
+                        raise StorageError(
+                            f"delivery {event_id} was claimed by the run's owner, which has not "
+                            "finished it: its outcome is unknown; retry with an idempotency key"
+                        )
+                with anyio.move_on_after(self.poll_interval):
+                    await waiter.wait()
+        finally:
+            self._outcomes.pop(event_id, None)
+            self._announced.pop(event_id, None)
