@@ -24,7 +24,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from .disk import default_work_dir, filesystem_of, is_memory_backed
+from .disk import MemoryBackedError, default_work_dir, filesystem_of, require_disk
 from .logs import configure_logging
 from .report import print_summary, print_table, write_json, write_plot
 from .scenario import Config, ScenarioResult
@@ -32,7 +32,9 @@ from .scenario import Config, ScenarioResult
 __all__ = ["SCENARIOS", "main"]
 
 #: Scenario modules, in the order they run. Each has NAME, TITLE and run(Config) -> ScenarioResult.
-SCENARIOS = ("hook", "history", "steps", "encryption", "memory", "recovery", "webhook", "peer")
+SCENARIOS = (
+    "hook", "history", "steps", "scale", "encryption", "memory", "recovery", "webhook", "peer",
+)  # fmt: skip
 _MODULES = {"peer": "peer_dbos"}
 
 _RESULTS = Path(__file__).resolve().parent / "results"
@@ -116,7 +118,8 @@ def _meta(args: argparse.Namespace, cfg: Config, names: list[str]) -> dict[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the selected scenarios; 0 when all ran (targets missed do not change the code)."""
+    """Run the selected scenarios; 0 when all ran, 1 when one crashed, 2 when the scratch
+    folder is memory-backed (targets missed do not change the code)."""
     args = _parse(argv)
     if args.list:
         for name in SCENARIOS:
@@ -127,6 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     work_dir = (args.work_dir or default_work_dir()).resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        require_disk(work_dir)
+    except MemoryBackedError as exc:
+        print(f"python -m benchmarks: {exc}", file=sys.stderr)
+        return 2
     cfg = Config(quick=args.quick, backend=args.backend, work_dir=work_dir,
                  concurrency=args.concurrency, progress=not args.no_progress)  # fmt: skip
     meta = _meta(args, cfg, names)
@@ -138,11 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"WARNING: load average {load} before starting: other work shares the CPUs, so "
               "absolute figures will be low and noisy (the ratios hold better)")  # fmt: skip
     meta["load_average_start"] = load
-    if is_memory_backed(work_dir):
-        print("WARNING: the scratch folder is memory-backed: fsync figures mean nothing there; "
-              "pass --work-dir on a real disk")  # fmt: skip
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     results: list[ScenarioResult] = []
+    crashed: list[str] = []
     began = time.perf_counter()
     try:
         for name in names:
@@ -156,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # one broken scenario must not lose the others' figures
                 res = ScenarioResult(name, mod.TITLE, skipped=f"failed: {exc!r}")
                 sys.stderr.write(f"   {name} failed: {exc!r}\n")
+                crashed.append(name)
             res.seconds = time.perf_counter() - t0
             res.extra["load_average"] = {"before": load_before, "after": _load()}
             results.append(res)
@@ -174,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("plot: skipped (matplotlib is not installed)")
     print(f"total {meta['seconds']:.1f} s")
+    if crashed:
+        print(f"FAILED: {', '.join(crashed)} crashed (see above); their figures are missing")
+        return 1
     return 0
 
 

@@ -15,15 +15,16 @@ __all__ = ["hook_loop", "workflows"]
 
 
 @af.workflow(name="bench_cluster_hook_loop")
-async def hook_loop(token: str) -> int:
-    """Take payloads on the hook ``token`` until one says ``{"last": true}``; return how many
-    payloads came, that one included (the harness checks it against its acknowledgements)."""
+async def hook_loop(token: str) -> list[Any]:
+    """Take payloads ``{"i": id}`` on the hook ``token`` until one says ``{"last": true}``;
+    return the ids, in the order the run's history holds them (the harness checks them against
+    its acknowledgements: each acknowledged id exactly once)."""
     hook = af.create_hook(token=token)
-    received = 0
+    received: list[Any] = []
     async for payload in hook:
-        received += 1
         if _is_last(payload):
             break
+        received.append(payload.get("i") if isinstance(payload, dict) else payload)
     return received
 
 

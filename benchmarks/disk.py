@@ -8,7 +8,14 @@ from pathlib import Path
 
 from .stats import percentile
 
-__all__ = ["FsyncProbe", "default_work_dir", "filesystem_of", "fsync_latencies"]
+__all__ = [
+    "FsyncProbe",
+    "MemoryBackedError",
+    "default_work_dir",
+    "filesystem_of",
+    "fsync_latencies",
+    "require_disk",
+]
 
 # Filesystems that live in memory: an fsync there costs nothing and proves nothing.
 _MEMORY_FS = {"tmpfs", "ramfs", "devtmpfs", "overlay-tmpfs"}
@@ -38,6 +45,27 @@ def filesystem_of(path: Path) -> tuple[str, str]:
 def is_memory_backed(path: Path) -> bool:
     """True when ``path`` is on tmpfs or another filesystem kept in RAM."""
     return filesystem_of(path)[0] in _MEMORY_FS
+
+
+class MemoryBackedError(RuntimeError):
+    """fsync figures were asked of a filesystem kept in memory."""
+
+
+def require_disk(path: Path) -> Path:
+    """``path``, once checked not to be on a filesystem kept in memory (tmpfs, ramfs).
+
+    Every scenario that reports fsync figures calls this on the directory its log goes to.
+
+    Raises:
+        MemoryBackedError: it is: an fsync there costs nothing and proves nothing.
+    """
+    fstype, device = filesystem_of(path)
+    if fstype in _MEMORY_FS:
+        raise MemoryBackedError(
+            f"{path} is on {fstype} ({device}): an fsync there costs nothing and proves "
+            "nothing; put the logs on a real disk (--work-dir)"
+        )
+    return path
 
 
 def fsync_latencies(directory: Path, count: int, size: int = 128) -> list[float]:

@@ -29,8 +29,12 @@ share that database through ``--store``. Then, from this process (keep-alive con
    until ``--resumes`` were sent or ``--seconds`` passed, whichever comes first. Resumes/s counts
    acknowledgements (``2xx``: ``hook_received`` durable) over the phase's wall time; ack latency
    runs from the first send to the ``2xx`` (a ``503`` is retried after 1 ms, and counted);
-5. *check* (not timed): every run gets its last payload and must complete having received
-   exactly the payloads acknowledged to its token, that last one included.
+5. *check* (not timed): every run gets its last payload and must complete; it returns the ids
+   of the payloads it received (every payload carries a unique id), and each id acknowledged
+   to it must be there exactly once, nothing unacknowledged (an id whose answer was lost to a
+   connection error may be there, at most once), no id twice anywhere, and each client's ids
+   to a run in the order they were acknowledged: ``tests/fixtures/exactly_once.py``, the check
+   of the kill -9 suites.
 
 Every answer that is not ``2xx`` is counted by status and reported, never hidden. Each
 PostgreSQL figure is also given as a ratio against the file log of the same run, and the CPUs
@@ -75,7 +79,10 @@ import anyio
 import orjson
 import psycopg
 from psycopg import sql
+from tests.fixtures.exactly_once import NotExactlyOnce, check_exactly_once
 
+from benchmarks.disk import MemoryBackedError, require_disk
+from benchmarks.postgres_settings import server_durability
 from benchmarks.raw_http import TRANSPORT_ERRORS, Connection
 from benchmarks.stats import sketch, summary
 
@@ -383,8 +390,7 @@ async def drive(
     tokens = [f"bench:{i}" for i in range(opts.runs)]
     run_ids = [""] * opts.runs
     parallel = min(opts.concurrency, opts.runs)
-    acked: Counter[int] = Counter()  # run index -> resumes acknowledged
-    unknown: Counter[int] = Counter()  # run index -> resumes whose fate is unknown
+    ledger = Ledger()
 
     def make() -> Client:
         return Client(urls, secret, opts.request_timeout)
@@ -436,11 +442,8 @@ async def drive(
         )
     hooks_seconds = time.perf_counter() - began
 
-    def account(run: int, outcome: Outcome) -> None:
-        if outcome == "acked":
-            acked[run] += 1
-        elif outcome == "unknown":
-            unknown[run] += 1
+    def account(sender: object, run: int, payload: int, outcome: Outcome) -> None:
+        ledger.account(sender, tokens[run], payload, outcome)
 
     # 3. serial resumes: one client, one at a time
     serial_tally = Tally()
@@ -455,7 +458,7 @@ async def drive(
             outcome = await _resume(client, process, tokens[run], {"i": i}, serial_tally, give_up)
             if outcome == "acked":
                 serial_ack.append(time.perf_counter() - sent)
-            account(run, outcome)
+            account("serial", run, i, outcome)
 
     with anyio.fail_after(opts.phase_timeout):
         await _in_parallel(1, serial, make)
@@ -468,6 +471,7 @@ async def drive(
 
     async def resumer(client: Client) -> None:
         nonlocal next_index
+        sender = id(client)
         while next_index < total and time.perf_counter() < deadline:
             i = next_index
             next_index += 1
@@ -477,7 +481,7 @@ async def drive(
             outcome = await _resume(client, process, tokens[run], {"i": i}, tally, deadline)
             if outcome == "acked":
                 acks.append(time.perf_counter() - sent)
-            account(run, outcome)
+            account(sender, run, i, outcome)
 
     cpu_before, client_before = cpu_probe(), time.process_time()
     began = time.perf_counter()
@@ -489,7 +493,7 @@ async def drive(
     sent = next_index - opts.serial
 
     # 5. end every run with a last payload; each must have received what was acknowledged
-    check = await _check_runs(make, opts, processes, tokens, run_ids, acked, unknown, rng)
+    check = await _check_runs(make, opts, processes, tokens, run_ids, ledger, rng)
 
     return {
         "starts_per_s": opts.runs / start_seconds,
@@ -511,35 +515,50 @@ async def drive(
     }
 
 
+@dataclass
+class Ledger:
+    """Which payload ids were acknowledged to which run's token, in which order per sender,
+    and which were sent without an answer (their fate unknown)."""
+
+    acked: dict[str, list[int]] = field(default_factory=dict)
+    unknown: dict[str, set[int]] = field(default_factory=dict)
+    order: dict[tuple[object, str], list[int]] = field(default_factory=dict)
+
+    def account(self, sender: object, token: str, payload: int, outcome: Outcome) -> None:
+        if outcome == "acked":
+            self.acked.setdefault(token, []).append(payload)
+            self.order.setdefault((sender, token), []).append(payload)
+        elif outcome == "unknown":
+            self.unknown.setdefault(token, set()).add(payload)
+
+
 async def _check_runs(
     make: Callable[[], Client],
     opts: Options,
     processes: int,
     tokens: list[str],
     run_ids: list[str],
-    acked: Counter[int],
-    unknown: Counter[int],
+    ledger: Ledger,
     rng: random.Random,
 ) -> dict[str, Any]:
-    """Send each run its last payload, wait for it to complete, and compare the number of
-    payloads it received with the number acknowledged (plus those of unknown fate).
+    """Send each run its last payload, wait for it to complete, and check the ids it received
+    against the acknowledgements: each acknowledged id exactly once (see the module).
 
     Raises:
         ConfigurationFailed: runs did not end within ``--phase-timeout``.
     """
     tally = Tally()
-    mismatched: list[dict[str, Any]] = []
+    problems: list[dict[str, Any]] = []
+    results: dict[str, list[Any]] = {}
     pending = iter(range(opts.runs))
-    verified = 0
 
     async def finisher(client: Client) -> None:
-        nonlocal verified
         give_up = time.perf_counter() + opts.phase_timeout
         for run in pending:
             process = run % processes if opts.send_to == "owner" else rng.randrange(processes)
             outcome = await _resume(client, process, tokens[run], {"last": True}, tally, give_up)
             if outcome != "acked":
-                mismatched.append({"run": run, "problem": "the last payload was not acknowledged"})
+                problems.append({"run": run, "problem": "the last payload was not acknowledged"})
                 continue
             while True:  # polling the run's status over HTTP: nothing to await instead
                 status, answer = await client.get(run % processes, f"{PREFIX}/runs/{run_ids[run]}")
@@ -547,18 +566,14 @@ async def _check_runs(
                 if described.get("status") not in (None, "pending", "running"):
                     break
                 await anyio.sleep(0.005)
-            want = acked[run] + 1
             got = described.get("result")
-            if described["status"] != "completed" or not (
-                isinstance(got, int) and want <= got <= want + unknown[run]
-            ):
-                mismatched.append(
-                    {"run": run, "run_id": run_ids[run], "acknowledged": want, "received": got,
-                     "unknown": unknown[run], "status": described["status"],
-                     "error": described.get("error")}
+            if described["status"] != "completed" or not isinstance(got, list):
+                problems.append(
+                    {"run": run, "run_id": run_ids[run], "status": described["status"],
+                     "result": got, "error": described.get("error")}
                 )  # fmt: skip
             else:
-                verified += 1
+                results[tokens[run]] = got
 
     with anyio.move_on_after(opts.phase_timeout) as scope:
         await _in_parallel(min(opts.concurrency, opts.runs), finisher, make)
@@ -566,11 +581,25 @@ async def _check_runs(
         raise ConfigurationFailed(
             f"runs did not end within {opts.phase_timeout:g} s of their last payload"
         )
+    verified, violation = 0, None
+    try:
+        verified = check_exactly_once(
+            {token: ledger.acked.get(token, []) for token in results},
+            results,
+            order={key: ids for key, ids in ledger.order.items() if key[1] in results},
+            unknown=ledger.unknown,
+        )
+    except NotExactlyOnce as exc:
+        violation = str(exc)
     return {
         "runs": opts.runs,
-        "verified": verified,
-        "mismatched": len(mismatched),
-        "examples": mismatched[:10],
+        "runs_completed": len(results),
+        "ids_acknowledged": sum(len(ids) for ids in ledger.acked.values()),
+        "ids_unknown": sum(len(ids) for ids in ledger.unknown.values()),
+        "ids_verified": verified,
+        "violation": violation,
+        "problems": len(problems),
+        "examples": problems[:10],
         "not_2xx": dict(tally.answers),
     }
 
@@ -588,6 +617,8 @@ def measure(
     servers: list[Server] = []
     try:
         with store_options(store, admin_dsn) as (store_args, database):
+            if database:
+                result["postgres_settings"] = server_durability(store_args[1])
             try:
                 servers = launch(label, store_args, work, processes, opts, secret)
                 urls = [server.url for server in servers]
@@ -610,11 +641,13 @@ def measure(
                         + " during the measurement"
                     )
                 check = result["check"]
-                if check["mismatched"]:
+                if check["problems"]:
                     raise ConfigurationFailed(
-                        f"check: {check['mismatched']} of {check['runs']} runs did not receive "
-                        "exactly the payloads acknowledged to them"
+                        f"check: {check['problems']} of {check['runs']} runs did not complete "
+                        f"after their last payload: {check['examples'][:3]}"
                     )
+                if check["violation"]:
+                    raise ConfigurationFailed(f"check: {check['violation']}")
                 result["status"] = "ok"
             finally:
                 if servers:
@@ -753,6 +786,11 @@ def print_table(results: list[dict[str, Any]], opts: Options) -> None:
                 f"{r['store']} x{r['processes']}: answers not 2xx: serial "
                 f"{r['serial_not_2xx'] or 0}, concurrent {r['not_2xx']}"
             )
+        if "postgres_settings" in r:
+            print(
+                f"{r['store']} x{r['processes']}: PostgreSQL server: "
+                + ", ".join(f"{name}={value}" for name, value in r["postgres_settings"].items())
+            )
         odd = {k: v for k, v in r.get("exit_statuses", {}).items() if v != 0}
         if odd:
             print(
@@ -760,11 +798,13 @@ def print_table(results: list[dict[str, Any]], opts: Options) -> None:
             )
         if "check" in r:
             check = r["check"]
+            held = check["violation"] is None and not check["problems"]
             print(
-                f"{r['store']} x{r['processes']}: check: {check['verified']} of {check['runs']} "
-                f"runs received exactly the payloads acknowledged to them"
-                + (f"; MISMATCHED {check['mismatched']}: {check['examples'][:3]}"
-                   if check["mismatched"] else "")
+                f"{r['store']} x{r['processes']}: check: "
+                + (f"{check['ids_verified']:,} acknowledged payload ids, each received exactly "
+                   f"once by its run ({check['runs_completed']} runs; "
+                   f"{check['ids_unknown']} ids of unknown fate)" if held else
+                   f"FAILED: {check['violation'] or check['examples'][:3]}")
             )  # fmt: skip
         if "resumes_acked" in r and r["resumes_acked"] < r["resumes_sent"]:
             print(
@@ -871,6 +911,12 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     began = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="actorflow-pg-processes-", dir=args.work_dir))
+    if opts.durability == "fsync":
+        try:
+            require_disk(work)
+        except MemoryBackedError as exc:
+            shutil.rmtree(work, ignore_errors=True)
+            p.error(str(exc))
     results: list[dict[str, Any]] = []
     try:
         for store, count in [("file", 1), *(("postgres", n) for n in args.processes)]:

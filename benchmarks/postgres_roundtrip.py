@@ -43,6 +43,8 @@ import actorflow as af
 from actorflow.runtime.log.file_log import FileLog
 from actorflow.runtime.log.postgres import PostgresLog
 from actorflow.runtime.log.store import Durability, EventStore
+from benchmarks.disk import MemoryBackedError, require_disk
+from benchmarks.postgres_settings import server_durability
 from benchmarks.stats import percentile
 
 DEFAULT_DSN = os.environ.get(
@@ -240,6 +242,13 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--repeat must be at least 1")
     durability: Durability = args.durability
     work = Path(tempfile.mkdtemp(prefix="actorflow-pg-bench-", dir=args.work_dir))
+    if durability == "fsync":
+        try:
+            require_disk(work)
+        except MemoryBackedError as exc:
+            shutil.rmtree(work, ignore_errors=True)
+            p.error(str(exc))
+    settings = server_durability(args.dsn)
     trials: dict[str, list[dict[str, Any]]] = {"file": [], "postgres": []}
     options = {"runs": args.runs, "serial": args.serial, "concurrency": args.concurrency}
     schemas: list[str] = []
@@ -272,13 +281,15 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"hook round trip, {args.runs} runs ({args.serial} serial, then {args.concurrency} "
         f"concurrent resumers), durability={durability}, backend={args.backend}, "
-        f"median of {args.repeat} trial(s) per store"
+        f"median of {args.repeat} trial(s) per store; PostgreSQL server: "
+        + ", ".join(f"{name}={value}" for name, value in settings.items())
     )
     print_table(results)
     report = {
         "benchmark": "postgres_roundtrip",
         "command": " ".join(["python -m benchmarks.postgres_roundtrip", *(argv or sys.argv[1:])]),
         "durability": durability,
+        "postgres_settings": settings,
         "backend": args.backend,
         "python": platform.python_version(),
         "cpus": os.cpu_count(),

@@ -59,7 +59,9 @@ def _from_bench_server(module: Any, cfg: Config) -> ScenarioResult:
                   "server": "Hypercorn, asyncio worker, 127.0.0.1 (its own choice of backend)",
                   "driver": "webhook_http.bench_server"}  # fmt: skip
     for durability in ("fsync", "none"):
-        results = module.bench_server(durability, clients, seconds, warmup, rounds)
+        results = module.bench_server(
+            durability, clients, seconds, warmup, rounds, work_dir=cfg.work_dir
+        )
         by_route = {r.route: r for r in results}
         bare, hook = by_route["bare Quart"], by_route["actorflow webhook"]
         target = ">= 0.7" if durability == "fsync" else None

@@ -1,6 +1,6 @@
 """Webhook deliveries per second and latency through Hypercorn, next to a bare Quart route.
 
-    python benchmarks/webhook_http.py [--quick] [--clients N] [--seconds S] [--rounds R]
+    python -m benchmarks.webhook_http [--quick] [--clients N] [--seconds S] [--rounds R]
                                       [--json PATH]
 
 One server process (Hypercorn, asyncio worker) serves both routes on 127.0.0.1: actorflow's
@@ -172,10 +172,25 @@ def _result(route: str, durability: str, clients: int, rounds: list[Round]) -> R
 
 
 def bench_server(
-    durability: str, clients: int, seconds: float, warmup: float, rounds: int
+    durability: str,
+    clients: int,
+    seconds: float,
+    warmup: float,
+    rounds: int,
+    work_dir: Path | None = None,
 ) -> list[Result]:
-    """Both routes on one server process, alternating over ``rounds``."""
-    with tempfile.TemporaryDirectory(prefix="actorflow-bench-http-") as data_dir:
+    """Both routes on one server process, alternating over ``rounds``; the server's log in a
+    temporary folder under ``work_dir`` (default: the system's).
+
+    Raises:
+        MemoryBackedError: ``durability`` is ``"fsync"`` and that folder is memory-backed.
+    """
+    # Imported here: the server subprocess runs this file as a script, outside the package.
+    from benchmarks.disk import require_disk
+
+    with tempfile.TemporaryDirectory(prefix="actorflow-bench-http-", dir=work_dir) as data_dir:
+        if durability == "fsync":
+            require_disk(Path(data_dir))
         command = [
             sys.executable, __file__, "--serve", "--durability", durability,
             "--runs", str(clients), "--data-dir", data_dir,

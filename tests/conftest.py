@@ -29,6 +29,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
+from hypothesis import Phase, settings
 
 from actorflow.errors import HookNotFoundError
 from actorflow.runtime.core.events import Event
@@ -36,6 +37,12 @@ from actorflow.runtime.log.file_log import FileLog
 from actorflow.runtime.log.store import Durability, EventStore, Position, ScanReport
 from actorflow.runtime.payloads import Payloads
 from actorflow.runtime.runtime import Runtime
+
+#: ``--hypothesis-profile=mutation-check`` (scripts/check-model-mutations): a planted bug must
+#: make the model-based test fail; it need not be shrunk to a minimal example, which takes long.
+settings.register_profile(
+    "mutation-check", phases=(Phase.explicit, Phase.reuse, Phase.generate), print_blob=False
+)
 
 __all__ = [
     "LaterRuntime",
@@ -204,3 +211,43 @@ def drop_machines(rt: Runtime) -> None:
         actor = run.actor
         if actor is not None:
             actor.drop()
+
+
+# -- skipped tests are never quiet --------------------------------------------------------------
+
+#: Names of the suites (the folder under tests/) in the summary of skipped tests.
+_SUITES = {
+    "postgres": "PostgreSQL",
+    "web": "HTTP",
+    "runtime": "runtime",
+    "conformance": "conformance",
+}
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """At the end of every run, how many tests were skipped, by suite and reason.
+
+    pytest's own summary gives only a total ("130 skipped"), which reads like success. A suite
+    that could not run (no PostgreSQL server, a missing extra) is named here with its cause, so
+    a run that skipped it never passes for a run that tested it.
+    """
+    skipped = terminalreporter.stats.get("skipped", [])
+    if not skipped:
+        return
+    groups: dict[tuple[str, str], int] = {}
+    for report in skipped:
+        reason = _skip_reason(report)
+        parts = Path(str(report.fspath)).parts
+        folder = parts[parts.index("tests") + 1] if "tests" in parts[:-2] else ""
+        suite = _SUITES.get(folder, folder or "other")
+        groups[suite, reason] = groups.get((suite, reason), 0) + 1
+    terminalreporter.section("skipped tests", sep="-", yellow=True, bold=True)
+    for (suite, reason), count in sorted(groups.items(), key=lambda item: -item[1]):
+        noun = "test" if count == 1 else "tests"
+        terminalreporter.write_line(f"{count} {suite} {noun} skipped: {reason}", yellow=True)
+
+
+def _skip_reason(report: Any) -> str:
+    longrepr = report.longrepr
+    text = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else longrepr
+    return " ".join(str(text).removeprefix("Skipped: ").split())

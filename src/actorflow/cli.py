@@ -4,7 +4,8 @@
 
     actorflow serve MODULE[:ATTR] [--bind 127.0.0.1:8000] [--data-dir .actorflow]
                     [--store postgresql://...] [--base-url URL] [--worker asyncio|trio]
-                    [--resume-secret S]
+                    [--resume-secret S] [--read-timeout S] [--keep-alive-timeout S]
+                    [--max-connections N]
     actorflow db migrate --store postgresql://... [--schema actorflow]
     actorflow keys generate
     actorflow log verify DIR
@@ -118,6 +119,27 @@ def _parser() -> argparse.ArgumentParser:
         default=10.0,
         help="seconds in-flight requests get to finish at shutdown (default %(default)s)",
     )
+    serve.add_argument(
+        "--read-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a request body may stop arriving before it is answered 408 and its "
+        "connection closed (default %(default)s)",
+    )
+    serve.add_argument(
+        "--keep-alive-timeout",
+        type=float,
+        default=5.0,
+        help="seconds a connection may stay idle between requests, and the time a request's "
+        "head has to arrive in full (default %(default)s)",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        help="connections open at once; one more is answered 503 and closed (default: the "
+        "file-descriptor limit, ulimit -n, less an eighth, at least 128, for the log and the "
+        "database)",
+    )
     serve.set_defaults(command=_serve)
 
     db = commands.add_parser("db", help="the PostgreSQL store").add_subparsers(metavar="ACTION")
@@ -215,6 +237,9 @@ def _serve(args: argparse.Namespace) -> int:
                 bind=sock,
                 worker=args.worker,
                 graceful_timeout=args.graceful_timeout,
+                read_timeout=args.read_timeout,
+                keep_alive_timeout=args.keep_alive_timeout,
+                max_connections=args.max_connections,
                 on_ready=ready,
                 fatal=runtime.wait_failed,
             )

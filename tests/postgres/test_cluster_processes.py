@@ -8,7 +8,11 @@
   process kill -9 suite, ``tests/web/test_kill9.py``, whose senders this reuses).
 - **Lease expiry.** A process is paused with SIGSTOP past its lease; another takes its run over
   and the run goes on there. The old owner, continued with SIGCONT, still believes it owns the
-  run: its delivery must be refused with nothing committed, and it must stop.
+  run: its delivery must reach the store and be refused there by the append's fence
+  (``LeaseLostError``, answered ``503``), with nothing committed, and it must stop. Its lease
+  renewal, which would also notice, is held back meanwhile (the test locks the leases' table
+  against writes for that moment), so the refusal seen is the fence's and not a connection
+  closing or the renewal's.
 """
 
 from __future__ import annotations
@@ -58,6 +62,19 @@ def node_of(server: ServerProcess) -> str:
 
 def table(db: Database, schema: str, name: str) -> sql.Identifier:
     return sql.Identifier(schema, name)
+
+
+def hold_lease_renewals(db: Database, schema: str) -> Any:
+    """A connection in a transaction holding ``nodes`` in ``SHARE`` mode: every node's lease
+    renewal (an ``UPDATE`` of its row) waits until it is rolled back; reads go on.
+
+    A row lock would not do: the renewal's ``UPDATE ... WHERE NOT fenced`` skips a fenced
+    node's row without waiting for its lock, and answers "fenced" at once."""
+    import psycopg
+
+    conn = psycopg.connect(db.dsn, application_name="actorflow-tests")
+    conn.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(table(db, schema, "nodes")))
+    return conn
 
 
 class SpreadClients(Clients):
@@ -253,14 +270,28 @@ def test_an_owner_paused_past_its_lease_is_refused_when_it_comes_back(
                     assert time.monotonic() < deadline, "the run was never taken over"
                     time.sleep(0.05)
                 assert resume(client, new, {"id": "b"}) == 200
+                # Hold lease renewals back (briefly: the new node's too), so that the old node's
+                # overdue renewal waits once it runs again and cannot be what stops it: the
+                # stale append must meet the fence.
+                lease = hold_lease_renewals(pg_database, pg_schema)
             finally:
                 old.proc.send_signal(signal.SIGCONT)
-            # The old owner still holds the run in memory and tries to append: refused.
-            status = resume(client, old, {"id": "from the stale owner"})
-            assert not 200 <= status < 300, status
+            try:
+                # The old owner still holds the run in memory and appends the payload: the
+                # store refuses it (the run is not its own any more) and nothing commits.
+                stale = client.post(
+                    f"{old.url}{PREFIX}/hooks/resume",
+                    headers=AUTH,
+                    json={"token": "collect:paused", "payload": {"id": "from the stale owner"}},
+                )
+                assert stale.status_code == 503, f"{stale.text}\n{old.text()[-4000:]}"
+                assert stale.json()["error"] == "LeaseLostError", stale.text
+                assert f"no longer owns run(s) {run_id}" in old.text(), old.text()[-3000:]
+            finally:
+                lease.rollback()
+                lease.close()
             code = old.proc.wait(30)
             assert code != 0, old.text()[-3000:]
-            assert "LeaseLostError" in old.text(), old.text()[-3000:]
             assert resume(client, new, {"stop": True}) == 200
             deadline = time.monotonic() + 30
             while True:

@@ -25,6 +25,12 @@ clock plus a fixed base, so durable sleeps fire exactly when the model expects, 
 too. After each step the test waits until the runtime is quiet (every task blocked, nothing
 waiting for the disk, no actor being rebuilt) before it compares. So this test runs on trio
 only (asyncio has no mock clock). Durability is real (fsync).
+
+Exploring: every run draws the examples of a few fixed seeds (repeatable; the coverage guard,
+which requires every rule and the behaviours of ``BEHAVIOURS``, holds over them) and then fresh
+examples from a new seed, printed on failure (``ACTORFLOW_MODEL_SEED=<seed>`` draws them
+again). ``scripts/check-model-mutations`` plants known bugs in a copy of the runtime and checks
+that each one makes this test fail.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ import collections
 import functools
 import itertools
 import math
+import os
+import secrets
 import shutil
 import tempfile
 import time
@@ -45,17 +53,18 @@ from typing import Any, TypeVar
 import anyio
 import anyio.from_thread
 import anyio.lowlevel
+import hypothesis
 import trio
 import trio.testing
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
+    get_state_machine_test,
     initialize,
     invariant,
     precondition,
     rule,
-    run_state_machine_as_test,
 )
 from tests.conftest import read_events
 
@@ -728,38 +737,91 @@ class RuntimeModel(RuleBasedStateMachine):
         assert appended == self.delivered
 
 
-def test_runtime_matches_the_model(tmp_path: Path) -> None:
-    class Model(RuntimeModel):
-        base = tmp_path
+#: The seeds every run explores (the coverage guard holds over them, so it cannot miss by luck).
+FIXED_SEEDS = (0, 1, 2, 3)
+EXAMPLES_PER_SEED = 25
+#: Fresh examples on every run, from a new seed (or ``ACTORFLOW_MODEL_SEED``), printed on failure.
+FRESH_EXAMPLES = 25
+SEED_ENV = "ACTORFLOW_MODEL_SEED"
 
-    COVERAGE.clear()
-    run_state_machine_as_test(
+#: Every rule (transition) of the machine must run, and each behaviour below must be reached,
+#: over the fixed seeds; if one is not, the rules changed and the test lost its teeth.
+RULES = (
+    "open_runtime", "start_collector", "start_racer", "start_and_cancel_at_once", "resume",
+    "reuse_a_key", "stop_or_dispose", "signal_control", "cancel", "time_passes",
+    "crash_and_recover", "crash_mid_flight",
+)  # fmt: skip
+BEHAVIOURS = (
+    "a hook conflict",
+    "a sleep won a race against a hook",
+    "a collector disposed its hook",
+    "a racer disposed its hook",
+    "payloads were buffered before the workflow awaited",
+    "a resume of a token no live hook owns",
+    "a delivery with an idempotency key",
+    "a repeated idempotency key",
+    "an idempotency key reused with another payload",
+    "an idempotency key reused on a new hook of the same token",
+    "a running run was cancelled",
+    "a passivated actor was rebuilt by replay to take a message",
+    "crash and recover: restart",
+    "crash and recover: copy-at-rest",
+    "crash and recover: while-timers-fire",
+    "mid-flight crash: payloads acknowledged before the copy",
+    # crash, then the sender retries an unacknowledged payload with its key: both outcomes
+    "mid-flight crash: unacknowledged payloads that survived",
+    "mid-flight crash: unacknowledged payloads lost, then retried",
+    "examples checked to the end",
+)
+
+
+def explore(base: Path, seed: int, examples: int) -> None:
+    """Run ``examples`` examples of the state machine, drawn from ``seed``.
+
+    Raises:
+        AssertionError: the runtime and the model disagreed; the note names the seed.
+    """
+
+    class Model(RuntimeModel):
+        pass
+
+    Model.base = base
+    test = get_state_machine_test(
         Model,
         settings=settings(
-            max_examples=50,
+            max_examples=examples,
             stateful_step_count=30,
             deadline=None,
-            # The same examples on every run: the coverage guard below must not hinge on luck
-            # (it once missed "restart" in a random draw), and CI must be repeatable.
-            derandomize=True,
             database=None,
             print_blob=True,
             report_multiple_bugs=False,
             suppress_health_check=[HealthCheck.too_slow],
         ),
     )
+    try:
+        hypothesis.seed(seed)(test)()
+    except BaseException as exc:
+        note = f"examples drawn from seed {seed}: {SEED_ENV}={seed} draws them again"
+        exc.add_note(note)
+        print(f"\n{note}")
+        raise
+
+
+def test_runtime_matches_the_model_on_fixed_seeds(tmp_path: Path) -> None:
+    COVERAGE.clear()
+    for seed in FIXED_SEEDS:
+        explore(tmp_path, seed, EXAMPLES_PER_SEED)
     print("\nmodel coverage:", dict(sorted(COVERAGE.items())))
-    # Behaviours every run of this test reaches many times over (see the coverage printed
-    # above); if one is never reached, the rules changed and the test lost its teeth.
-    for behaviour in (
-        "a hook conflict",
-        "a sleep won a race against a hook",
-        "a repeated idempotency key",
-        "a running run was cancelled",
-        "a passivated actor was rebuilt by replay to take a message",
-        "crash and recover: restart",
-        "crash and recover: copy-at-rest",
-        "crash and recover: while-timers-fire",
-        "mid-flight crash: payloads acknowledged before the copy",
-    ):
+    for rule_name in RULES:
+        assert COVERAGE[f"step {rule_name}"] > 0, f"no example ran the rule {rule_name}"
+    for behaviour in BEHAVIOURS:
         assert COVERAGE[behaviour] > 0, f"no example reached: {behaviour}"
+
+
+def test_runtime_matches_the_model_on_fresh_examples(tmp_path: Path) -> None:
+    """New examples on every run, so the suite keeps exploring. A failure prints the seed;
+    ``ACTORFLOW_MODEL_SEED=<seed>`` draws the same examples again."""
+    chosen = os.environ.get(SEED_ENV)
+    seed = int(chosen) if chosen else secrets.randbits(32)
+    print(f"\nfresh examples from seed {seed}")
+    explore(tmp_path, seed, FRESH_EXAMPLES)

@@ -50,7 +50,12 @@ def current_worker() -> str:
 
 @asynccontextmanager
 async def _served(
-    rt: af.Runtime, *, graceful_timeout: float = 5.0, app: Any = None, **app_options: Any
+    rt: af.Runtime,
+    *,
+    graceful_timeout: float = 5.0,
+    read_timeout: float = 10.0,
+    app: Any = None,
+    **app_options: Any,
 ) -> AsyncIterator[httpx.AsyncClient]:
     if app is None:
         app_options.setdefault("resume_secret", SECRET)
@@ -65,6 +70,7 @@ async def _served(
                 bind="127.0.0.1:0",
                 shutdown_trigger=stop.wait,
                 graceful_timeout=graceful_timeout,
+                read_timeout=read_timeout,
             )
         )
         try:

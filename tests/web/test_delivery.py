@@ -54,12 +54,14 @@ async def test_200_concurrent_requests_to_200_runs_each_delivered_once(
                     response = await client.post(urls[run_id], content=run_id.encode())
                     statuses[run_id] = response.status_code
 
-                syncs = rt.journal.writer.syncs
+                writer = rt.journal.writer
+                syncs, appended = writer.syncs, writer.appended
                 async with anyio.create_task_group() as tg:
                     for run in runs:
                         tg.start_soon(send, run.run_id)
-                # Group commit: concurrent deliveries shared fsyncs.
-                assert rt.journal.writer.syncs - syncs < 200
+                # Group commit: concurrent deliveries shared fsyncs (how many each carried is
+                # the benchmarks' business: python -m benchmarks --only scale).
+                assert writer.syncs - syncs < writer.appended - appended
             for run in runs:
                 assert await run.result(timeout=30) == run.run_id
         assert set(statuses.values()) == {202}

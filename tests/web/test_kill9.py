@@ -31,6 +31,7 @@ import httpx
 import orjson
 import pytest
 from tests.conftest import read_events
+from tests.fixtures import exactly_once
 from tests.fixtures.server_process import SECRET, ServerProcess, free_port
 
 from actorflow.cli import main
@@ -202,22 +203,13 @@ class Clients:
 def check_exactly_once(ledger: Ledger, results: dict[str, list[str]], seed: int) -> int:
     """Every acknowledged payload exactly once, in its run's result; nothing twice anywhere;
     one sender's payloads to one run in the order they were acknowledged. Returns how many
-    acknowledged payloads were checked."""
-    everywhere = Counter(pid for ids in results.values() for pid in ids)
-    doubled = {pid: n for pid, n in everywhere.items() if n > 1}
-    assert not doubled, f"seed {seed}: delivered more than once: {doubled}"
-    checked = 0
-    for name in ledger.names:
-        acked = ledger.acked.get(name, [])
-        assert sorted(results[name]) == sorted(acked), (
-            f"seed {seed}: run {name}: lost {set(acked) - set(results[name])}, "
-            f"unacknowledged yet delivered {set(results[name]) - set(acked)}"
-        )
-        checked += len(acked)
-    for (sender, name), ids in ledger.order.items():
-        mine = set(ids)
-        assert [pid for pid in results[name] if pid in mine] == ids, (seed, sender, name)
-    return checked
+    acknowledged payloads were checked (see ``tests/fixtures/exactly_once.py``)."""
+    return exactly_once.check_exactly_once(
+        {name: ledger.acked.get(name, []) for name in ledger.names},
+        results,
+        order=ledger.order,
+        context=f"seed {seed}",
+    )
 
 
 async def serving(server: ServerProcess) -> None:

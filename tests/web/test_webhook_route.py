@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
@@ -150,6 +151,30 @@ async def test_every_method_gets_the_manual_response(
         assert response.content == b""  # the server drops a HEAD response's body
     else:
         assert response.json() == {"method": method, "body": "hello"}
+    await run.result(timeout=10)
+
+
+async def test_a_caller_waiting_past_the_read_timeout_gets_its_answer(
+    rt: af.Runtime, served: Any, wait_hooks: Any
+) -> None:
+    """The read timeout times a request's body only: a caller that sent all of it may wait for
+    a manual answer longer than that (Hypercorn's own read_timeout would cut it)."""
+    run = await rt.start(late_responder, 30.0)
+    url = await _webhook_url(rt, wait_hooks, run)
+    answers: list[httpx.Response] = []
+    async with served(rt, read_timeout=0.2) as client:
+
+        async def post() -> None:
+            answers.append(await client.post(url, content=b"body"))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(post)
+            await wait_hooks(rt, run.run_id, 2)  # the workflow has the request
+            await anyio.sleep(0.6)  # three read timeouts
+            await rt.resume_hook(f"go:{run.run_id}", None)
+    assert answers[0].status_code == 200
+    assert answers[0].content == b"late answer"
+    await rt.resume_hook(f"done:{run.run_id}", None)
     await run.result(timeout=10)
 
 

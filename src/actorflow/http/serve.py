@@ -23,13 +23,21 @@ from typing import Any
 
 import anyio
 import anyio.abc
-from hypercorn.config import Config, Sockets
-from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, ASGISendEvent, Scope
+import orjson
+from hypercorn.config import Config
+from hypercorn.typing import (
+    ASGIReceiveCallable,
+    ASGIReceiveEvent,
+    ASGISendCallable,
+    ASGISendEvent,
+    Scope,
+)
 from hypercorn.utils import wrap_app
 from quart import Quart
 
 from ..errors import WorkflowDefinitionError
 from .app import EXTENSION, Worker
+from .connections import default_max_connections, serve_connections
 
 __all__ = ["bind_socket", "run", "serve", "socket_url"]
 
@@ -82,6 +90,9 @@ async def serve(
     bind: str | socket.socket = "127.0.0.1:8000",
     shutdown_trigger: ShutdownTrigger | None = None,
     graceful_timeout: float = 10.0,
+    read_timeout: float = 10.0,
+    keep_alive_timeout: float = 5.0,
+    max_connections: int | None = None,
     task_status: anyio.abc.TaskStatus[str] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` with Hypercorn until ``shutdown_trigger()`` returns; then shut down gracefully.
@@ -91,9 +102,18 @@ async def serve(
     stays the caller's; one bound here is closed on return. Without ``shutdown_trigger`` it
     serves until cancelled.
 
+    Slow and idle clients: a connection must send a complete request head within
+    ``keep_alive_timeout`` seconds of opening (or of the previous response), and is closed
+    when it sits that long between requests; a request body that stops arriving for
+    ``read_timeout`` seconds is answered ``408`` and its connection closed. At most
+    ``max_connections`` connections are open at once (default: sized from the process's
+    file-descriptor limit, :func:`~actorflow.http.connections.default_max_connections`); one
+    more is answered ``503`` and closed at once.
+
     Raises:
         WorkflowDefinitionError: the app does not match the event loop (a ``QuartTrio`` app
-            serves on trio, a ``Quart`` app on asyncio), or ``bind`` cannot be bound.
+            serves on trio, a ``Quart`` app on asyncio), a limit is not positive, or ``bind``
+            cannot be bound.
     """
     trio = _on_trio()
     if _is_trio_app(app) != trio:
@@ -102,47 +122,53 @@ async def serve(
             f"{'trio' if _is_trio_app(app) else 'asyncio'} worker but is served on "
             f"{'trio' if trio else 'asyncio'}; pass create_app(..., worker=...) the same worker"
         )
+    if max_connections is None:
+        max_connections = default_max_connections()
+    for name, value in (
+        ("read_timeout", read_timeout),
+        ("keep_alive_timeout", keep_alive_timeout),
+        ("max_connections", max_connections),
+    ):
+        if not value > 0:
+            raise WorkflowDefinitionError(f"{name} must be positive, not {value!r}")
     own = not isinstance(bind, socket.socket)
     sock = bind_socket(bind) if isinstance(bind, str) else bind
     try:
         config = Config()
         config.graceful_timeout = graceful_timeout
+        config.keep_alive_timeout = keep_alive_timeout
+        # Hypercorn's read_timeout would also cut a client that has sent its whole request and
+        # waits for the answer (a manual webhook, a delivery routed to another node): bodies
+        # are timed in the ASGI layer instead (_time_body_reads), heads by keep_alive_timeout.
+        config.read_timeout = None
         # Access logs would print request paths, and a webhook's path holds its token.
         config.accesslog = None
         config.errorlog = logging.getLogger("hypercorn.error")
-        started = anyio.Event()
-        asgi = wrap_app(_signal_startup(app, started), config.wsgi_max_body_size, "asgi")
-        sockets = Sockets(secure_sockets=[], insecure_sockets=[sock], quic_sockets=[])
+        asgi = wrap_app(_time_body_reads(app, read_timeout), config.wsgi_max_body_size, "asgi")
         wait_for_shutdown = shutdown_trigger or anyio.sleep_forever
 
         async def trigger() -> None:
             await wait_for_shutdown()
-            # Hypercorn now stops accepting and cancels what is still running after
-            # graceful_timeout, answering a cancelled request with its own 500. Have the app
-            # answer requests still waiting a little before that, with a 503 to retry.
+            # Accepting stops now, and what is still running is cancelled after
+            # graceful_timeout (Hypercorn answers a cancelled request with its own 500). Have
+            # the app answer requests still waiting a little before that, with a 503 to retry.
             margin = min(1.0, graceful_timeout / 4)
             deadline = anyio.current_time() + max(0.0, graceful_timeout - margin)
             for edge in app.extensions.get(EXTENSION, ()):
                 edge.drain(deadline)
 
-        if trio:
-            from hypercorn.trio.run import worker_serve as trio_serve
-
-            worker: Callable[[], Awaitable[None]] = partial(
-                trio_serve, asgi, config, sockets=sockets, shutdown_trigger=trigger
-            )
-        else:
-            from hypercorn.asyncio.run import worker_serve as asyncio_serve
-
-            worker = partial(asyncio_serve, asgi, config, sockets=sockets, shutdown_trigger=trigger)
         async with anyio.create_task_group() as tg:
-
-            async def run_worker() -> None:
-                await worker()
-                started.set()  # it returned without starting: do not wait forever below
-
-            tg.start_soon(run_worker)
-            await started.wait()
+            await tg.start(
+                partial(
+                    serve_connections,
+                    asgi,
+                    config,
+                    sock,
+                    max_connections=max_connections,
+                    trio=trio,
+                    shutdown_trigger=trigger,
+                )
+            )
             task_status.started(socket_url(sock))
     finally:
         if own:
@@ -157,20 +183,62 @@ def _is_trio_app(app: Quart) -> bool:
     return isinstance(app, QuartTrio)
 
 
-def _signal_startup(app: Quart, started: anyio.Event) -> Callable[..., Awaitable[None]]:
-    """``app``, setting ``started`` when its lifespan startup completes."""
+def _time_body_reads(app: Quart, read_timeout: float) -> Callable[..., Awaitable[None]]:
+    """``app``, answering ``408`` when a request body stops arriving for ``read_timeout`` s.
+
+    Only while the body is incomplete: once its last part arrived, the client may wait for the
+    answer as long as the app takes. The app is told the client went away (what Hypercorn
+    tells it when a connection drops), and the server answers ``408``; the connection then
+    closes, since the rest of its body was never read.
+    """
 
     async def asgi(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
-        if scope["type"] != "lifespan":
+        if scope["type"] != "http":
             await app(scope, receive, send)
             return
+        body_complete = False
+        timed_out = False
+        answered = False
 
-        async def send_and_signal(message: ASGISendEvent) -> None:
+        async def timed_receive() -> ASGIReceiveEvent:
+            nonlocal body_complete, timed_out
+            if body_complete or timed_out:
+                return await receive()
+            with anyio.move_on_after(read_timeout):
+                message = await receive()
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    body_complete = True
+                return message
+            timed_out = True
+            return {"type": "http.disconnect"}
+
+        async def tracked_send(message: ASGISendEvent) -> None:
+            nonlocal answered
+            if message["type"] == "http.response.start":
+                answered = True
             await send(message)
-            if message["type"] == "lifespan.startup.complete":
-                started.set()
 
-        await app(scope, receive, send_and_signal)
+        await app(scope, timed_receive, tracked_send)
+        if timed_out and not answered:
+            body = orjson.dumps(
+                {
+                    "error": "RequestTimeout",
+                    "message": f"the request body stopped arriving for {read_timeout:g} s",
+                }
+            )
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 408,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"connection", b"close"),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                    "trailers": False,
+                }
+            )
+            await send({"type": "http.response.body", "body": body, "more_body": False})
 
     return asgi
 
@@ -181,6 +249,9 @@ def run(
     bind: str | socket.socket = "127.0.0.1:8000",
     worker: Worker = "asyncio",
     graceful_timeout: float = 10.0,
+    read_timeout: float = 10.0,
+    keep_alive_timeout: float = 5.0,
+    max_connections: int | None = None,
     on_ready: Callable[[str], None] | None = None,
     fatal: Callable[[], Awaitable[BaseException]] | None = None,
 ) -> None:
@@ -189,7 +260,8 @@ def run(
     The first signal shuts down gracefully; a second one stops at once (acknowledged events
     are on disk already; only unacknowledged work is dropped). When ``fatal()`` returns (the
     runtime can no longer work: it lost its lease on a shared store), the server shuts down
-    gracefully too, and the error it returned is raised.
+    gracefully too, and the error it returned is raised. The timeouts and ``max_connections``
+    are :func:`serve`'s.
 
     Raises:
         WorkflowDefinitionError: see :func:`serve`.
@@ -230,6 +302,9 @@ def run(
                     bind=bind,
                     shutdown_trigger=stop.wait,
                     graceful_timeout=graceful_timeout,
+                    read_timeout=read_timeout,
+                    keep_alive_timeout=keep_alive_timeout,
+                    max_connections=max_connections,
                     task_status=task_status,
                 )
                 tg.cancel_scope.cancel()  # served and shut down: stop watching signals
