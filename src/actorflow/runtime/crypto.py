@@ -55,6 +55,7 @@ _HKDF_SALT = b"actorflow payload encryption v1"
 _HKDF_INFO = b"actorflow run key\x00"
 _KEY_ID_LABEL = b"actorflow key id"
 _FROM_URLSAFE = bytes.maketrans(b"-_+/", b"+/-_")
+_TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
 _KEY_ID = re.compile(r"[0-9a-f]{16}")
 
 
@@ -113,8 +114,9 @@ class KeyRing:
                 )
         self._primary = next(iter(self._keys))
         # HKDF per value would dominate the hot path: derive once per (key, run) and keep the
-        # AESGCM object, which holds the expanded key schedule.
-        self._cipher: Callable[[str, str], AESGCM] = functools.lru_cache(maxsize=cache_size)(
+        # AESGCM object, which holds the expanded key schedule, with the parts of the envelope
+        # and of the associated data that depend only on the key and the run.
+        self._cipher: Callable[[str, str], _RunCipher] = functools.lru_cache(maxsize=cache_size)(
             self._derive_cipher
         )
 
@@ -184,17 +186,17 @@ class KeyRing:
             WorkflowDefinitionError: ``key`` is malformed or not in the ring.
             SerializationError: the plaintext is too large for AES-GCM.
         """
-        kid = self._primary if key is None else self._key_id_in_ring(key)
+        cipher = self._cipher(self._primary if key is None else self._key_id_in_ring(key), run_id)
         nonce = os.urandom(_NONCE_SIZE)
-        aad = _associated_data(kid, run_id, event_type, correlation_id)
+        aad = cipher.aad_prefix + _event_part(event_type, correlation_id)
         try:
-            sealed = self._cipher(kid, run_id).encrypt(nonce, plaintext, aad)
+            sealed = cipher.aead.encrypt(nonce, plaintext, aad)
         except OverflowError as exc:
             raise SerializationError(
                 f"a {event_type} payload of {len(plaintext)} bytes is too large to encrypt"
             ) from exc
-        data = base64.urlsafe_b64encode(nonce + sealed).rstrip(b"=").decode("ascii")
-        return {_ENVELOPE_FIELD: f"{_VERSION}.{kid}.{data}"}
+        data = binascii.b2a_base64(nonce + sealed, newline=False).translate(_TO_URLSAFE).rstrip(b"=")
+        return {_ENVELOPE_FIELD: cipher.envelope_prefix + data.decode("ascii")}
 
     def decrypt(
         self,
@@ -240,9 +242,10 @@ class KeyRing:
         blob = _decode_b64url(data)
         if blob is None or len(blob) < _NONCE_SIZE + _TAG_SIZE:
             raise fail("malformed envelope (bad data)")
-        aad = _associated_data(kid, run_id, event_type, correlation_id)
+        cipher = self._cipher(kid, run_id)
+        aad = cipher.aad_prefix + _event_part(event_type, correlation_id)
         try:
-            return self._cipher(kid, run_id).decrypt(blob[:_NONCE_SIZE], blob[_NONCE_SIZE:], aad)
+            return cipher.aead.decrypt(blob[:_NONCE_SIZE], blob[_NONCE_SIZE:], aad)
         except InvalidTag:
             # No chaining: InvalidTag carries nothing the message does not already say.
             raise fail(
@@ -271,14 +274,25 @@ class KeyRing:
             )
         return kid
 
-    def _derive_cipher(self, kid: str, run_id: str) -> AESGCM:
+    def _derive_cipher(self, kid: str, run_id: str) -> _RunCipher:
         run_key = HKDF(
             algorithm=hashes.SHA256(),
             length=KEY_SIZE,
             salt=_HKDF_SALT,
             info=_HKDF_INFO + run_id.encode("utf-8", "surrogatepass"),
         ).derive(self._keys[kid])
-        return AESGCM(run_key)
+        return _RunCipher(AESGCM(run_key), kid, run_id)
+
+
+class _RunCipher:
+    """What encrypting for one run under one master key needs, computed once per (key, run)."""
+
+    __slots__ = ("aad_prefix", "aead", "envelope_prefix")
+
+    def __init__(self, aead: AESGCM, kid: str, run_id: str) -> None:
+        self.aead = aead
+        self.aad_prefix = _associated_data_prefix(kid, run_id)
+        self.envelope_prefix = f"{_VERSION}.{kid}."
 
 
 _EMPTY_KEY_MESSAGE = (
@@ -346,9 +360,24 @@ def _decode_b64url(text: str) -> bytes | None:
 
 
 def _associated_data(kid: str, run_id: str, event_type: str, correlation_id: str | None) -> bytes:
-    # Length-prefixed fields, so ("ab", "c") and ("a", "bc") differ, and None differs from "".
-    corr = "-" if correlation_id is None else f"{len(correlation_id)}:{correlation_id}"
-    return (
-        f"actorflow/{_VERSION}|{len(kid)}:{kid}|{len(run_id)}:{run_id}|"
-        f"{len(event_type)}:{event_type}|{corr}"
-    ).encode("utf-8", "surrogatepass")
+    """The associated data of one value (see the module docstring)."""
+    return _associated_data_prefix(kid, run_id) + _event_part(event_type, correlation_id)
+
+
+# Length-prefixed fields, so ("ab", "c") and ("a", "bc") differ, and None differs from "". The
+# two parts below are encoded apart and joined: UTF-8 of a concatenation is the concatenation of
+# the UTF-8 of its parts, so the bytes are those of the one string the format defines.
+
+
+def _associated_data_prefix(kid: str, run_id: str) -> bytes:
+    return f"actorflow/{_VERSION}|{len(kid)}:{kid}|{len(run_id)}:{run_id}|".encode(
+        "utf-8", "surrogatepass"
+    )
+
+
+def _event_part(event_type: str, correlation_id: str | None) -> bytes:
+    if correlation_id is None:
+        return f"{len(event_type)}:{event_type}|-".encode("utf-8", "surrogatepass")
+    return f"{len(event_type)}:{event_type}|{len(correlation_id)}:{correlation_id}".encode(
+        "utf-8", "surrogatepass"
+    )
