@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import traceback
+from types import SimpleNamespace
 
 import pytest
 
@@ -369,9 +370,39 @@ def test_envelopes_are_byte_for_byte_those_of_earlier_code(monkeypatch: pytest.M
         (envelope,) = (v for v in stored.data.values() if KeyRing.is_envelope(v))
         data = envelope["$enc"].split(".")[2]
         nonce = base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))[:12]
-        monkeypatch.setattr(crypto.os, "urandom", lambda n, nonce=nonce: nonce[:n])
+        monkeypatch.setattr(crypto, "_nonces", SimpleNamespace(take=lambda nonce=nonce: nonce))
         event = Event(stored.event_id, stored.run_id, stored.type, stored.correlation_id,
                       stored.created_at, values)  # fmt: skip
         override = bytes(range(1, 33)) if stored.type == "hook_received" else None
         assert payloads.encode(event, override) == record
         assert event.data == values, "encoding leaves the event's own data plain"
+
+
+def test_nonces_are_fresh_across_pool_refills() -> None:
+    nonces = crypto._Nonces()
+    drawn = [nonces.take() for _ in range(3 * 256 + 7)]
+    assert all(len(n) == 12 for n in drawn)
+    assert len(set(drawn)) == len(drawn)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_never_reuses_the_parents_nonces() -> None:
+    crypto._nonces.take()  # the pool now holds unused nonces, which the child inherits
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.write(write, b"".join(crypto._nonces.take() for _ in range(8)))
+        finally:
+            os._exit(0)
+    os.close(write)
+    try:
+        child = os.read(read, 8 * 12)
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+    mine = b"".join(crypto._nonces.take() for _ in range(8))
+    assert len(child) == 8 * 12
+    assert not {child[i : i + 12] for i in range(0, 96, 12)} & {
+        mine[i : i + 12] for i in range(0, 96, 12)
+    }
