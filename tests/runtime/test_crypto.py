@@ -406,3 +406,22 @@ def test_a_forked_child_never_reuses_the_parents_nonces() -> None:
     assert not {child[i : i + 12] for i in range(0, 96, 12)} & {
         mine[i : i + 12] for i in range(0, 96, 12)
     }
+
+
+@pytest.mark.parametrize(
+    "run_id", ["wrun_1", "wrun_01HZZZZZZZZZZZZZZZZZZZZZZZ", "wrun_é\ud800", ""]
+)
+def test_run_keys_are_hkdf_sha256(run_id: str) -> None:
+    # The per-run key is computed with the extract step cached per master key; it must stay the
+    # very HKDF the module docstring (and every existing log) defines.
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    master = parse_key(KEY1)
+    expected = HKDF(
+        algorithm=hashes.SHA256(),
+        length=32,
+        salt=b"actorflow payload encryption v1",
+        info=b"actorflow run key\x00" + run_id.encode("utf-8", "surrogatepass"),
+    ).derive(master)
+    assert KeyRing([KEY1])._run_key(key_id(master), run_id) == expected

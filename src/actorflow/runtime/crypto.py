@@ -36,9 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TypeGuard
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from actorflow.errors import DecryptionError, SerializationError, WorkflowDefinitionError
 
@@ -92,7 +90,7 @@ class KeyRing:
         WorkflowDefinitionError: no key given, or a key is malformed.
     """
 
-    __slots__ = ("_cipher", "_keys", "_primary")
+    __slots__ = ("_cipher", "_keys", "_primary", "_prks")
 
     def __init__(self, keys: Sequence[str | bytes], *, cache_size: int = 131_072) -> None:
         if isinstance(keys, str | bytes):
@@ -114,6 +112,11 @@ class KeyRing:
                     "generate a new key"
                 )
         self._primary = next(iter(self._keys))
+        # HKDF-Extract of each master key (the salt is fixed): the per-run half is all that
+        # remains to do per run.
+        self._prks = {
+            kid: hmac.digest(_HKDF_SALT, raw, "sha256") for kid, raw in self._keys.items()
+        }
         # HKDF per value would dominate the hot path: derive once per (key, run) and keep the
         # AESGCM object, which holds the expanded key schedule, with the parts of the envelope
         # and of the associated data that depend only on the key and the run.
@@ -277,13 +280,13 @@ class KeyRing:
         return kid
 
     def _derive_cipher(self, kid: str, run_id: str) -> _RunCipher:
-        run_key = HKDF(
-            algorithm=hashes.SHA256(),
-            length=KEY_SIZE,
-            salt=_HKDF_SALT,
-            info=_HKDF_INFO + run_id.encode("utf-8", "surrogatepass"),
-        ).derive(self._keys[kid])
-        return _RunCipher(AESGCM(run_key), kid, run_id)
+        return _RunCipher(AESGCM(self._run_key(kid, run_id)), kid, run_id)
+
+    def _run_key(self, kid: str, run_id: str) -> bytes:
+        # HKDF-SHA256 (RFC 5869) with the extract step done once per master key: for a 32-byte
+        # output, expand is the single block HMAC(PRK, info || 0x01).
+        info = _HKDF_INFO + run_id.encode("utf-8", "surrogatepass")
+        return hmac.digest(self._prks[kid], info + b"\x01", "sha256")
 
 
 class _RunCipher:
