@@ -401,14 +401,11 @@ def _decode_b64url(text: str) -> bytes | None:
     return raw
 
 
-def _associated_data(kid: str, run_id: str, event_type: str, correlation_id: str | None) -> bytes:
-    """The associated data of one value (see the module docstring)."""
-    return _associated_data_prefix(kid, run_id) + _event_part(event_type, correlation_id)
-
-
+# The associated data of one value (see the module docstring) is _associated_data_prefix(kid,
+# run_id) + _event_part(event_type, correlation_id); the first part is computed once per run.
 # Length-prefixed fields, so ("ab", "c") and ("a", "bc") differ, and None differs from "". The
-# two parts below are encoded apart and joined: UTF-8 of a concatenation is the concatenation of
-# the UTF-8 of its parts, so the bytes are those of the one string the format defines.
+# two parts are encoded apart and joined: UTF-8 of a concatenation is the concatenation of the
+# UTF-8 of its parts, so the bytes are those of the one string the format defines.
 
 
 def _associated_data_prefix(kid: str, run_id: str) -> bytes:
