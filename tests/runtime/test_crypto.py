@@ -6,11 +6,15 @@ import base64
 import json
 import os
 import traceback
+from types import SimpleNamespace
 
 import pytest
 
 from actorflow.errors import DecryptionError, WorkflowDefinitionError
+from actorflow.runtime import crypto
+from actorflow.runtime.core.events import Event
 from actorflow.runtime.crypto import KeyRing, generate_key, key_id, parse_key
+from actorflow.runtime.payloads import Payloads
 
 KEY1 = generate_key()
 KEY2 = generate_key()
@@ -329,3 +333,95 @@ def test_pinned_envelope_still_decrypts() -> None:
         event_id="evt_pin",
     )
     assert plain == b'{"pinned": true}'
+
+
+# Records written by actorflow before the envelope was made cheaper (commit 3c91aee), under the
+# master keys bytes(range(32)) (primary) and bytes(range(1, 33)); the first payload used the
+# second key as a resume_hook(..., encryption_key=...) override.
+PINNED_RECORDS = [
+    b'["evnt_pin1","wrun_pin","hook_received","hook_pin",1764806400.5,{"payload":{"$enc":"1.0b902a'
+    b"3fe0427102.GXphB67ov14OCfVZv9GQWUSd3scMGkJm-u54Og1uW2pQNniDfdcbYxFUmmB3q5ukZvkMJZ4Z1y3bkZ6yS9"
+    b'zRDKU9QA"},"token":"order:1"}]',
+    b'["evnt_pin2","wrun_pin","run_completed",null,1764806401.0,{"result":{"$enc":"1.fd4fc0bc7f9581'
+    b'55.-SAaCZpbfAhza0J5uME3OeM1A7luw1Kt53-kKAd8P-ooHg1hseEo3JZQa4IgJ_0WEA"}}]',
+    b'["evnt_pin3","wrun_pin","hook_created","hook_pin",1764806399.0,{"token":"order:1","metadata":'
+    b'{"$enc":"1.fd4fc0bc7f958155.hDFglhomuazXv93bpJmuDBVRf8A27H46BqCRmwPrPf_qP1GcUy6bvmg"},"is_webh'
+    b'ook":false}]',
+]
+PINNED_VALUES = [
+    {"payload": {"amount": 12.5, "items": ["a", "é", None]}, "token": "order:1"},
+    {"result": [1, "two", {"three": 3}]},
+    {"token": "order:1", "metadata": {"who": "ops"}, "is_webhook": False},
+]
+
+
+def test_records_written_by_earlier_code_still_decode() -> None:
+    payloads = Payloads(KeyRing([bytes(range(32)), bytes(range(1, 33))]))
+    for record, values in zip(PINNED_RECORDS, PINNED_VALUES, strict=True):
+        assert payloads.decode(record).data == values
+
+
+def test_envelopes_are_byte_for_byte_those_of_earlier_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given the nonce the earlier code drew, today's code must write the very same record: the
+    # cheaper envelope is the same storage format, not a new one.
+    payloads = Payloads(KeyRing([bytes(range(32)), bytes(range(1, 33))]))
+    for record, values in zip(PINNED_RECORDS, PINNED_VALUES, strict=True):
+        stored = Payloads(None).decode_plain(record)
+        (envelope,) = (v for v in stored.data.values() if KeyRing.is_envelope(v))
+        data = envelope["$enc"].split(".")[2]
+        nonce = base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))[:12]
+        monkeypatch.setattr(crypto, "_nonces", SimpleNamespace(take=lambda nonce=nonce: nonce))
+        event = Event(stored.event_id, stored.run_id, stored.type, stored.correlation_id,
+                      stored.created_at, values)  # fmt: skip
+        override = bytes(range(1, 33)) if stored.type == "hook_received" else None
+        assert payloads.encode(event, override) == record
+        assert event.data == values, "encoding leaves the event's own data plain"
+
+
+def test_nonces_are_fresh_across_pool_refills() -> None:
+    nonces = crypto._Nonces()
+    drawn = [nonces.take() for _ in range(3 * 256 + 7)]
+    assert all(len(n) == 12 for n in drawn)
+    assert len(set(drawn)) == len(drawn)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_never_reuses_the_parents_nonces() -> None:
+    crypto._nonces.take()  # the pool now holds unused nonces, which the child inherits
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.write(write, b"".join(crypto._nonces.take() for _ in range(8)))
+        finally:
+            os._exit(0)
+    os.close(write)
+    try:
+        child = os.read(read, 8 * 12)
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+    mine = b"".join(crypto._nonces.take() for _ in range(8))
+    assert len(child) == 8 * 12
+    assert not {child[i : i + 12] for i in range(0, 96, 12)} & {
+        mine[i : i + 12] for i in range(0, 96, 12)
+    }
+
+
+@pytest.mark.parametrize(
+    "run_id", ["wrun_1", "wrun_01HZZZZZZZZZZZZZZZZZZZZZZZ", "wrun_é\ud800", ""]
+)
+def test_run_keys_are_hkdf_sha256(run_id: str) -> None:
+    # The per-run key is computed with the extract step cached per master key; it must stay the
+    # very HKDF the module docstring (and every existing log) defines.
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    master = parse_key(KEY1)
+    expected = HKDF(
+        algorithm=hashes.SHA256(),
+        length=32,
+        salt=b"actorflow payload encryption v1",
+        info=b"actorflow run key\x00" + run_id.encode("utf-8", "surrogatepass"),
+    ).derive(master)
+    assert KeyRing([KEY1])._run_key(key_id(master), run_id) == expected

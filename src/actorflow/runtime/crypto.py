@@ -31,13 +31,12 @@ import hmac
 import os
 import re
 import secrets
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypeGuard
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from actorflow.errors import DecryptionError, SerializationError, WorkflowDefinitionError
 
@@ -55,6 +54,7 @@ _HKDF_SALT = b"actorflow payload encryption v1"
 _HKDF_INFO = b"actorflow run key\x00"
 _KEY_ID_LABEL = b"actorflow key id"
 _FROM_URLSAFE = bytes.maketrans(b"-_+/", b"+/-_")
+_TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
 _KEY_ID = re.compile(r"[0-9a-f]{16}")
 
 
@@ -90,7 +90,7 @@ class KeyRing:
         WorkflowDefinitionError: no key given, or a key is malformed.
     """
 
-    __slots__ = ("_cipher", "_keys", "_primary")
+    __slots__ = ("_cipher", "_keys", "_primary", "_prks")
 
     def __init__(self, keys: Sequence[str | bytes], *, cache_size: int = 131_072) -> None:
         if isinstance(keys, str | bytes):
@@ -112,9 +112,15 @@ class KeyRing:
                     "generate a new key"
                 )
         self._primary = next(iter(self._keys))
+        # HKDF-Extract of each master key (the salt is fixed): the per-run half is all that
+        # remains to do per run.
+        self._prks = {
+            kid: hmac.digest(_HKDF_SALT, raw, "sha256") for kid, raw in self._keys.items()
+        }
         # HKDF per value would dominate the hot path: derive once per (key, run) and keep the
-        # AESGCM object, which holds the expanded key schedule.
-        self._cipher: Callable[[str, str], AESGCM] = functools.lru_cache(maxsize=cache_size)(
+        # AESGCM object, which holds the expanded key schedule, with the parts of the envelope
+        # and of the associated data that depend only on the key and the run.
+        self._cipher: Callable[[str, str], _RunCipher] = functools.lru_cache(maxsize=cache_size)(
             self._derive_cipher
         )
 
@@ -184,17 +190,18 @@ class KeyRing:
             WorkflowDefinitionError: ``key`` is malformed or not in the ring.
             SerializationError: the plaintext is too large for AES-GCM.
         """
-        kid = self._primary if key is None else self._key_id_in_ring(key)
-        nonce = os.urandom(_NONCE_SIZE)
-        aad = _associated_data(kid, run_id, event_type, correlation_id)
+        cipher = self._cipher(self._primary if key is None else self._key_id_in_ring(key), run_id)
+        nonce = _nonces.take()
+        aad = cipher.aad_prefix + _event_part(event_type, correlation_id)
         try:
-            sealed = self._cipher(kid, run_id).encrypt(nonce, plaintext, aad)
+            sealed = cipher.aead.encrypt(nonce, plaintext, aad)
         except OverflowError as exc:
             raise SerializationError(
                 f"a {event_type} payload of {len(plaintext)} bytes is too large to encrypt"
             ) from exc
-        data = base64.urlsafe_b64encode(nonce + sealed).rstrip(b"=").decode("ascii")
-        return {_ENVELOPE_FIELD: f"{_VERSION}.{kid}.{data}"}
+        data = binascii.b2a_base64(nonce + sealed, newline=False)
+        data = data.translate(_TO_URLSAFE).rstrip(b"=")
+        return {_ENVELOPE_FIELD: cipher.envelope_prefix + data.decode("ascii")}
 
     def decrypt(
         self,
@@ -240,9 +247,10 @@ class KeyRing:
         blob = _decode_b64url(data)
         if blob is None or len(blob) < _NONCE_SIZE + _TAG_SIZE:
             raise fail("malformed envelope (bad data)")
-        aad = _associated_data(kid, run_id, event_type, correlation_id)
+        cipher = self._cipher(kid, run_id)
+        aad = cipher.aad_prefix + _event_part(event_type, correlation_id)
         try:
-            return self._cipher(kid, run_id).decrypt(blob[:_NONCE_SIZE], blob[_NONCE_SIZE:], aad)
+            return cipher.aead.decrypt(blob[:_NONCE_SIZE], blob[_NONCE_SIZE:], aad)
         except InvalidTag:
             # No chaining: InvalidTag carries nothing the message does not already say.
             raise fail(
@@ -271,14 +279,62 @@ class KeyRing:
             )
         return kid
 
-    def _derive_cipher(self, kid: str, run_id: str) -> AESGCM:
-        run_key = HKDF(
-            algorithm=hashes.SHA256(),
-            length=KEY_SIZE,
-            salt=_HKDF_SALT,
-            info=_HKDF_INFO + run_id.encode("utf-8", "surrogatepass"),
-        ).derive(self._keys[kid])
-        return AESGCM(run_key)
+    def _derive_cipher(self, kid: str, run_id: str) -> _RunCipher:
+        return _RunCipher(AESGCM(self._run_key(kid, run_id)), kid, run_id)
+
+    def _run_key(self, kid: str, run_id: str) -> bytes:
+        # HKDF-SHA256 (RFC 5869) with the extract step done once per master key: for a 32-byte
+        # output, expand is the single block HMAC(PRK, info || 0x01).
+        info = _HKDF_INFO + run_id.encode("utf-8", "surrogatepass")
+        return hmac.digest(self._prks[kid], info + b"\x01", "sha256")
+
+
+class _RunCipher:
+    """What encrypting for one run under one master key needs, computed once per (key, run)."""
+
+    __slots__ = ("aad_prefix", "aead", "envelope_prefix")
+
+    def __init__(self, aead: AESGCM, kid: str, run_id: str) -> None:
+        self.aead = aead
+        self.aad_prefix = _associated_data_prefix(kid, run_id)
+        self.envelope_prefix = f"{_VERSION}.{kid}."
+
+
+class _Nonces:
+    """Fresh random 96-bit nonces, read from ``os.urandom`` a few hundred at a time.
+
+    Each nonce is still 12 bytes from the operating system's CSPRNG, handed out once: every
+    thread draws from a pool of its own (no lock, and no way for two threads to take the same
+    one), and a forked child drops the pools it inherited, so parent and child never share a
+    nonce. Drawing in bulk saves a system call per value, and with it a release of the GIL,
+    which the log writer's thread would often take, costing a hand-over and back.
+    """
+
+    __slots__ = ("_local",)
+
+    _PER_DRAW = 256
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def take(self) -> bytes:
+        try:
+            return next(self._local.pool)  # type: ignore[no-any-return]
+        except (AttributeError, StopIteration):
+            pass
+        drawn = os.urandom(_NONCE_SIZE * self._PER_DRAW)
+        pool = iter([drawn[at : at + _NONCE_SIZE] for at in range(0, len(drawn), _NONCE_SIZE)])
+        self._local.pool = pool
+        return next(pool)
+
+    def forget(self) -> None:
+        """Drop every unused nonce (in a child after ``fork``)."""
+        self._local = threading.local()
+
+
+_nonces = _Nonces()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_nonces.forget)
 
 
 _EMPTY_KEY_MESSAGE = (
@@ -345,10 +401,22 @@ def _decode_b64url(text: str) -> bytes | None:
     return raw
 
 
-def _associated_data(kid: str, run_id: str, event_type: str, correlation_id: str | None) -> bytes:
-    # Length-prefixed fields, so ("ab", "c") and ("a", "bc") differ, and None differs from "".
-    corr = "-" if correlation_id is None else f"{len(correlation_id)}:{correlation_id}"
-    return (
-        f"actorflow/{_VERSION}|{len(kid)}:{kid}|{len(run_id)}:{run_id}|"
-        f"{len(event_type)}:{event_type}|{corr}"
-    ).encode("utf-8", "surrogatepass")
+# The associated data of one value (see the module docstring) is _associated_data_prefix(kid,
+# run_id) + _event_part(event_type, correlation_id); the first part is computed once per run.
+# Length-prefixed fields, so ("ab", "c") and ("a", "bc") differ, and None differs from "". The
+# two parts are encoded apart and joined: UTF-8 of a concatenation is the concatenation of the
+# UTF-8 of its parts, so the bytes are those of the one string the format defines.
+
+
+def _associated_data_prefix(kid: str, run_id: str) -> bytes:
+    return f"actorflow/{_VERSION}|{len(kid)}:{kid}|{len(run_id)}:{run_id}|".encode(
+        "utf-8", "surrogatepass"
+    )
+
+
+def _event_part(event_type: str, correlation_id: str | None) -> bytes:
+    if correlation_id is None:
+        return f"{len(event_type)}:{event_type}|-".encode("utf-8", "surrogatepass")
+    return f"{len(event_type)}:{event_type}|{len(correlation_id)}:{correlation_id}".encode(
+        "utf-8", "surrogatepass"
+    )

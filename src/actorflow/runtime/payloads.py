@@ -34,16 +34,23 @@ class Payloads:
             SerializationError: the data is not JSON (a bug in the caller: values are trees).
         """
         data = event.data
-        if self.keys is not None:
-            data = dict(data)
-            for name in USER_VALUE_KEYS.intersection(data):
-                data[name] = self.keys.encrypt(
-                    orjson.dumps(data[name]),
-                    run_id=event.run_id,
-                    event_type=event.type,
-                    correlation_id=event.correlation_id,
-                    key=key if name == "payload" else None,
-                )
+        keys = self.keys
+        if keys is not None:
+            # A shallow copy with each user value replaced: ``event.data`` stays plain, for the
+            # actor that receives the event once it is durable.
+            stored = data
+            for name, value in data.items():
+                if name in USER_VALUE_KEYS:
+                    if stored is data:
+                        stored = dict(data)
+                    stored[name] = keys.encrypt(
+                        orjson.dumps(value),
+                        run_id=event.run_id,
+                        event_type=event.type,
+                        correlation_id=event.correlation_id,
+                        key=key if name == "payload" else None,
+                    )
+            data = stored
         try:
             return orjson.dumps(
                 [
