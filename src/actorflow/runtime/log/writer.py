@@ -185,12 +185,10 @@ class LogWriter:
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Write batches until closed, or until a write or sync fails.
+        """Write batches until closed. Cancelling it abandons unwritten batches (unacknowledged).
 
         The writing happens in a thread that lives exactly as long as this call: started here,
-        and stopped and joined before it returns, however it returns. Cancelling it waits for
-        the batch being written (its waiters learn its outcome), then fails every unwritten
-        batch with ``LogWriteError``: never acknowledged, and nobody left waiting.
+        and stopped and joined before it returns, however it returns.
         """
         with _WriterThread(self._write) as thread:
             try:
