@@ -2,11 +2,9 @@
 
 Submitting an event is synchronous: it is encoded at once (so a value that cannot be stored fails
 its caller and commits nothing) and joins the open batch. One task writes batches: while a batch
-is being written and fsynced in the writer's own thread, new submissions gather in the next one,
-so concurrent appends share one fsync. That thread is started and joined by ``run()``; a batch
-reaches it with one wake-up and its outcome comes back with one, with no thread pool between.
-A batch's waiters are woken, and its events handed to ``on_durable`` (which routes them to
-mailboxes, in log order), only after its fsync returned.
+is being written and fsynced in a worker thread, new submissions gather in the next one, so
+concurrent appends share one fsync. A batch's waiters are woken, and its events handed to
+``on_durable`` (which routes them to mailboxes, in log order), only after its fsync returned.
 
 A failed write or fsync fails the writer for good: the batch's waiters and every later submit get
 ``LogWriteError``. A failed fsync is never retried: the kernel may have dropped the dirty pages,
@@ -16,15 +14,11 @@ so a later success would prove nothing.
 from __future__ import annotations
 
 import logging
-import queue
-import socket
-import threading
 from collections.abc import Callable, Sequence
-from types import TracebackType
 
 import anyio
 import anyio.abc
-import anyio.lowlevel
+import anyio.to_thread
 
 from ...errors import LeaseLostError, LogWriteError
 from ..core.events import Event
@@ -185,25 +179,8 @@ class LogWriter:
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Write batches until closed. Cancelling it abandons unwritten batches (unacknowledged).
-
-        The writing happens in a thread that lives exactly as long as this call: started here,
-        and stopped and joined before it returns, however it returns.
-        """
-        with _WriterThread(self._write) as thread:
-            try:
-                task_status.started()
-                await self._write_batches(thread)
-            except BaseException:
-                # Unwritten batches are abandoned: their waiters learn it rather than hang.
-                if self.failure is None:
-                    self.stop_accepting(LogWriteError("the log writer stopped before this write"))
-                raise
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await thread.stop()
-
-    async def _write_batches(self, thread: _WriterThread) -> None:
+        """Write batches until closed. Cancelling it abandons unwritten batches (unacknowledged)."""
+        task_status.started()
         while True:
             if not self._queue and not self._open.events:
                 if self._closing or self.failure is not None:
@@ -216,41 +193,25 @@ class LogWriter:
             else:
                 batch, self._open = self._open, _Batch()
             self._in_flight = batch
-            thread.send(batch.records)
             try:
-                outcome = await thread.receive()
-            except BaseException:
-                # Cancelled while the thread writes: the batch's outcome still decides what its
-                # waiters learn, so wait for it (the thread cannot be interrupted anyway).
-                with anyio.CancelScope(shield=True):
-                    outcome = await thread.receive()
-                self._land(batch, outcome)
-                raise
-            if not self._land(batch, outcome):
+                positions = await anyio.to_thread.run_sync(self._write, batch.records)
+            except BaseException as exc:
+                self._fail(batch, exc)
+                if not isinstance(exc, Exception):
+                    raise
                 return
-
-    def _land(self, batch: _Batch, outcome: list[Position] | BaseException) -> bool:
-        """Settle a written batch: wake its waiters and route its events, or fail the writer.
-
-        Returns whether the writer can go on.
-        """
-        self._in_flight = None
-        if isinstance(outcome, BaseException):
-            self._fail(batch, outcome)
-            if not isinstance(outcome, Exception):
-                raise outcome
-            return False
-        for event, position in zip(batch.events, outcome, strict=True):
-            event.position = position
-        self.appended += len(batch.events)
-        self.syncs += 1
-        batch.records = []
-        batch.done.set()
-        try:
-            self._on_durable(batch.events)
-        except Exception:  # a routing bug must not stop the log; the events are safe
-            logger.exception("routing durable events failed")
-        return True
+            finally:
+                self._in_flight = None
+            for event, position in zip(batch.events, positions, strict=True):
+                event.position = position
+            self.appended += len(batch.events)
+            self.syncs += 1
+            batch.records = []
+            batch.done.set()
+            try:
+                self._on_durable(batch.events)
+            except Exception:  # a routing bug must not stop the log; the events are safe
+                logger.exception("routing durable events failed")
 
     def _write(self, records: list[bytes]) -> list[Position]:
         positions = self._store.append(records)
@@ -281,91 +242,3 @@ class LogWriter:
         self._queue.clear()
         self._open = _Batch()
         self._wakeup.set()
-
-
-_STOP = None
-
-
-class _WriterThread:
-    """The one thread that calls the store's blocking ``append`` and ``sync``.
-
-    A batch reaches it through a queue (one wake-up of the thread) and its outcome comes back
-    through a socket pair that the event loop watches (one wake-up of the loop): no thread pool,
-    no task spawned per batch, the same on asyncio and trio. Only one batch is in flight at a
-    time. Used as a context manager by ``LogWriter.run()``, which owns the thread's whole life.
-    """
-
-    __slots__ = ("_inbox", "_outcome", "_receive", "_send", "_thread", "_write")
-
-    def __init__(self, write: Callable[[list[bytes]], list[Position]]) -> None:
-        self._write = write
-        self._inbox: queue.SimpleQueue[list[bytes] | None] = queue.SimpleQueue()
-        self._outcome: list[Position] | BaseException | None = None
-        self._receive, self._send = socket.socketpair()
-        self._receive.setblocking(False)
-        self._thread = threading.Thread(target=self._serve, name="actorflow-log-writer")
-
-    def __enter__(self) -> _WriterThread:
-        try:
-            self._thread.start()
-        except BaseException:
-            self._close_sockets()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        # stop() has normally been awaited; if not, wait here rather than leave the thread.
-        if self._thread.is_alive():
-            self._inbox.put(_STOP)
-            self._thread.join()
-        self._close_sockets()
-
-    def send(self, records: list[bytes]) -> None:
-        """Hand ``records`` to the thread, to be appended and synced; never blocks."""
-        self._inbox.put(records)
-
-    async def receive(self) -> list[Position] | BaseException:
-        """Wait for the outcome of the batch sent last: its positions, or what the store raised."""
-        outcome = await self._wait_outcome()
-        assert outcome is not None
-        return outcome
-
-    async def stop(self) -> None:
-        """Let the thread finish and wait until it has (it is idle: nothing is in flight)."""
-        if not self._thread.is_alive():
-            return
-        self._inbox.put(_STOP)
-        await self._wait_outcome()
-        self._thread.join()  # it has sent its last byte and is returning: no real wait
-
-    async def _wait_outcome(self) -> list[Position] | BaseException | None:
-        while True:
-            await anyio.wait_readable(self._receive)
-            try:
-                self._receive.recv(64)
-            except BlockingIOError:  # woken without data: wait again
-                continue
-            break
-        outcome, self._outcome = self._outcome, None
-        return outcome
-
-    def _serve(self) -> None:
-        while True:
-            records = self._inbox.get()
-            if records is _STOP:
-                self._send.send(b"\0")
-                return
-            try:
-                self._outcome = self._write(records)
-            except BaseException as exc:  # handed to the loop, which fails the writer with it
-                self._outcome = exc
-            self._send.send(b"\0")
-
-    def _close_sockets(self) -> None:
-        self._receive.close()
-        self._send.close()
