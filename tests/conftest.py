@@ -121,23 +121,18 @@ def _record_type(record: bytes) -> str:
 async def wait_until(predicate: Callable[[], bool], *, timeout: float = 10.0) -> None:
     """Poll ``predicate()`` until it holds: for state that no event announces.
 
-    Between polls every other task runs (a checkpoint), and now and then a millisecond passes
-    (so worker threads, an fsync say, and virtual-time timers get their turn). Bounded by
-    ``timeout`` seconds of real time, whatever clock the event loop runs on.
+    Between polls every other task runs (a checkpoint; worker threads get their turn as the
+    interpreter switches). No time passes on the event loop's clock, so tests on virtual time
+    can still assert exact times. Bounded by ``timeout`` seconds of real time.
 
     Raises:
         AssertionError: it never held.
     """
     deadline = time.monotonic() + timeout
-    polls = 0
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"condition never held within {timeout} s: {predicate}")
-        polls += 1
-        if polls % 100:
-            await anyio.lowlevel.checkpoint()
-        else:
-            await anyio.sleep(0.001)
+        await anyio.lowlevel.checkpoint()
 
 
 async def wait_for_hook(rt: Runtime, token: str) -> None:

@@ -115,28 +115,37 @@ class Actor:
         machine = self.machine
         assert machine is not None
         rest = self.replay_rest
-        while rest and self.claiming is None:
-            self._feed(machine, rest.popleft())
-        if not rest:
-            self.replay_rest = None
+        if rest is not None:
+            while rest and self.claiming is None:
+                self._feed(machine, rest.popleft())
+            if not rest:
+                self.replay_rest = None
         mailbox = self.mailbox
         run = self.run
         taken = self.svc.admission.taken
         while mailbox and self.claiming is None:
-            event = mailbox.take()
+            event = mailbox.popleft()
             taken(run, event)
-            if event.position <= self.replayed_upto:
+            position = event.position
+            if position <= self.replayed_upto:
                 continue
             if event.type == ev.RUN_CANCELLED:
                 self.drop()
                 return
-            self._feed(machine, event)
-        self._count_untaken(machine)
+            self.replayed_upto = position
+            if event.type in _FEEDABLE and not machine.done:
+                commands = machine.feed(event)
+                if commands:
+                    self._carry_out(machine, deque(commands))
+        if machine.hooks.changed is not None:
+            self._count_untaken(machine)
 
     def _feed(self, machine: Machine, event: Event) -> None:
         self.replayed_upto = max(self.replayed_upto, event.position)
         if event.type in _FEEDABLE and not machine.done:
-            self._carry_out(machine, deque(machine.feed(event)))
+            commands = machine.feed(event)
+            if commands:
+                self._carry_out(machine, deque(commands))
 
     def can_build_in_place(self) -> bool:
         """True for a new run whose only event (``run_created``) is in the mailbox."""
@@ -222,7 +231,7 @@ class Actor:
     def _record(self, command: Command, *, holder: str | None = None, received: int = 0) -> Event:
         journal = self.svc.journal
         kind, corr, data = event_of(command, holder=holder, received=received)
-        event = journal.event(self.run.run_id, kind, corr, data)
+        event = Event(new_id("evnt_"), self.run.run_id, kind, corr, journal.clock(), data)
         journal.record(event)
         return event
 

@@ -100,7 +100,9 @@ class Journal:
             LogWriteError: the log has failed.
             SerializationError: the event cannot be encoded (nothing committed).
         """
-        ticket = self.writer.submit(event, key, record=record)
+        writer = self._writer
+        assert writer is not None, "the journal is not open"
+        ticket = writer.submit(event, key, record=record)
         state = self.state
         run = state.runs.get(event.run_id)
         if event.type in ev.TERMINAL_EVENTS and run is not None and not run.finished:
@@ -126,7 +128,8 @@ class Journal:
             LogWriteError: the log has failed.
             OverloadedError: too many events are waiting for disk.
         """
-        writer = self.writer
+        writer = self._writer
+        assert writer is not None, "the journal is not open"
         writer.check()
         if writer.backlog >= self.limits.max_backlog:
             raise OverloadedError(

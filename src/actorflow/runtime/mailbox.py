@@ -21,32 +21,19 @@ from .state import HookEntry, RunState
 __all__ = ["Admission", "Mailbox"]
 
 
-class Mailbox:
-    """The queue of one run's durable messages, in log order."""
+class Mailbox(deque[Event]):
+    """The queue of one run's durable messages, in log order (a deque: the dispatcher tests
+    and pops it for every message, so it stays a C object)."""
 
-    __slots__ = ("_queue",)
+    __slots__ = ()
 
-    def __init__(self) -> None:
-        self._queue: deque[Event] = deque()
-
-    def __len__(self) -> int:
-        return len(self._queue)
-
-    def __bool__(self) -> bool:
-        return bool(self._queue)
-
-    def put(self, event: Event) -> None:
-        self._queue.append(event)
+    #: Queue a message.
+    put = deque.append
+    #: The oldest message (the mailbox must not be empty).
+    take = deque.popleft
 
     def peek(self) -> Event | None:
-        return self._queue[0] if self._queue else None
-
-    def take(self) -> Event:
-        """The oldest message (the mailbox must not be empty)."""
-        return self._queue.popleft()
-
-    def clear(self) -> None:
-        self._queue.clear()
+        return self[0] if self else None
 
 
 class Admission:

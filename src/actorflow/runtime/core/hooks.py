@@ -101,8 +101,9 @@ class Hooks:
 
     def __init__(self, max_hooks: int) -> None:
         self._live: dict[str, HookState] = {}
-        #: Creations (``c:``) and disposes (``d:``) the driver has yet to answer, by hook id.
-        self._unanswered: dict[str, HookState] = {}
+        #: Creations (``c:``) and disposes (``d:``) the driver has yet to answer, by hook id
+        #: (made on first use: a resident machine seldom has one outstanding).
+        self._unanswered: dict[str, HookState] | None = None
         #: Hooks whose buffer of untaken payloads changed since the driver last looked.
         self.changed: set[HookState] | None = None
         # The limit is enforced from the machine's own count, so replay meets it at the same
@@ -173,6 +174,8 @@ class Hooks:
 
     def _await_answer(self, hook: HookState, kind: str) -> None:
         hook.unanswered += 1
+        if self._unanswered is None:
+            self._unanswered = {}
         self._unanswered[kind + hook.hook_id] = hook
 
     def _conflicted(self, hook: HookState, holder: str) -> None:
@@ -186,6 +189,8 @@ class Hooks:
     def answer(self, m: HookHost, event: Event) -> None:
         """The driver's answer to a creation (``hook_created``/``hook_conflict``) or a dispose
         (``hook_disposed``); a fiber that awaited the hook meanwhile goes on first."""
+        if self._unanswered is None:
+            return
         kind = "d:" if event.type == ev.HOOK_DISPOSED else "c:"
         hook = self._unanswered.pop(kind + (event.correlation_id or ""), None)
         if hook is None:

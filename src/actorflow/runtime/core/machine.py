@@ -204,6 +204,8 @@ class Machine(FiberScheduler):
         event) or ``DisposeHook`` (its ``hook_disposed``); runs what it wakes; the commands."""
         if not self.done:
             self.hooks.answer(self, event)
+        if self._ready is None:
+            return self._take_out()
         self._run()
         return self._take_out()
 
