@@ -242,14 +242,17 @@ class Actor:
             if self.run.finished or machine is not self.machine:
                 return
             command = commands.popleft()
-            if isinstance(command, CreateHook):
+            kind = type(command)
+            if kind is CreateHook:
+                assert isinstance(command, CreateHook)
                 holder = self._holder_now(command)
                 if holder is _ASK:
                     self.claiming = commands
                     self.host.spawn(functools.partial(self._claim, machine, command))
                     return
                 commands.extend(machine.answer(self._hook_answer(command, holder)))
-            elif isinstance(command, DisposeHook):
+            elif kind is DisposeHook:
+                assert isinstance(command, DisposeHook)
                 entry = svc.state.tokens.get(command.token)
                 received = (
                     entry.received if entry is not None and entry.hook_id == command.hook_id else 0
@@ -257,9 +260,11 @@ class Actor:
                 commands.extend(machine.answer(self._record(command, received=received)))
             else:
                 self._record(command)
-                if isinstance(command, StartStep):
+                if kind is StartStep:
+                    assert isinstance(command, StartStep)
                     svc.steps.start(command.step_id)
-                elif isinstance(command, CreateWait):
+                elif kind is CreateWait:
+                    assert isinstance(command, CreateWait)
                     svc.timers.add(command.wait_id, command.resume_at)
 
     def _holder_now(self, command: CreateHook) -> str | None | object:

@@ -33,12 +33,18 @@ def event_of(
     command: Command, *, holder: str | None = None, received: int = 0
 ) -> tuple[str, str | None, dict[str, Any]]:
     """The type, correlation id and data of the event that records ``command``."""
-    if isinstance(command, StartStep):
+    kind = type(command)
+    if kind is CompleteRun:
+        assert isinstance(command, CompleteRun)
+        return ev.RUN_COMPLETED, None, {"result": command.result}
+    if kind is StartStep:
+        assert isinstance(command, StartStep)
         return ev.STEP_STARTED, command.step_id, {
             "name": command.name, "args": command.args, "digest": command.digest,
             "max_retries": command.options.max_retries,
         }  # fmt: skip
-    if isinstance(command, CreateHook):
+    if kind is CreateHook:
+        assert isinstance(command, CreateHook)
         data: dict[str, Any] = {"token": command.token, "chosen": command.chosen}
         if holder is not None:
             data["holder"] = holder
@@ -49,20 +55,23 @@ def event_of(
         if command.schema is not None:
             data["schema"] = command.schema
         return ev.HOOK_CREATED, command.hook_id, data
-    if isinstance(command, DisposeHook):
+    if kind is DisposeHook:
+        assert isinstance(command, DisposeHook)
         return ev.HOOK_DISPOSED, command.hook_id, {"token": command.token, "received": received}
-    if isinstance(command, CreateWait):
+    if kind is CreateWait:
+        assert isinstance(command, CreateWait)
         return ev.WAIT_CREATED, command.wait_id, {
             "resume_at": command.resume_at, "purpose": command.purpose,
         }  # fmt: skip
-    if isinstance(command, CancelWait):
+    if kind is CancelWait:
+        assert isinstance(command, CancelWait)
         return ev.WAIT_CANCELLED, command.wait_id, {}
-    if isinstance(command, Respond):
+    if kind is Respond:
+        assert isinstance(command, Respond)
         return ev.WEBHOOK_RESPONDED, command.hook_id, {
             "request_event_id": command.request_event_id, "response": command.response,
         }  # fmt: skip
-    if isinstance(command, CompleteRun):
-        return ev.RUN_COMPLETED, None, {"result": command.result}
-    if isinstance(command, FailRun):
+    if kind is FailRun:
+        assert isinstance(command, FailRun)
         return ev.RUN_FAILED, None, {"error": command.error_tree}
     raise AssertionError(f"unknown command {command!r}")

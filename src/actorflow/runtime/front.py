@@ -166,7 +166,11 @@ class Front:
             raise HookNotFoundError(str(token))
         ownership = self._ownership
         for fresh in (False, True):
-            entry = await ownership.lookup(token, fresh=fresh)
+            # A hook of a run owned here is in this process's index (every ownership looks
+            # there first): spare the call for the common case.
+            entry = None if fresh else self._state.tokens.get(token)
+            if entry is None:
+                entry = await ownership.lookup(token, fresh=fresh)
             prior = None
             if idempotency_key is not None:
                 prior = await ownership.prior_delivery(token, idempotency_key, entry)

@@ -104,7 +104,9 @@ class Webhooks:
         request = await to_request(raw)
         key = _delivery_key(request)
         for fresh in (False, True):
-            live = await self._ownership.lookup(token, fresh=fresh)
+            live = None if fresh else self._state.tokens.get(token)
+            if live is None:
+                live = await self._ownership.lookup(token, fresh=fresh)
             prior = (
                 await self._ownership.prior_delivery(token, key, live) if key is not None else None
             )

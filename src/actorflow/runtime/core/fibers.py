@@ -60,10 +60,12 @@ async def await_one(awaitable: Awaitable[Any]) -> Any:
 class FiberScheduler:
     """Runs fibers; a subclass says what they await (``_issue``) and how a run ends."""
 
-    __slots__ = ("done", "_ready", "_root", "_fatal", "_probe", "_scope")
+    __slots__ = ("done", "held", "_ready", "_root", "_fatal", "_probe", "_scope")
 
     def __init__(self, scope_probe: Callable[[], object] | None) -> None:
         self.done = False
+        #: No fiber may run: the driver owes an answer (set and cleared by the subclass).
+        self.held = False
         self._ready: deque[tuple[Fiber, int, Any]] | None = None
         self._root: Fiber | None = None
         self._fatal: BaseException | None = None
@@ -83,10 +85,6 @@ class FiberScheduler:
 
     def _fail(self, exc: BaseException) -> None:
         raise NotImplementedError
-
-    def _paused(self) -> bool:
-        """True while no fiber may run (the driver owes an answer)."""
-        return False
 
     def _release(self, fiber: Fiber, value: Any) -> tuple[int, Any] | None:
         """A deferred resume (``DEFER``) comes up: how to resume ``fiber``, or ``None``."""
@@ -116,7 +114,7 @@ class FiberScheduler:
         if self._probe is not None:
             self._scope = self._probe()
         try:
-            while ready and self._fatal is None and not self.done and not self._paused():
+            while ready and self._fatal is None and not self.done and not self.held:
                 fiber, mode, value = ready.popleft()
                 if mode == DEFER:
                     released = self._release(fiber, value)

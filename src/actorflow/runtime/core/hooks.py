@@ -66,6 +66,7 @@ class HookHost(Protocol):
     """The machine, as its hook table uses it (passed in, never kept: no reference cycle)."""
 
     run_id: str
+    held: bool
     _codec: Any
     _calls: int
     _recorded: Sequence[Event]
@@ -167,16 +168,17 @@ class Hooks:
         self._live[hook_id] = state
         self.count += 1
         if recorded is None:
-            self._await_answer(state, "c:")
+            self._await_answer(m, state, "c:")
         elif recorded.type == ev.HOOK_CONFLICT:
             self._conflicted(state, str(recorded.data.get("holder")))
         return state
 
-    def _await_answer(self, hook: HookState, kind: str) -> None:
+    def _await_answer(self, m: HookHost, hook: HookState, kind: str) -> None:
         hook.unanswered += 1
         if self._unanswered is None:
             self._unanswered = {}
         self._unanswered[kind + hook.hook_id] = hook
+        m.held = True
 
     def _conflicted(self, hook: HookState, holder: str) -> None:
         """Another run holds the hook's token: awaiting the hook raises, now and on replay."""
@@ -193,6 +195,8 @@ class Hooks:
             return
         kind = "d:" if event.type == ev.HOOK_DISPOSED else "c:"
         hook = self._unanswered.pop(kind + (event.correlation_id or ""), None)
+        if not self._unanswered:
+            m.held = False
         if hook is None:
             return
         hook.unanswered -= 1
@@ -305,7 +309,7 @@ class Hooks:
         if recorded is not None:
             hook.expected = int(recorded.data.get("received", 0) or 0)
         elif emitted:
-            self._await_answer(hook, "d:")
+            self._await_answer(m, hook, "d:")
         # Its waiters are released in their place in the queue, once the count is known.
         for waiter in hook.waiters:
             m._defer(waiter, hook)

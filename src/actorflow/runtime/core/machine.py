@@ -139,7 +139,7 @@ class Machine(FiberScheduler):
         self._workflow = workflow
         self._args = args
         self._kwargs = kwargs
-        self._out: list[Command] = []
+        self._out: list[Command] | None = None
         self._codec = codec
         self._new_id = new_id
         self._new_token = new_token
@@ -176,11 +176,15 @@ class Machine(FiberScheduler):
         return bool(self.hooks.unanswered)
 
     def _emit(self, command: Command) -> None:
-        self._out.append(command)
+        out = self._out
+        if out is None:
+            self._out = [command]
+        else:
+            out.append(command)
 
     def _take_out(self) -> list[Command]:
-        out, self._out = self._out, []
-        return out
+        out, self._out = self._out, None
+        return out if out is not None else []
 
     def start(self) -> list[Command]:
         """Run the workflow from its beginning until every fiber is blocked; the commands."""
@@ -264,9 +268,6 @@ class Machine(FiberScheduler):
 
     def _release(self, fiber: _Fiber, value: Any) -> tuple[int, Any] | None:
         return self.hooks.release(fiber, value)
-
-    def _paused(self) -> bool:
-        return bool(self.hooks.unanswered)
 
     # -- durable calls -----------------------------------------------------------------------
 
