@@ -79,20 +79,21 @@ class ActorServices:
     identity: Identity
     on_missing_workflow: Callable[[RunState], None]
     scope_probe: Callable[[], object] | None = None
+    #: The supervisor (set once it exists).
+    host: ActorHost | None = None
 
 
 class Actor:
     """The mailbox and live machine of one run."""
 
     __slots__ = (
-        "run", "svc", "host", "machine", "mailbox", "scheduled", "rebuilding", "replayed_upto",
+        "run", "svc", "machine", "mailbox", "scheduled", "rebuilding", "replayed_upto",
         "last_active", "crashes", "missing_workflow", "waking", "claiming", "replay_rest",
     )  # fmt: skip
 
-    def __init__(self, svc: ActorServices, host: ActorHost, run: RunState) -> None:
+    def __init__(self, svc: ActorServices, run: RunState) -> None:
         self.run = run
         self.svc = svc
-        self.host = host
         self.machine: Machine | None = None
         self.mailbox = Mailbox()
         self.scheduled = False
@@ -218,6 +219,11 @@ class Actor:
         run_id = self.run.run_id
         return lambda index: derived_token(seed, run_id, index)
 
+    def _host(self) -> ActorHost:
+        host = self.svc.host
+        assert host is not None, "actors live under a supervisor"
+        return host
+
     def drop(self) -> None:
         """Forget the live machine (passivation, cancellation, crash); emits nothing."""
         machine, self.machine = self.machine, None
@@ -248,7 +254,7 @@ class Actor:
                 holder = self._holder_now(command)
                 if holder is _ASK:
                     self.claiming = commands
-                    self.host.spawn(functools.partial(self._claim, machine, command))
+                    self._host().spawn(functools.partial(self._claim, machine, command))
                     return
                 commands.extend(machine.answer(self._hook_answer(command, holder)))
             elif kind is DisposeHook:
@@ -288,7 +294,7 @@ class Actor:
                                                      command.hook_id)  # fmt: skip
         except Exception as exc:
             if machine is self.machine:
-                self.host.crashed(self, exc)
+                self._host().crashed(self, exc)
             return
         held = self.claiming
         if machine is not self.machine or held is None or self.run.finished:
@@ -314,6 +320,6 @@ class Actor:
             self._carry_out(machine, held)
             self._count_untaken(machine)
         except Exception as exc:
-            self.host.crashed(self, exc)
+            self._host().crashed(self, exc)
             return
-        self.host.schedule(self)
+        self._host().schedule(self)

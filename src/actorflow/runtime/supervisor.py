@@ -53,6 +53,7 @@ class Supervisor:
         restart_window: float,
     ) -> None:
         self._svc = services
+        services.host = self
         self._journal: Journal = services.journal
         self._clock = services.journal.clock
         self._read = read
@@ -85,7 +86,7 @@ class Supervisor:
         if actor is None:
             if run.finished:
                 return
-            actor = run.actor = Actor(self._svc, self, run)
+            actor = run.actor = Actor(self._svc, run)
         actor.mailbox.put(event)
         self.schedule(actor)
 
@@ -95,7 +96,7 @@ class Supervisor:
             return
         actor = run.actor
         if actor is None:
-            actor = run.actor = Actor(self._svc, self, run)
+            actor = run.actor = Actor(self._svc, run)
         self.schedule(actor)
 
     def schedule(self, actor: Actor) -> None:

@@ -196,6 +196,7 @@ class Hooks:
         kind = "d:" if event.type == ev.HOOK_DISPOSED else "c:"
         hook = self._unanswered.pop(kind + (event.correlation_id or ""), None)
         if not self._unanswered:
+            self._unanswered = None  # one stays with every resident machine otherwise
             m.held = False
         if hook is None:
             return
