@@ -252,7 +252,7 @@ class SharedOwnership:
         if live is not None:
             return None  # the inbox's delivery statement settles repeats, across nodes
         prior = await self.local.prior_delivery(token, key, None)
-        if prior is not None:
+        if prior is not None and prior.hook is not None:
             return prior
         found = await self.find_delivery(token, key)
         if found is None:

@@ -179,9 +179,10 @@ class Front:
             target = prior.hook if prior is not None else entry
             if target is None or target.webhook is not None:
                 raise HookNotFoundError(token)
+            value = payload
             if target.schema is not None:
-                payload = validate_payload(load_schema(target.schema), payload, token)
-            tree = codec.to_tree(payload, root="payload")
+                value = validate_payload(load_schema(target.schema), payload, token)
+            tree = codec.to_tree(value, root="payload")
             self._limits.check_size("the payload", tree)
             data: dict[str, Any] = {"payload": tree, "token": token, "external": True}
             if idempotency_key is not None:

@@ -34,7 +34,8 @@ class PriorDelivery:
 
     digest: str
     event_id: str
-    hook: HookEntry
+    #: The hook it went to (``None``: it is no longer known here; the delivery is not found).
+    hook: HookEntry | None
 
 
 class Ownership(Protocol):
@@ -130,7 +131,7 @@ class LocalOwnership:
         self, token: str, key: str, live: HookEntry | None
     ) -> PriorDelivery | None:
         prior = self.state.idempotency.get((token, key))
-        if prior is None or prior.hook is None:
+        if prior is None:
             return None
         if live is not None and live.hook_id != prior.hook_id:
             return None  # the token passed to a new hook: the key was the old hook's
