@@ -40,7 +40,7 @@ import logging
 import threading
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import psycopg
@@ -57,6 +57,8 @@ from actorflow.runtime.log.postgres import (
 from actorflow.runtime.log.store import Durability, Position, ScanReport
 
 __all__ = ["ClusterLog", "Delivery", "Directory", "ForeignHook", "channel_name"]
+
+_T = TypeVar("_T")
 
 logger = logging.getLogger("actorflow.cluster")
 
@@ -436,35 +438,37 @@ class Directory:
         Raises:
             StorageError: the database failed (twice: a lost connection is reopened once).
         """
+        return self._on_claimer(
+            "token claim", lambda conn: self._claim_token(conn, token, run_id, hook_id)
+        )
+
+    def release_claim(self, token: str, run_id: str, hook_id: str) -> None:
+        """Give back a claim whose hook was never created (its run ended meanwhile).
+
+        Raises:
+            StorageError: the database failed (twice: a lost connection is reopened once).
+        """
+        self._on_claimer(
+            "token release",
+            lambda conn: conn.execute(self.q.release_claim, (token, run_id, hook_id)),
+        )
+
+    def _on_claimer(self, what: str, fn: Callable[[psycopg.Connection[Any]], _T]) -> _T:
+        # Both uses may repeat: the claim is an upsert keyed by token and run, the release a
+        # delete of that row. So a lost connection is reopened once and the call made again.
         with self._claimer_lock:
             for attempt in (1, 2):
                 conn = self._claimer
                 try:
                     if conn is None or conn.closed or conn.broken:
                         conn = self._claimer = _connect(self.dsn, self._where, autocommit=True)
-                    return self._claim_token(conn, token, run_id, hook_id)
+                    return fn(conn)
                 except psycopg.Error as exc:
-                    # Retrying is safe: the claim is an upsert keyed by token and run.
                     if attempt == 2 or (conn is not None and not conn.broken):
                         raise StorageError(
-                            f"PostgreSQL token claim failed {self._where}: {exc}"
+                            f"PostgreSQL {what} failed {self._where}: {exc}"
                         ) from exc
-        return None  # unreachable
-
-    def release_claim(self, token: str, run_id: str, hook_id: str) -> None:
-        """Give back a claim whose hook was never created (its run ended meanwhile).
-
-        Raises:
-            StorageError: the database failed.
-        """
-        with self._claimer_lock:
-            conn = self._claimer
-            try:
-                if conn is None or conn.closed or conn.broken:
-                    conn = self._claimer = _connect(self.dsn, self._where, autocommit=True)
-                conn.execute(self.q.release_claim, (token, run_id, hook_id))
-            except psycopg.Error as exc:
-                raise StorageError(f"PostgreSQL token release failed {self._where}: {exc}") from exc
+        raise AssertionError("unreachable")
 
     def _claim_token(
         self, conn: psycopg.Connection[Any], token: str, run_id: str, hook_id: str
