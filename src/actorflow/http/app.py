@@ -11,6 +11,7 @@ Routes (``PREFIX`` is ``/.well-known/workflow/v1``)::
     POST        PREFIX/runs/<run_id>/cancel  bearer: cancel
     GET         PREFIX/openapi.json          the routes as OpenAPI 3.0
     GET         /healthz                     liveness and log-writer health
+    GET         /metrics                     Prometheus metrics (open, like /healthz)
 
 The bearer routes exist only when a resume secret is set; without one they are ``404`` like any
 unknown path. Tokens and bodies are never logged: a token is a credential.
@@ -41,6 +42,7 @@ from ..errors import HookNotFoundError, WorkflowDefinitionError
 from ..runtime import codec
 from ..runtime.runtime import Runtime
 from ..runtime.webhook_request import Request
+from .metrics import add_metrics_route
 from .openapi import openapi_document
 from .responses import (
     error_response,
@@ -183,6 +185,7 @@ def create_blueprint(
         )
     bp.add_url_rule("/healthz", "healthz", edge.healthz, methods=["GET"])
     bp.add_url_rule(f"{PREFIX}/openapi.json", "openapi", edge.openapi, methods=["GET"])
+    add_metrics_route(bp, runtime)
     if resume_secret is not None:
         bp.add_url_rule(f"{PREFIX}/hooks/resume", "resume_hook", edge.resume, methods=["POST"])
         bp.add_url_rule(

@@ -173,6 +173,18 @@ def openapi_document(*, resume_routes: bool) -> dict[str, Any]:
                 },
             }
         },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics (text format; open, like /healthz)",
+                "responses": {
+                    "200": {
+                        "description": "counters, gauges and histograms of this runtime",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
     }
     if resume_routes:
         bearer: list[dict[str, list[str]]] = [{"bearer": []}]

@@ -60,6 +60,12 @@ class Journal:
         self.on_run_ended: Callable[[list[str]], None] = lambda step_ids: None
         #: Called with each durable ``webhook_responded`` event.
         self.on_responded: Callable[[Event], None] = lambda event: None
+        #: Called with each durable batch, and with each sync's duration (metrics); set before
+        #: ``open``.
+        self.on_durable_batch: Callable[[Sequence[Event]], None] = lambda events: None
+        self.on_sync: Callable[[float], None] | None = None
+        #: The store, once open (for what reads its size).
+        self.store: EventStore | None = None
 
     # -- wiring ------------------------------------------------------------------------------
 
@@ -72,7 +78,10 @@ class Journal:
     ) -> LogWriter:
         """Make the writer over ``store``; run its ``run`` in a task group."""
         self._router = router
-        self._writer = LogWriter(store, encode, self._on_durable, on_failure=on_failure)
+        self.store = store
+        self._writer = LogWriter(
+            store, encode, self._on_durable, on_failure=on_failure, on_sync=self.on_sync
+        )
         return self._writer
 
     @property
@@ -176,6 +185,7 @@ class Journal:
         runs = self.state.runs
         router = self._router
         assert router is not None
+        self.on_durable_batch(events)
         for event in events:
             run = runs.get(event.run_id)
             if run is None:

@@ -51,6 +51,7 @@ from .journal import Journal, LogHealth
 from .limits import Identity, Limits
 from .log.store import Durability, EventStore
 from .mailbox import Admission
+from .metrics import RuntimeMetrics
 from .ownership import LocalOwnership, Ownership
 from .payloads import Payloads
 from .records import Hook, Run
@@ -181,6 +182,7 @@ class Runtime:
             restart_window=restart_window,
         )
         self.front = self._make_front()
+        self.metrics = RuntimeMetrics(self.state, self.journal, self.supervisor.mailbox_backlog)
         self.store: EventStore
         self.torn_tail: str | None = None
         self._failure = Failure(lambda exc: self.journal.writer.stop_accepting(exc))
@@ -463,9 +465,11 @@ class Runtime:
             LogWriteError: the log failed.
             (Nothing is committed when any of these is raised.)
         """
-        return await self.front.resume_hook(
-            token_or_hook, payload, encryption_key=encryption_key, idempotency_key=idempotency_key
-        )
+        with self.metrics.resume():
+            return await self.front.resume_hook(
+                token_or_hook, payload, encryption_key=encryption_key,
+                idempotency_key=idempotency_key,
+            )  # fmt: skip
 
     async def resume_webhook(self, token: str, request: Request | Any) -> Response:
         """Deliver an HTTP request to the webhook owning ``token``; the response to send back.
@@ -476,7 +480,8 @@ class Runtime:
             WebhookSignatureError: the request failed the webhook's signature check.
             OverloadedError, SerializationError, LogWriteError: nothing was committed.
         """
-        return await self.front.resume_webhook(token, request)
+        with self.metrics.webhook():
+            return await self.front.resume_webhook(token, request)
 
     async def cancel_run(self, run_id: str, reason: str | None = None) -> None:
         """Cancel a run; a no-op if it has ended. Returns once the cancel is durable.

@@ -78,6 +78,11 @@ class Supervisor:
     def resident(self) -> int:
         return len(self._resident)
 
+    def mailbox_backlog(self) -> int:
+        """Messages waiting in the mailboxes of resident, ready and rebuilding actors."""
+        actors = {id(a): a for a in (*self._resident.values(), *self._ready, *self._to_rebuild)}
+        return sum(len(actor.mailbox) for actor in actors.values())
+
     # -- delivery ----------------------------------------------------------------------------
 
     def deliver(self, run: RunState, event: Event) -> None:

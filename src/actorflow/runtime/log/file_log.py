@@ -152,6 +152,12 @@ class FileLog:
         self._failure: OSError | None = None
         self._closed = False
 
+    @property
+    def size_bytes(self) -> int:
+        """Bytes the segments hold up to their last record (for metrics; any thread may ask:
+        it sums a copy, as the writer's thread may add a segment meanwhile)."""
+        return sum(list(self._ends.values()))
+
     # -- reading at open -------------------------------------------------------------------
 
     def scan(self) -> Iterator[tuple[Position, bytes]]:

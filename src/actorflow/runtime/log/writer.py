@@ -14,6 +14,7 @@ so a later success would prove nothing.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 
 import anyio
@@ -84,8 +85,11 @@ class LogWriter:
         *,
         max_batch: int = 4096,
         on_failure: Callable[[BaseException], None] | None = None,
+        on_sync: Callable[[float], None] | None = None,
     ) -> None:
         self._store = store
+        #: Called from the writing thread with each sync's duration in seconds (metrics).
+        self._on_sync = on_sync
         self._encode = encode
         self._on_durable = on_durable
         self._on_failure = on_failure
@@ -215,7 +219,12 @@ class LogWriter:
 
     def _write(self, records: list[bytes]) -> list[Position]:
         positions = self._store.append(records)
-        self._store.sync()
+        if self._on_sync is None:
+            self._store.sync()
+        else:
+            began = time.perf_counter()
+            self._store.sync()
+            self._on_sync(time.perf_counter() - began)
         return positions
 
     def _fail(self, batch: _Batch, exc: BaseException) -> None:
