@@ -24,6 +24,7 @@ caller can do about them::
     │   └── NonDeterministicAwaitError  a workflow awaited something that is not a primitive
     ├── ReplayDivergenceError       the code no longer matches the recorded history
     ├── OverloadedError             a bounded queue is full; retry later (HTTP 503)
+    ├── InvalidQueryError           a listing's filter, limit or cursor is invalid (HTTP 400)
     └── StorageError
         ├── LogCorruptedError       a record before the tail fails its checksum
         ├── LogFormatError          the data directory holds another format version
@@ -47,6 +48,7 @@ __all__ = [
     "HookPayloadError",
     "HookTimeoutError",
     "IdempotencyKeyConflictError",
+    "InvalidQueryError",
     "LogCorruptedError",
     "LogFormatError",
     "LeaseLostError",
@@ -245,6 +247,10 @@ class OverloadedError(WorkflowError):
     def __init__(self, message: str, retry_after: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class InvalidQueryError(WorkflowError, ValueError):
+    """A listing was asked for with a bad filter, limit or cursor; nothing was read."""
 
 
 class StorageError(WorkflowError):

@@ -27,6 +27,7 @@ EXPECTED_ALL = {
     "HookPayloadError",
     "HookTimeoutError",
     "IdempotencyKeyConflictError",
+    "InvalidQueryError",
     "LogCorruptedError",
     "LogFormatError",
     "LeaseLostError",
@@ -46,7 +47,16 @@ EXPECTED_ALL = {
     "WorkflowRunFailedError",
     "WorkflowRunNotFoundError",
     # records and the runtime
+    "EventRecord",
     "Hook",
+    "HookSummary",
+    "HookWait",
+    "Page",
+    "RunInfo",
+    "RunSummary",
+    "SleepWait",
+    "StepWait",
+    "WaitingOn",
     "Request",
     "Response",
     "Run",
@@ -102,7 +112,16 @@ def test_every_listed_name_exists() -> None:
 
 
 def test_api_module_surface() -> None:
-    expected = {"get_hook_by_token", "get_run", "resume_hook", "resume_webhook", "start"}
+    expected = {
+        "get_hook_by_token",
+        "get_run",
+        "list_events",
+        "list_hooks",
+        "list_runs",
+        "resume_hook",
+        "resume_webhook",
+        "start",
+    }
     assert set(actorflow.api.__all__) == expected
     for name in expected:
         assert inspect.isfunction(getattr(actorflow.api, name)), name

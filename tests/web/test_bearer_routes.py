@@ -335,18 +335,32 @@ async def test_start_inspect_and_finish_a_run(rt: af.Runtime, served: Any, wait_
         assert started.headers["location"] == f"{PREFIX}/runs/{run_id}"
         await wait_hooks(rt, run_id)
         waiting = (await client.get(f"{PREFIX}/runs/{run_id}", headers=AUTH)).json()
+        hook_id = waiting["hooks"][0]["hook_id"]
         assert waiting == {
             "run_id": run_id,
             "workflow": "approval",
             "status": "running",
-            "hooks": [
-                {
-                    "hook_id": waiting["hooks"][0]["hook_id"],
-                    "token": "approval:o-9",
-                    "is_webhook": False,
-                }
-            ],
+            "hooks": [{"hook_id": hook_id, "token": "approval:o-9", "is_webhook": False}],
+            # The query API's RunInfo (Run.info()).
+            "workflow_name": "approval",
+            "created_at": waiting["created_at"],
+            "started_at": waiting["started_at"],
+            "completed_at": None,
+            "version": None,
+            "waiting_on": {
+                "hooks": [
+                    {
+                        "token": "approval:o-9",
+                        "hook_id": hook_id,
+                        "is_webhook": False,
+                        "since": waiting["waiting_on"]["hooks"][0]["since"],
+                    }
+                ],
+                "sleeps": [],
+                "steps": [],
+            },
         }
+        assert waiting["created_at"] <= waiting["started_at"]
         await client.post(
             f"{PREFIX}/hooks/resume", headers=AUTH, json={"token": "approval:o-9", "payload": "yes"}
         )

@@ -9,6 +9,8 @@ Routes (``PREFIX`` is ``/.well-known/workflow/v1``)::
     POST        PREFIX/runs                  bearer: start
     GET         PREFIX/runs/<run_id>         bearer: status, result or error, live hooks
     POST        PREFIX/runs/<run_id>/cancel  bearer: cancel
+    GET         PREFIX/runs, PREFIX/hooks, PREFIX/runs/<run_id>/events   bearer: listings
+                                             (``inspect_routes.py``)
     GET         PREFIX/openapi.json          the routes as OpenAPI 3.0
     GET         /healthz                     liveness and log-writer health
     GET         /metrics                     Prometheus metrics (open, like /healthz)
@@ -42,6 +44,7 @@ from ..errors import HookNotFoundError, WorkflowDefinitionError
 from ..runtime import codec
 from ..runtime.runtime import Runtime
 from ..runtime.webhook_request import Request
+from .inspect_routes import add_inspect_routes
 from .metrics import add_metrics_route
 from .openapi import openapi_document
 from .responses import (
@@ -200,6 +203,7 @@ def create_blueprint(
         bp.add_url_rule(
             f"{PREFIX}/runs/<run_id>/cancel", "cancel_run", edge.cancel_run, methods=["POST"]
         )
+        add_inspect_routes(bp, PREFIX, runtime, edge.authorize)
     if manage_runtime:
 
         async def start_runtime() -> None:
@@ -398,6 +402,10 @@ class _Edge:
 
     # -- helpers -----------------------------------------------------------------------------
 
+    def authorize(self) -> None:
+        """Refuse the request (``401``) unless it carries the resume secret."""
+        self._authorize()
+
     def _authorize(self) -> None:
         assert self._secret is not None  # the routes exist only with a secret
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
@@ -468,6 +476,8 @@ class _Edge:
                 hook["url"] = f"{self.rt.base_url}{PREFIX}/webhook/{token}"
             hooks.append(hook)
         out["hooks"] = hooks
+        # Workflow name, times, version and what the run waits on (the query API's RunInfo).
+        out.update((await run.info()).to_json())
         return out
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .openapi_inspect import inspect_paths, inspect_schemas, run_fields
+
 __all__ = ["openapi_document"]
 
 _PREFIX = "/.well-known/workflow/v1"
@@ -150,6 +152,14 @@ _SCHEMAS: dict[str, Any] = {
 }
 
 
+def _schemas() -> dict[str, Any]:
+    schemas = {**_SCHEMAS, **inspect_schemas()}
+    run = dict(schemas["Run"])
+    run["properties"] = {**run["properties"], **run_fields()}
+    schemas["Run"] = run
+    return schemas
+
+
 def openapi_document(*, resume_routes: bool) -> dict[str, Any]:
     """The OpenAPI 3.0.3 document; the bearer routes appear only when ``resume_routes``."""
     webhook_operation = {
@@ -262,12 +272,13 @@ def openapi_document(*, resume_routes: bool) -> dict[str, Any]:
                 },
             }
         }
+        paths.update(inspect_paths(_PREFIX, bearer))
     return {
         "openapi": "3.0.3",
         "info": {"title": "actorflow", "version": "1"},
         "paths": paths,
         "components": {
-            "schemas": _SCHEMAS,
+            "schemas": _schemas(),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }

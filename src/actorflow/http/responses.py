@@ -22,6 +22,7 @@ from ..errors import (
     HookNotFoundError,
     HookPayloadError,
     IdempotencyKeyConflictError,
+    InvalidQueryError,
     OverloadedError,
     PayloadTooLargeError,
     SerializationError,
@@ -61,6 +62,7 @@ _STATUS: tuple[tuple[type[WorkflowError], int], ...] = (
     (IdempotencyKeyConflictError, 409),
     (PayloadTooLargeError, 413),
     (SerializationError, 400),
+    (InvalidQueryError, 400),
     (OverloadedError, 503),
     # The log stopped accepting writes: the server is unavailable, not the request wrong.
     (StorageError, 503),

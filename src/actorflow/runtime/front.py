@@ -21,11 +21,13 @@ from . import codec
 from .core import events as ev
 from .core.events import Event
 from .core.ops import HookHandle
+from .describe import run_info
 from .ids import new_id, new_token
 from .journal import Journal
 from .limits import Identity, Limits
 from .ownership import Ownership, StaleHookError
 from .payloads import Payloads
+from .query import RunInfo
 from .records import SPEC_VERSION, Hook, Run, hook_created_at
 from .registry import Registry
 from .state import HookEntry, RunState, State
@@ -245,6 +247,17 @@ class Front:
         tokens = (snapshot or self._state).tokens
         hooks = [tokens[t] for t in list(run.hooks or ()) if t in tokens]
         return run, hooks
+
+    async def run_info(self, run_id: str) -> RunInfo:
+        """A run in full, with what it waits on (see ``Run.info``).
+
+        Raises:
+            WorkflowRunNotFoundError: no run has this id.
+        """
+        # Its hooks' tokens (webhook URLs) are shown only once on disk.
+        await self._journal.flush()
+        run, snapshot = await self.run_state(run_id)
+        return run_info(run, snapshot or self._state)
 
     def is_local(self, run: RunState) -> bool:
         """True for a run this process owns (its end is announced here, not polled)."""

@@ -15,6 +15,7 @@ from ..errors import (
 
 if TYPE_CHECKING:
     from .core.events import Event
+    from .query import RunInfo
     from .state import RunState, State
 
 
@@ -33,6 +34,8 @@ class RunSource(Protocol):
     def decode_error(self, event: Event) -> BaseException: ...
 
     async def cancel_run(self, run_id: str, reason: str | None = None) -> None: ...
+
+    async def run_info(self, run_id: str) -> RunInfo: ...
 
 
 __all__ = ["SPEC_VERSION", "Hook", "Run"]
@@ -99,6 +102,15 @@ class Run:
             WorkflowRunNotFoundError: no run has this id.
         """
         return (await self._state()).status
+
+    async def info(self) -> RunInfo:
+        """The run's workflow name, status, created, started and completed times, version,
+        and what it is waiting on (hooks since when, sleeps until when, steps and retries).
+
+        Raises:
+            WorkflowRunNotFoundError: no run has this id.
+        """
+        return await self._rt.run_info(self.run_id)
 
     async def wait(self, timeout: float | None = None) -> None:
         """Wait until the run has ended and its end is durable.

@@ -41,12 +41,14 @@ from .backend import (
     share_ownership,
     shared_log,
 )
+from .catalog import Catalog, MemoryCatalog
 from .clock import Clock
 from .core.ops import HookHandle
 from .crypto import KeyRing
 from .failure import Failure
 from .front import Front
 from .ids import new_token
+from .inspection import Inspection
 from .journal import Journal, LogHealth
 from .limits import Identity, Limits
 from .log.store import Durability, EventStore
@@ -81,7 +83,7 @@ def current_runtime() -> Runtime:
     return cast(Runtime, current_api.current())
 
 
-class Runtime:
+class Runtime(Inspection):
     """The durable workflow runtime, embedded: ``async with Runtime(...) as rt``.
 
     ``durability="none"`` skips fsync: for tests and benchmarks only (it is logged as such).
@@ -183,6 +185,7 @@ class Runtime:
         )
         self.front = self._make_front()
         self.metrics = RuntimeMetrics(self.state, self.journal, self.supervisor.mailbox_backlog)
+        self.catalog: Catalog = MemoryCatalog(self.state, self._read, self.payloads)
         self.store: EventStore
         self.torn_tail: str | None = None
         self._failure = Failure(lambda exc: self.journal.writer.stop_accepting(exc))
@@ -290,6 +293,7 @@ class Runtime:
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(self.store.close)
                 self.ownership.close()
+                self.catalog.close()
         return None
 
     async def _run_writer(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:

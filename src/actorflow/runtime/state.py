@@ -16,6 +16,7 @@ from typing import Any
 
 from .core import events as ev
 from .core.events import Event
+from .run_index import RunIndex
 
 __all__ = ["HookEntry", "IdempotencyEntry", "PendingStep", "RunState", "State", "Timer"]
 
@@ -42,7 +43,7 @@ class RunState:
 
     __slots__ = (
         "run_id", "workflow_name", "status", "created_at", "positions", "hooks", "terminal",
-        "actor", "done", "external", "pending", "submitted",
+        "actor", "done", "external", "pending", "submitted", "started_at", "version",
     )  # fmt: skip
 
     def __init__(self, run_id: str, workflow_name: str, created_at: float) -> None:
@@ -65,6 +66,10 @@ class RunState:
         self.external = 0
         #: Ids of the run's live timers and started steps (void when the run ends).
         self.pending: list[str] | None = None
+        #: When ``run_started`` was recorded (``None`` before); the end is ``terminal``'s time.
+        self.started_at: float | None = None
+        #: The version the run was started under (``run_created``'s ``"version"``), if any.
+        self.version: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -146,15 +151,26 @@ class State:
         #: idempotency key of a start -> the run it started.
         self.start_keys: dict[str, str] = {}
         self.events = 0
+        #: Run ids sorted for listing (built on the first listing, see ``run_index.py``).
+        self.index = RunIndex()
+
+    def forget(self, run_id: str) -> None:
+        """Remove a run from the state and from the listing index (retention)."""
+        self.runs.pop(run_id, None)
+        self.index.drop(run_id)
 
     def apply(self, event: Event) -> None:
         """Fold one event in. Events of unknown runs (other than ``run_created``) are ignored."""
         self.events += 1
         kind = event.type
         if kind == ev.RUN_CREATED:
-            self.runs[event.run_id] = RunState(
+            created = self.runs[event.run_id] = RunState(
                 event.run_id, str(event.data.get("workflow")), event.created_at
             )
+            version = event.data.get("version")
+            if version is not None:
+                created.version = str(version)
+            self.index.added(created)
             key = event.data.get("idempotency_key")
             if key is not None:
                 self.start_keys[str(key)] = event.run_id
@@ -165,7 +181,10 @@ class State:
         new = _STATUS_OF.get(kind)
         if new is not None:
             if new in RUN_TRANSITIONS[run.status]:
+                self.index.moved(run.run_id, run.status, new)
                 run.status = new
+                if new == "running":
+                    run.started_at = event.created_at
                 if new in TERMINAL_STATUSES:
                     run.terminal = event
                     self._release(run)
