@@ -14,6 +14,8 @@ Routes (``PREFIX`` is ``/.well-known/workflow/v1``)::
     GET         PREFIX/openapi.json          the routes as OpenAPI 3.0
     GET         /healthz                     liveness and log-writer health
     GET         /metrics                     Prometheus metrics (open, like /healthz)
+    GET, POST   PREFIX/ui/...                the web inspector (``inspector/``): pages behind
+                                             a sign-in with the resume secret
 
 The bearer routes exist only when a resume secret is set; without one they are ``404`` like any
 unknown path. Tokens and bodies are never logged: a token is a credential.
@@ -45,6 +47,7 @@ from ..runtime import codec
 from ..runtime.runtime import Runtime
 from ..runtime.webhook_request import Request
 from .inspect_routes import add_inspect_routes
+from .inspector import add_inspector
 from .metrics import add_metrics_route
 from .openapi import openapi_document
 from .responses import (
@@ -204,6 +207,7 @@ def create_blueprint(
             f"{PREFIX}/runs/<run_id>/cancel", "cancel_run", edge.cancel_run, methods=["POST"]
         )
         add_inspect_routes(bp, PREFIX, runtime, edge.authorize)
+        add_inspector(bp, PREFIX, runtime, resume_secret)
     if manage_runtime:
 
         async def start_runtime() -> None:

@@ -39,6 +39,7 @@ __all__ = [
     "from_webhook_response",
     "json_response",
     "problem",
+    "status_of",
 ]
 
 logger = logging.getLogger("actorflow.http")
@@ -142,3 +143,14 @@ def _raw_json(status: int, body: bytes, headers: Mapping[str, str] | None = None
     if headers:
         out.headers.update(headers)
     return out
+
+
+def status_of(exc: BaseException) -> int:
+    """The HTTP status the table above gives ``exc`` (``500`` for anything unexpected)."""
+    if isinstance(exc, HTTPException):
+        return exc.code or 500
+    if isinstance(exc, WorkflowError):
+        for cls, status in _STATUS:
+            if isinstance(exc, cls):
+                return status
+    return 500
