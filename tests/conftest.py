@@ -216,6 +216,7 @@ _SUITES = {
     "web": "HTTP",
     "runtime": "runtime",
     "conformance": "conformance",
+    "browser": "browser",
 }
 
 
