@@ -22,6 +22,8 @@ from tests.web.conftest import Served, _served
 
 require_psycopg()
 
+from psycopg import sql  # noqa: E402
+
 import actorflow as af  # noqa: E402
 from actorflow.runtime.log.postgres_cluster import ClusterLog  # noqa: E402
 
@@ -198,3 +200,44 @@ async def test_the_cli_on_a_store(pg_database: Database, pg_schema: str, tmp_pat
         assert await waiting.result(timeout=20) == "1"
         missing = await _cli("runs", "show", "wrun_missing", *store)
         assert missing.returncode == 1 and b"wrun_missing" in missing.stderr
+
+
+async def test_a_version_2_schema_gets_its_listing_columns_filled(
+    pg_database: Database, pg_schema: str, tmp_path: Path
+) -> None:
+    async with af.Runtime(tmp_path / "old", WORKFLOWS, store=pg_database.url, schema=pg_schema,
+                          durability="none") as rt:  # fmt: skip
+        failed = await rt.start(fails)
+        waiting = await rt.start(waits, "old")
+        await _settled(rt, failed, "failed")
+        await wait_until(lambda: "pg:old" in rt.state.tokens)
+        before = [(r.run_id, r.status, r.created_at, r.started_at, r.completed_at)
+                  for r in (await rt.list_runs()).items]  # fmt: skip
+    # Back to what schema version 2 had: no listing columns, no listing indexes.
+    runs = sql.Identifier(pg_schema, "runs")
+    pg_database.run(
+        sql.SQL(
+            "ALTER TABLE {} DROP COLUMN created, DROP COLUMN started, DROP COLUMN ended, "
+            "DROP COLUMN version"
+        ).format(runs)
+    )
+    for index in ("runs_status_listing", "runs_workflow_listing"):
+        pg_database.run(sql.SQL("DROP INDEX {}").format(sql.Identifier(pg_schema, index)))
+    pg_database.run(
+        sql.SQL("DELETE FROM {} WHERE version = 3").format(
+            sql.Identifier(pg_schema, "schema_version")
+        )
+    )
+    async with af.Runtime(tmp_path / "new", WORKFLOWS, store=pg_database.url, schema=pg_schema,
+                          durability="none") as rt:  # fmt: skip
+        after = [(r.run_id, r.status, r.created_at, r.started_at, r.completed_at)
+                 for r in (await rt.list_runs()).items]  # fmt: skip
+        assert after == before
+        assert [r.run_id for r in (await rt.list_runs(status="running")).items] == [waiting.run_id]
+    indexes = {
+        row[0]
+        for row in pg_database.query(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = %s", (pg_schema,)
+        )
+    }
+    assert {"runs_status_listing", "runs_workflow_listing"} <= indexes
