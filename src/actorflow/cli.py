@@ -10,6 +10,7 @@
     actorflow keys generate
     actorflow log verify DIR
     actorflow log dump DIR [--run ID]
+    actorflow runs list|show|cancel, hooks list|resume, events RUN_ID   (inspect_cli.py)
 
 ``serve`` imports ``MODULE`` (from ``--app-dir``, the current directory by default), takes the
 list of workflows named ``ATTR`` (default ``workflows``), and serves them with Hypercorn. The
@@ -34,6 +35,7 @@ from typing import Any
 import orjson
 
 from .errors import DecryptionError, WorkflowError
+from .inspect_cli import add_inspect_commands
 from .runtime.workflow import WorkflowFunction
 
 __all__ = ["main"]
@@ -160,6 +162,8 @@ def _parser() -> argparse.ArgumentParser:
     dump.add_argument("dir", metavar="DIR", help="the data directory (or its log/)")
     dump.add_argument("--run", help="only this run's events")
     dump.set_defaults(command=_log_dump)
+
+    add_inspect_commands(commands)
 
     commands.add_parser(
         "bench",

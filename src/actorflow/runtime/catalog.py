@@ -16,12 +16,14 @@ from typing import Protocol
 import anyio.to_thread
 
 from ..errors import WorkflowRunNotFoundError
+from .backend import shared_log
 from .describe import event_record, hook_summary, run_summary
+from .log.store import EventStore
 from .payloads import Payloads
 from .query import EventRecord, HookSummary, Page, RunQuery, RunSummary, encode_hook_cursor, page_of
 from .state import HookEntry, State
 
-__all__ = ["Catalog", "MemoryCatalog"]
+__all__ = ["Catalog", "MemoryCatalog", "shared_catalog"]
 
 
 class Catalog(Protocol):
@@ -135,3 +137,19 @@ class MemoryCatalog:
 
     def close(self) -> None:
         pass
+
+
+def shared_catalog(store: EventStore, state: State, payloads: Payloads) -> Catalog | None:
+    """The PostgreSQL catalog over a shared PostgreSQL log, else ``None``."""
+    log = shared_log(store)
+    if log is None:
+        return None
+    from .postgres_catalog import PostgresCatalog
+
+    def buffered(token: str, hook_id: str) -> int | None:
+        entry = state.tokens.get(token)
+        if entry is None or entry.hook_id != hook_id or entry.remote is not None:
+            return None  # owned by another node: only it knows
+        return entry.untaken
+
+    return PostgresCatalog(log.dsn, log.schema, payloads, buffered)

@@ -41,7 +41,7 @@ from .backend import (
     share_ownership,
     shared_log,
 )
-from .catalog import Catalog, MemoryCatalog
+from .catalog import Catalog, MemoryCatalog, shared_catalog
 from .clock import Clock
 from .core.ops import HookHandle
 from .crypto import KeyRing
@@ -355,6 +355,7 @@ class Runtime(Inspection):
         self.node_id = shared_log(self.store).node_id
         self.ownership = self._services.ownership = shared
         self.front = self._make_front()
+        self.catalog = shared_catalog(self.store, self.state, self.payloads) or self.catalog
 
     def describe_store(self) -> str:
         """Where the log is, for messages (never a password)."""

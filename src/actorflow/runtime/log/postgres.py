@@ -195,6 +195,30 @@ _MIGRATIONS: tuple[_Migration, ...] = (
             ON CONFLICT DO NOTHING""",
         ),
     ),
+    _Migration(
+        3,
+        "listing runs: creation, start and end times, version, and indexes to page by",
+        (
+            # Event times (seconds since the epoch, as in the records), not insertion times.
+            "ALTER TABLE {schema}.runs ADD COLUMN created double precision, "
+            "ADD COLUMN started double precision, ADD COLUMN ended double precision, "
+            "ADD COLUMN version text",
+            """UPDATE {schema}.runs r SET
+                created = (convert_from(e.record, 'UTF8')::json ->> 4)::double precision,
+                version = convert_from(e.record, 'UTF8')::json -> 5 ->> 'version'
+            FROM {schema}.events e WHERE e.run_id = r.run_id AND e.type = 'run_created'""",
+            """UPDATE {schema}.runs r SET
+                started = (convert_from(e.record, 'UTF8')::json ->> 4)::double precision
+            FROM {schema}.events e WHERE e.run_id = r.run_id AND e.type = 'run_started'""",
+            """UPDATE {schema}.runs r SET
+                ended = (convert_from(e.record, 'UTF8')::json ->> 4)::double precision
+            FROM {schema}.events e WHERE e.run_id = r.run_id
+                AND e.type IN ('run_completed', 'run_failed', 'run_cancelled')""",
+            # Run ids sort by creation time: newest first is a backward scan of an index.
+            "CREATE INDEX runs_status_listing ON {schema}.runs (status, run_id)",
+            "CREATE INDEX runs_workflow_listing ON {schema}.runs (workflow, run_id)",
+        ),
+    ),
 )
 
 #: The schema version this code creates, reads and writes.

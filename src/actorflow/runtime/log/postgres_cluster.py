@@ -78,6 +78,10 @@ class _Changes:
 
     columns: _Columns = field(default_factory=lambda: _Columns([], [], [], []))
     created_runs: dict[str, str] = field(default_factory=dict)  # run id -> workflow
+    # run id -> (created_at, version) of the created runs, for listing
+    created_meta: dict[str, tuple[float, str | None]] = field(default_factory=dict)
+    # run id -> [started_at, ended_at] set by the batch (None: unchanged)
+    times: dict[str, list[float | None]] = field(default_factory=dict)
     status: dict[str, str] = field(default_factory=dict)  # run id -> its latest status
     ended: list[str] = field(default_factory=list)
     hooks_added: dict[str, tuple[str, str, str, str]] = field(default_factory=dict)
@@ -112,7 +116,7 @@ def _changes(records: Sequence[bytes]) -> _Changes:
                 "([event_id, run_id, type, correlation_id, created_at, data] with text ids): "
                 "the PostgreSQL log indexes events by their ids; nothing was written"
             )
-        event_id, run_id, kind, corr, _, data = fields
+        event_id, run_id, kind, corr, created_at, data = fields
         columns = out.columns
         columns.event_ids.append(event_id)
         columns.run_ids.append(run_id)
@@ -122,12 +126,19 @@ def _changes(records: Sequence[bytes]) -> _Changes:
             out.from_inbox.append(event_id)
         if kind == "run_created":
             out.created_runs[run_id] = str(data.get("workflow", ""))
+            version = data.get("version")
+            out.created_meta[run_id] = (
+                float(created_at),
+                None if version is None else str(version),
+            )
             out.status[run_id] = "pending"
         elif kind == "run_started":
             out.status[run_id] = "running"
+            out.times.setdefault(run_id, [None, None])[0] = float(created_at)
         elif kind in _TERMINAL:
             out.status[run_id] = _TERMINAL[kind]
             out.ended.append(run_id)
+            out.times.setdefault(run_id, [None, None])[1] = float(created_at)
         elif kind == "hook_created":
             token = str(data.get("token"))
             out.hooks_added[token] = (token, run_id, corr or "", event_id)
@@ -221,13 +232,30 @@ class ClusterLog(PostgresLog):
                     lost = sorted(set(owned_before) - {row[0] for row in found})
                     raise self._lost(lost)
             if changes.created_runs:
+                meta = [changes.created_meta[r] for r in changes.created_runs]
                 conn.execute(
                     q.insert_runs,
-                    (list(changes.created_runs), list(changes.created_runs.values()), node),
+                    (
+                        list(changes.created_runs),
+                        list(changes.created_runs.values()),
+                        [m[0] for m in meta],
+                        [m[1] for m in meta],
+                        node,
+                    ),
                 )
             positions = self._insert_records(conn, columns, records)
             if changes.status:
-                conn.execute(q.set_status, (list(changes.status), list(changes.status.values())))
+                none: list[float | None] = [None, None]
+                times = [changes.times.get(r, none) for r in changes.status]
+                conn.execute(
+                    q.set_status,
+                    (
+                        list(changes.status),
+                        list(changes.status.values()),
+                        [t[0] for t in times],
+                        [t[1] for t in times],
+                    ),
+                )
             if changes.hooks_removed:
                 tokens, hook_ids = map(list, zip(*changes.hooks_removed, strict=True))
                 conn.execute(q.remove_hooks, (tokens, hook_ids))
@@ -822,14 +850,19 @@ class _ClusterQueries:
             "SELECT run_id FROM {runs} WHERE run_id = ANY(%s) AND owner = %s FOR SHARE",
             runs="runs",
         )
+        # A row reserved by start_once gets its creation time and version here.
         self.insert_runs = render(
-            "INSERT INTO {runs} (run_id, workflow, status, owner) "
-            "SELECT r, w, 'pending', o FROM unnest(%s::text[], %s::text[]) AS x(r, w), "
-            "(SELECT %s::text AS o) AS node ON CONFLICT (run_id) DO NOTHING",
+            "INSERT INTO {runs} (run_id, workflow, status, owner, created, version) "
+            "SELECT r, w, 'pending', o, c, v FROM "
+            "unnest(%s::text[], %s::text[], %s::float8[], %s::text[]) AS x(r, w, c, v), "
+            "(SELECT %s::text AS o) AS node ON CONFLICT (run_id) DO UPDATE "
+            "SET created = excluded.created, version = excluded.version",
             runs="runs",
         )
         self.set_status = render(
-            "UPDATE {runs} SET status = x.s FROM unnest(%s::text[], %s::text[]) AS x(r, s) "
+            "UPDATE {runs} SET status = x.s, started = coalesce(x.st, {runs}.started), "
+            "ended = coalesce(x.en, {runs}.ended) "
+            "FROM unnest(%s::text[], %s::text[], %s::float8[], %s::float8[]) AS x(r, s, st, en) "
             "WHERE {runs}.run_id = x.r",
             runs="runs",
         )
