@@ -12,8 +12,10 @@ from typing import Any
 import httpx
 import pytest
 from tests.conftest import wait_for_hook
+from tests.web.conftest import current_worker
 
 import actorflow as af
+from actorflow.http import create_app
 from actorflow.http.inspector import COOKIE
 from actorflow.http.inspector.session import Sessions
 
@@ -91,10 +93,14 @@ async def test_signing_in_sets_an_httponly_strict_cookie_and_a_wrong_secret_is_r
         assert cookie.startswith(f"{COOKIE}=")
         assert SECRET not in cookie
         flags = {part.strip().lower() for part in cookie.split(";")}
-        assert {"httponly", "samesite=strict", f"path={UI.lower()}/"} <= flags
+        assert {"httponly", "samesite=strict", f"path={UI.lower()}/", "max-age=43200"} <= flags
+        assert "secure" not in flags  # plain HTTP here; see the HTTPS test below
         page = await client.get(f"{UI}/")
         assert page.status_code == 200
-        assert "default-src 'none'" in page.headers["content-security-policy"]
+        policy = page.headers["content-security-policy"]
+        assert "default-src 'none'" in policy and "frame-ancestors 'none'" in policy
+        assert "script-src" not in policy  # no script of any origin
+        assert page.headers["x-frame-options"] == "DENY"
         assert page.headers["cache-control"] == "no-store"
         # An absolute or foreign "next" is not followed (no open redirect).
         client.cookies.clear()
@@ -217,6 +223,48 @@ async def test_the_run_list_pages_and_filters(rt: af.Runtime, served: Any) -> No
         assert seen == [run.run_id for run in reversed(started)]  # newest first, each once
         by_workflow = await client.get(f"{UI}/", params={"workflow": "approval"})
     assert re.findall(r'href="[^"]*/runs/(wrun_[0-9a-f]+)"', by_workflow.text) == [waiting.run_id]
+
+
+async def test_over_https_the_cookie_is_secure(rt: af.Runtime) -> None:
+    # The app's own test client (no TLS server needed to give a request the https scheme).
+    app = create_app(rt, resume_secret=SECRET, manage_runtime=False, worker=current_worker())  # type: ignore[arg-type]
+    client = app.test_client()
+    response = await client.post(
+        f"{UI}/login", form={"secret": SECRET, "next": f"{UI}/"}, scheme="https"
+    )
+    assert response.status_code == 303
+    flags = {part.strip().lower() for part in response.headers["set-cookie"].split(";")}
+    assert "secure" in flags
+
+
+@af.workflow
+async def chatty() -> int:
+    count = 0
+    async for _ in af.create_hook(token="chatty"):
+        count += 1
+    return count
+
+
+async def test_a_long_timeline_is_paged_by_100(data_dir: Path, served: Any) -> None:
+    async with af.Runtime(data_dir, [chatty], durability="none") as rt:
+        run = await rt.start(chatty)
+        await wait_for_hook(rt, "chatty")
+        for n in range(110):
+            await rt.resume_hook("chatty", n)
+        await rt.wait_idle()
+        total = len(rt.state.runs[run.run_id].positions)
+        assert total > 110
+        async with served(rt) as client:
+            await sign_in(client)
+            first = await client.get(f"{UI}/runs/{run.run_id}")
+            later = re.search(r'rel="next" href="([^"]+)"', first.text)
+            assert later is not None
+            second = await client.get(later.group(1).replace("&amp;", "&"))
+    seqs = [int(s) for s in re.findall(r'<tr class="event [a-z_]+">\s*<td>(\d+)</td>', first.text)]
+    rest = [int(s) for s in re.findall(r'<tr class="event [a-z_]+">\s*<td>(\d+)</td>', second.text)]
+    assert seqs == list(range(1, 101))
+    assert rest == list(range(101, total + 1))
+    assert 'rel="next"' not in second.text
 
 
 def test_sessions_expire_and_belong_to_their_secret() -> None:
