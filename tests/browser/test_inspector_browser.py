@@ -198,7 +198,8 @@ def test_filters_narrow_the_list(page: Any, served: Served) -> None:
     page.wait_for_url("**workflow=reminder**")
     assert listed(page) == [served.runs["sleeping"]]
     page.click("a:has-text('Clear')")
-    assert len(listed(page)) == len(served.runs) or len(listed(page)) == 25
+    page.wait_for_url(f"**{UI}/")
+    assert set(statuses(page).values()) >= {"running", "completed", "failed", "cancelled"}
 
 
 def test_paging_through_the_list_shows_each_run_once(page: Any, served: Served) -> None:
