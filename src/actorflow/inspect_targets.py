@@ -178,7 +178,8 @@ class DataDirTarget:
         # Read afresh each time: a follower sees what a running server appended since.
         state = _fold(read_log(self.log_dir), self.payloads)
         log_dir = self.log_dir
-        return state, MemoryCatalog(state, lambda ps: read_at(log_dir, ps), self.payloads)
+        read = lambda ps: read_at(log_dir, ps)  # noqa: E731
+        return state, MemoryCatalog(state, read, self.payloads, live=False)
 
     def list_runs(self, **filters: Any) -> dict[str, Any]:
         query = check_run_query(**filters)

@@ -119,6 +119,8 @@ async def test_hooks_events_and_info_across_nodes(nodes: tuple[af.Runtime, af.Ru
     napping = await b.start(sleeps)
     await wait_until(lambda: "pg:x" in b.state.tokens)
     await _settled(b, napping, "running")
+    # Node b's fold has the hook at once; the shared table once b's append commits.
+    await b.wait_idle()
     hooks = await a.list_hooks()
     assert [(h.token, h.run_id, h.kind) for h in hooks.items] == [("pg:x", run.run_id, "hook")]
     assert hooks.items[0].buffered is None  # owned by node b: only b knows

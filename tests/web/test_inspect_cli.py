@@ -80,6 +80,8 @@ async def test_reads_a_file_log_a_runtime_holds_open(tmp_path: Path) -> None:
         assert [r["run_id"] for r in only] == [failed.run_id]
         hooks = lines(await actorflow("hooks", "list", "--data-dir", data, "--json"))
         assert [(h["token"], h["run_id"]) for h in hooks] == [("c:x", waiting.run_id)]
+        # Only the process running the workflow counts what it has not taken yet.
+        assert hooks[0]["buffered"] is None and hooks[0]["received"] == 0
         shown = lines(await actorflow("runs", "show", waiting.run_id, "--data-dir", data,
                                       "--json"))  # fmt: skip
         assert shown[0]["waiting_on"]["hooks"][0]["token"] == "c:x"

@@ -452,7 +452,10 @@ class _Edge:
 
     async def _describe_run(self, run_id: str) -> dict[str, Any]:
         run = self.rt.get_run(run_id)
-        status = await run.status()
+        # One reading of the run for its status, times and waits (the query API's RunInfo):
+        # a status read apart from them could say "completed" beside a run still waiting.
+        info = await run.info()
+        status = info.status
         # The hooks listed below (webhook URLs) must be on disk before anyone can see them.
         state, live_hooks = await self.rt.front.live_hooks(run_id)
         out: dict[str, Any] = {
@@ -480,8 +483,7 @@ class _Edge:
                 hook["url"] = f"{self.rt.base_url}{PREFIX}/webhook/{token}"
             hooks.append(hook)
         out["hooks"] = hooks
-        # Workflow name, times, version and what the run waits on (the query API's RunInfo).
-        out.update((await run.info()).to_json())
+        out.update(info.to_json())
         return out
 
 

@@ -62,10 +62,15 @@ class MemoryCatalog:
         state: State,
         read: Callable[[list[int]], Sequence[bytes]],
         payloads: Payloads,
+        *,
+        live: bool = True,
     ) -> None:
         self._state = state
         self._read = read
         self._payloads = payloads
+        #: False for a fold read from a log another process runs (the CLI's --data-dir): no
+        #: actor here counts the payloads its workflow has not taken yet.
+        self._live = live
 
     async def list_runs(self, query: RunQuery) -> Page[RunSummary]:
         return self.runs_page(query)
@@ -119,7 +124,7 @@ class MemoryCatalog:
         entries.sort(key=lambda e: e.token)
         if after_token is not None:
             entries = [e for e in entries if e.token > after_token]
-        chosen = [hook_summary(e) for e in entries[: limit + 1]]
+        chosen = [hook_summary(e, known=self._live) for e in entries[: limit + 1]]
         return page_of(chosen, limit, lambda last: encode_hook_cursor(last.token))
 
     async def list_events(self, run_id: str, after: int, limit: int) -> Page[EventRecord]:

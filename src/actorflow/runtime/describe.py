@@ -83,8 +83,8 @@ def run_info(run: RunState, state: State) -> RunInfo:
     )
 
 
-def hook_summary(entry: HookEntry) -> HookSummary:
-    """A live hook as ``list_hooks`` shows it."""
+def hook_summary(entry: HookEntry, *, known: bool = True) -> HookSummary:
+    """A live hook as ``list_hooks`` shows it (``known=False``: its buffer is not counted here)."""
     created = from_timestamp(entry.created_at)
     assert created is not None
     return HookSummary(
@@ -94,7 +94,7 @@ def hook_summary(entry: HookEntry) -> HookSummary:
         kind="webhook" if entry.webhook is not None else "hook",
         created_at=created,
         received=entry.received,
-        buffered=None if entry.remote is not None else entry.untaken,
+        buffered=entry.untaken if known and entry.remote is None else None,
     )
 
 

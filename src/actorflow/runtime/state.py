@@ -170,7 +170,8 @@ class State:
             version = event.data.get("version")
             if version is not None:
                 created.version = str(version)
-            self.index.added(created)
+            if self.index.built:  # checked here: recovery folds a million runs past it
+                self.index.added(created)
             key = event.data.get("idempotency_key")
             if key is not None:
                 self.start_keys[str(key)] = event.run_id
@@ -181,7 +182,8 @@ class State:
         new = _STATUS_OF.get(kind)
         if new is not None:
             if new in RUN_TRANSITIONS[run.status]:
-                self.index.moved(run.run_id, run.status, new)
+                if self.index.built:
+                    self.index.moved(run.run_id, run.status, new)
                 run.status = new
                 if new == "running":
                     run.started_at = event.created_at
