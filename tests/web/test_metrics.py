@@ -131,6 +131,7 @@ async def test_the_counters_and_gauges_follow_what_the_runtime_does(
         await rt.cancel_run(cancelled.run_id)
         assert await done.result() == {"ok": 1}
         assert await hooked.result() == 2
+        await rt.wait_idle()
         after = await scrape(client)
 
     assert value(after, "actorflow_runs_started_total") == 5
@@ -194,7 +195,7 @@ async def test_the_log_backlog_shows_events_waiting_for_their_fsync(
 
     store = FileLog(data_dir / "log", fsync=fsync)
     async with af.Runtime(data_dir, WORKFLOWS, store=store) as rt:
-        await rt.start(approval, "slow")
+        slow = await rt.start(approval, "slow")
         await wait_for_hook(rt, "approval:slow")
         await rt.wait_idle()
         async with served(rt) as client, anyio.create_task_group() as tg:
@@ -211,6 +212,7 @@ async def test_the_log_backlog_shows_events_waiting_for_their_fsync(
             hang = False
             release.set()
             await acknowledged.wait()
+            await slow.wait()  # its run_completed is durable too: nothing left waiting
             after = await scrape(client)
     assert value(stuck, "actorflow_log_backlog") >= 1
     assert value(stuck, "actorflow_resumes_total", outcome="delivered") == 0
