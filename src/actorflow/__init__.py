@@ -44,6 +44,7 @@ from .errors import (
     WorkflowRunFailedError,
     WorkflowRunNotFoundError,
 )
+from .runtime.parking import Parking, RetryReport
 from .runtime.records import Hook, Run
 from .runtime.runtime import Runtime
 from .runtime.typed_hooks import TypedHook, define_hook
@@ -53,11 +54,13 @@ from .runtime.workflow import (
     WorkflowMetadata,
     create_hook,
     create_webhook,
+    deprecate_patch,
     first,
     gather,
     get_step_metadata,
     get_workflow_metadata,
     now,
+    patched,
     random,
     sleep,
     step,
@@ -83,10 +86,12 @@ __all__ = [
     "LogWriteError",
     "NonDeterministicAwaitError",
     "OverloadedError",
+    "Parking",
     "PayloadTooLargeError",
     "ReplayDivergenceError",
     "Request",
     "Response",
+    "RetryReport",
     "RetryableError",
     "Run",
     "Runtime",
@@ -106,11 +111,13 @@ __all__ = [
     "create_hook",
     "create_webhook",
     "define_hook",
+    "deprecate_patch",
     "first",
     "gather",
     "get_step_metadata",
     "get_workflow_metadata",
     "now",
+    "patched",
     "random",
     "sleep",
     "step",

@@ -47,6 +47,8 @@ class StoreConfig:
     schema: str
     migrate: bool
     lease_seconds: float
+    #: The runtime's version: on a shared store, the node claims only runs of this version.
+    version: str | None = None
 
 
 Opener = Callable[[StoreConfig], EventStore | None]
@@ -105,6 +107,7 @@ def open_store(config: StoreConfig) -> EventStore:
             schema=config.schema,
             migrate=config.migrate,
             lease_seconds=config.lease_seconds,
+            version=config.version,
         )
     return store
 

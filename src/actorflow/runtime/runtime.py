@@ -52,6 +52,13 @@ from .limits import Identity, Limits
 from .log.store import Durability, EventStore
 from .mailbox import Admission
 from .ownership import LocalOwnership, Ownership
+from .parking import (
+    RetryReport,
+    check_divergence_mode,
+    log_missing_workflow,
+    parked_runs,
+    runs_here,
+)
 from .payloads import Payloads
 from .records import Hook, Run
 from .recovery import recover
@@ -117,6 +124,8 @@ class Runtime:
         lease_seconds: float = 10.0,
         poll_interval: float = 1.0,
         node_id: str | None = None,
+        on_divergence: str = "park",
+        version: str | None = None,
     ) -> None:
         if durability not in ("fsync", "none"):
             raise WorkflowDefinitionError(
@@ -145,7 +154,7 @@ class Runtime:
             max_calls_per_run=max_calls_per_run,
         )
         self.identity = Identity(owner_id, project_id, environment,
-                                 base_url.rstrip("/") if base_url else None)  # fmt: skip
+                                 base_url.rstrip("/") if base_url else None, version)  # fmt: skip
         self.clock = Clock()
         self.state = State()
         self.journal = Journal(self.state, self.clock, self.limits)
@@ -169,7 +178,8 @@ class Runtime:
             timers=self.timers,
             limits=self.limits,
             identity=self.identity,
-            on_missing_workflow=self._log_missing_workflow,
+            on_missing_workflow=log_missing_workflow,
+            on_divergence=check_divergence_mode(on_divergence),
         )
         self.supervisor = Supervisor(
             self._services,
@@ -316,6 +326,8 @@ class Runtime:
 
     def _arm(self, run: RunState) -> None:
         """Start an unfinished run's timers and steps and wake it (recovery, takeover)."""
+        if not runs_here(self.identity.version, run):
+            return  # another version's run: its timers and steps wait for their own runtime
         state = self.state
         for pending_id in list(run.pending or ()):
             timer = state.timers.get(pending_id)
@@ -330,7 +342,8 @@ class Runtime:
 
     def _store_config(self) -> StoreConfig:
         return StoreConfig(self._store_arg, self.data_dir, self.durability, self.node_id,
-                           self.schema, self._migrate, self.lease_seconds)  # fmt: skip
+                           self.schema, self._migrate, self.lease_seconds,
+                           self.identity.version)  # fmt: skip
 
     def _choose_ownership(self) -> None:
         """Share run ownership over a shared PostgreSQL log; otherwise every run is ours."""
@@ -390,13 +403,6 @@ class Runtime:
         from ..verify import resolve_secret
 
         return resolve_secret(name, self.secrets)
-
-    def _log_missing_workflow(self, run: RunState) -> None:
-        logger.error(
-            "run %s uses workflow %r, which this runtime does not have; it waits until a "
-            "runtime with that workflow registered starts",
-            run.run_id, run.workflow_name,
-        )  # fmt: skip
 
     # -- the outside API ---------------------------------------------------------------------
 
@@ -486,6 +492,13 @@ class Runtime:
             LogWriteError: the log failed.
         """
         await self.front.cancel_run(run_id, reason)
+
+    async def retry_parked(self) -> RetryReport:
+        """Replay this runtime's parked runs with its code now (see ``parking.py``).
+
+        Returns which runs go on again and which are still parked."""
+        retried = parked_runs(self.state, self.identity.version)
+        return RetryReport.of(retried, await self.supervisor.retry(retried))
 
     async def wait_idle(self, timeout: float = math.inf) -> None:
         """Wait until the log has written everything submitted (for tests and shutdown)."""
