@@ -230,11 +230,14 @@ class Actor:
         if self.machine is not machine:
             return
         self._count_untaken(machine)
+        if self.run.parked is not None and not self.run.finished:
+            self._unpark()  # replayed whole, waiting for what comes next
+
+    def _unpark(self) -> None:
         run = self.run
-        if run.parked is not None and not run.finished:
-            journal = svc.journal
-            journal.record(journal.event(run.run_id, ev.RUN_UNPARKED, None, {}))
-            logger.info("run %s fits its code again and goes on", run.run_id)
+        journal = self.svc.journal
+        journal.record(journal.event(run.run_id, ev.RUN_UNPARKED, None, {}))
+        logger.info("run %s fits its code again and goes on", run.run_id)
 
     def _park(self, data: dict[str, Any]) -> None:
         """Stop the run without ending it; record why, unless that is already recorded."""
@@ -290,6 +293,9 @@ class Actor:
     def _carry_out(self, machine: Machine, commands: deque[Command]) -> None:
         """Turn commands into events, in order, feeding answers back to the machine."""
         svc = self.svc
+        if commands and self.run.parked is not None and type(commands[0]) is not ParkRun:
+            # A command past the history: the code replayed all of it, before going on.
+            self._unpark()
         while commands:
             if self.run.finished or machine is not self.machine:
                 return

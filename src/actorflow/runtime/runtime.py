@@ -356,6 +356,7 @@ class Runtime:
             fail=self.fail,
             failure=lambda: self.failure,
             poll_interval=self.poll_interval,
+            version=self.identity.version,
         )
         if shared is None:
             return

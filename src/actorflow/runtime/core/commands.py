@@ -110,8 +110,16 @@ class ParkRun:
 
 
 Command = (
-    StartStep | CreateHook | DisposeHook | CreateWait | CancelWait | Respond | CompleteRun | FailRun
-    | MarkPatch | ParkRun
+    StartStep
+    | CreateHook
+    | DisposeHook
+    | CreateWait
+    | CancelWait
+    | Respond
+    | CompleteRun
+    | FailRun
+    | MarkPatch
+    | ParkRun
 )
 
 
