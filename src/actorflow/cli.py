@@ -10,6 +10,7 @@
     actorflow keys generate
     actorflow log verify DIR
     actorflow log dump DIR [--run ID]
+    actorflow runs retry --url URL                                   (retry_cli.py)
 
 ``serve`` imports ``MODULE`` (from ``--app-dir``, the current directory by default), takes the
 list of workflows named ``ATTR`` (default ``workflows``), and serves them with Hypercorn. The
@@ -34,6 +35,7 @@ from typing import Any
 import orjson
 
 from .errors import DecryptionError, WorkflowError
+from .retry_cli import add_retry_command
 from .runtime.workflow import WorkflowFunction
 
 __all__ = ["main"]
@@ -100,6 +102,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--worker", choices=("asyncio", "trio"), default="asyncio")
     serve.add_argument(
+        "--version",
+        help="the version of the code served: stamped on each new run, and only runs of this "
+        "version are run here (default: unset, any run)",
+    )
+    serve.add_argument(
         "--resume-secret",
         help=f"bearer secret of the resume/hook/run routes (better: {RESUME_SECRET_ENV})",
     )
@@ -161,6 +168,9 @@ def _parser() -> argparse.ArgumentParser:
     dump.add_argument("--run", help="only this run's events")
     dump.set_defaults(command=_log_dump)
 
+    runs = commands.add_parser("runs", help="runs of a server").add_subparsers(metavar="ACTION")
+    add_retry_command(runs)
+
     commands.add_parser(
         "bench",
         help="run the benchmark harness of the checkout in the current directory "
@@ -212,6 +222,7 @@ def _serve(args: argparse.Namespace) -> int:
             migrate=not args.no_migrate,
             schema=args.schema,
             lease_seconds=args.lease_seconds,
+            version=args.version,
         )
         app = create_app(
             runtime,

@@ -10,6 +10,7 @@ test_core_on_postgres.py`` runs these tests again on PostgreSQL, unchanged.
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from tests.conftest import read_events, wait_for_hook, wait_until
 
 import actorflow as af
 from actorflow.runtime.runtime import Runtime
+from actorflow.runtime.workflow import UnstableNameWarning
 
 pytestmark = pytest.mark.anyio
 
@@ -464,3 +466,29 @@ async def test_an_unversioned_runtime_runs_any_run(tmp_path: Path) -> None:
         await rt.resume_hook("ver:any", 7)
         with anyio.fail_after(10):
             assert await rt.get_run(run.run_id).result() == 7
+
+
+# -- stable names --------------------------------------------------------------------------------
+
+
+def test_a_step_whose_default_name_depends_on_main_warns_at_decoration() -> None:
+    async def settle(order: str) -> str:
+        return order
+
+    async def refund(order: str) -> str:
+        return order
+
+    settle.__module__ = refund.__module__ = "__main__"  # defined in a script run directly
+    settle.__qualname__, refund.__qualname__ = "settle", "refund"
+    with pytest.warns(UnstableNameWarning, match=r"af\.step\(name=") as caught:
+        decorated = af.step(settle)
+    assert decorated.name == "__main__.settle"
+    assert caught[0].filename == __file__  # points at the decoration, not at actorflow
+    with pytest.warns(UnstableNameWarning) as caught:
+        af.step(max_retries=1)(refund)
+    assert caught[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert af.step(name="billing.refund")(refund).name == "billing.refund"  # chosen: quiet
+        assert af.step(reserve.fn).name == reserve.name  # a real module: quiet
+        assert af.workflow(settle).name == "settle"  # a workflow's default is its __name__

@@ -9,6 +9,7 @@ Routes (``PREFIX`` is ``/.well-known/workflow/v1``)::
     POST        PREFIX/runs                  bearer: start
     GET         PREFIX/runs/<run_id>         bearer: status, result or error, live hooks
     POST        PREFIX/runs/<run_id>/cancel  bearer: cancel
+    POST        PREFIX/runs/retry-parked     bearer: retry parked runs (``deploy_routes.py``)
     GET         PREFIX/openapi.json          the routes as OpenAPI 3.0
     GET         /healthz                     liveness and log-writer health
 
@@ -41,6 +42,7 @@ from ..errors import HookNotFoundError, WorkflowDefinitionError
 from ..runtime import codec
 from ..runtime.runtime import Runtime
 from ..runtime.webhook_request import Request
+from .deploy_routes import add_deploy_routes
 from .openapi import openapi_document
 from .responses import (
     error_response,
@@ -197,6 +199,7 @@ def create_blueprint(
         bp.add_url_rule(
             f"{PREFIX}/runs/<run_id>/cancel", "cancel_run", edge.cancel_run, methods=["POST"]
         )
+        add_deploy_routes(bp, PREFIX, runtime, edge.authorize)
     if manage_runtime:
 
         async def start_runtime() -> None:
@@ -394,6 +397,10 @@ class _Edge:
         return json_response(200, await self._describe_run(run_id))
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def authorize(self) -> None:
+        """Refuse the request (``401``) unless it carries the resume secret."""
+        self._authorize()
 
     def _authorize(self) -> None:
         assert self._secret is not None  # the routes exist only with a secret

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .deploy_routes import deploy_paths, deploy_schemas
+
 __all__ = ["openapi_document"]
 
 _PREFIX = "/.well-known/workflow/v1"
@@ -250,12 +252,13 @@ def openapi_document(*, resume_routes: bool) -> dict[str, Any]:
                 },
             }
         }
+        paths.update(deploy_paths(_PREFIX, bearer))
     return {
         "openapi": "3.0.3",
         "info": {"title": "actorflow", "version": "1"},
         "paths": paths,
         "components": {
-            "schemas": _SCHEMAS,
+            "schemas": {**_SCHEMAS, **deploy_schemas()},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }
