@@ -12,10 +12,7 @@ commands for the driver. A mismatch fails the run with ``ReplayDivergenceError``
 ``on_divergence="park"``, parks it (``ParkRun``): the machine stops and emits nothing else, so the
 run keeps its hooks, timers and history until code that fits them replays it again.
 
-Patches (``af.patched(id)``) are durable calls too: past the history the first call of an id is
-recorded (``MarkPatch``) and answers True; on replay a recorded marker of that id at this
-position answers True, anything else answers False without being consumed (the run started
-before the patch existed). Either answer holds for the rest of the run.
+Patches (``af.patched(id)``, ``patches.py``) are durable calls too, matched by position.
 
 The shape is h11's: ``start()``, ``feed(event)`` and ``answer(event)`` each return the commands
 the workflow issued, and nothing is asked of the driver mid-turn. Two commands need an answer
@@ -51,7 +48,6 @@ from .commands import (
     CompleteRun,
     CreateWait,
     FailRun,
-    MarkPatch,
     ParkRun,
     Respond,
     StartStep,
@@ -74,6 +70,7 @@ from .ops import (
     SleepOp,
     StepCall,
 )
+from .patches import deprecate_patch, patched
 
 __all__ = [
     "MAX_TOKEN_LENGTH",
@@ -394,41 +391,12 @@ class Machine(FiberScheduler):
     # -- patches -----------------------------------------------------------------------------
 
     def patched(self, patch_id: str) -> bool:
-        """True where the run takes the new branch of patch ``patch_id`` (see the docstring)."""
-        answers = self._patches
-        if answers is None:
-            answers = self._patches = {}
-        known = answers.get(patch_id)
-        if known is not None:
-            return known
-        if self._closing:
-            raise _Abort
-        if self._pos < len(self._recorded):
-            recorded = self._recorded[self._pos]
-            answer = recorded.type == ev.PATCH_MARKED and recorded.data.get("patch") == patch_id
-            if answer:
-                self._calls += 1
-                self._pos += 1
-        else:
-            self._calls += 1
-            self._emit(MarkPatch(patch_id))
-            answer = True
-        answers[patch_id] = answer
-        return answer
+        """True where the run takes the new branch of patch ``patch_id`` (see ``patches.py``)."""
+        return patched(self, patch_id)
 
     def deprecate_patch(self, patch_id: str) -> None:
-        """Consume patch ``patch_id``'s marker where the history has one here; record nothing.
-
-        For code whose old branch is gone: runs that took the new branch have a marker to
-        match, runs started since have none, and both replay.
-        """
-        if self._closing:
-            raise _Abort
-        if self._pos < len(self._recorded):
-            recorded = self._recorded[self._pos]
-            if recorded.type == ev.PATCH_MARKED and recorded.data.get("patch") == patch_id:
-                self._calls += 1
-                self._pos += 1
+        """Match patch ``patch_id``'s marker where the history has one here; record nothing."""
+        deprecate_patch(self, patch_id)
 
     # -- hooks -------------------------------------------------------------------------------
 
