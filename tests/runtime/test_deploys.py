@@ -211,6 +211,20 @@ async def test_on_divergence_is_checked(tmp_path: Path) -> None:
         af.Runtime(tmp_path, on_divergence="ignore")
 
 
+async def test_a_parked_run_can_be_cancelled_and_gives_its_token_back(tmp_path: Path) -> None:
+    async with af.Runtime(tmp_path, workflows=[original]) as rt:
+        run = await rt.start(original, "c")
+        await wait_for_hook(rt, "deploy:c")
+    async with af.Runtime(tmp_path, workflows=[added_step]) as rt:
+        await wait_parked(rt, run.run_id)
+        await rt.get_run(run.run_id).cancel("bad deploy")
+        assert await rt.get_run(run.run_id).status() == "cancelled"
+        assert await rt.get_run(run.run_id).parked() is None
+        with pytest.raises(af.HookNotFoundError):
+            await rt.resume_hook("deploy:c", {"id": "late"})
+        assert (await rt.retry_parked()).parked == []
+
+
 # -- what a parked run keeps ---------------------------------------------------------------------
 
 
