@@ -82,6 +82,11 @@ async def test_two_versions_share_one_schema_and_old_runs_wait_for_an_old_node(
         assert green_nodes.owner(old.run_id) is None
         assert old.run_id not in green.state.runs
         assert await green.get_run(old.run_id).status() == "running"  # still readable
+        # A delivery to it is not lost: no node takes it within a lease, so it is withdrawn
+        # and answered "retry later" (503), with nothing delivered.
+        with pytest.raises(af.OverloadedError):
+            await green.resume_hook("ver:old", {"id": "unheard"})
+        assert green_nodes.count_events(old.run_id, "hook_received") == 1
         async with AsyncExitStack() as third:
             blue2 = await node(nodes_of(pg_database, pg_schema, tmp_path, third, 20), "v1")
             assert old.run_id in blue2.state.runs  # claimed at its start

@@ -381,6 +381,34 @@ async def test_patched_old_runs_take_the_old_branch_new_runs_the_new(tmp_path: P
     assert [(e.run_id, e.data["patch"]) for e in markers] == [(new.run_id, "gift-wrap")]
 
 
+@af.workflow(name="deploy_gift")
+async def gift_unpatched(tag: str) -> list[Any]:
+    reserved = await reserve("book")
+    wrapped = await wrap_gift(tag)  # the new step, deployed without a patch
+    hook = af.create_hook(token=f"gift:{tag}")
+    return [reserved, wrapped, await hook, await hook, True]
+
+
+async def test_a_run_parked_by_a_change_goes_on_once_the_change_is_a_patch(tmp_path: Path) -> None:
+    """The README's worked example: a bad deploy parks, the patched deploy finishes the run."""
+    async with af.Runtime(tmp_path, workflows=[gift_v1]) as rt:
+        run = await rt.start(gift_v1, "w")
+        await wait_for_hook(rt, "gift:w")
+    async with af.Runtime(tmp_path, workflows=[gift_unpatched]) as rt:
+        parking = await wait_parked(rt, run.run_id)
+        assert parking.position == 1 and "gift:w" in (parking.recorded or "")
+        assert "wrap_gift" in (parking.attempted or "")
+        await rt.resume_hook("gift:w", {"id": "a1"})
+        await rt.resume_hook("gift:w", {"id": "a2"})
+        await rt.wait_idle()
+    async with af.Runtime(tmp_path, workflows=[gift_v2]) as rt:
+        with anyio.fail_after(10):
+            result = await rt.get_run(run.run_id).result()
+    assert result == ["reserved book", None, {"id": "a1"}, {"id": "a2"}, False]
+    assert ids_delivered(tmp_path / "log", run.run_id) == ["a1", "a2"]
+    assert types_of(tmp_path / "log", run.run_id)["patch_marked"] == 0
+
+
 async def test_deprecate_patch_replays_runs_that_took_the_new_branch(tmp_path: Path) -> None:
     async with af.Runtime(tmp_path, workflows=[gift_v2]) as rt:
         marked = await rt.start(gift_v2, "m")
