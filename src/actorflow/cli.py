@@ -11,6 +11,7 @@
     actorflow log verify DIR
     actorflow log dump DIR [--run ID]
     actorflow runs list|show|cancel, hooks list|resume, events RUN_ID   (inspect_cli.py)
+    actorflow runs retry --url URL                                   (retry_cli.py)
 
 ``serve`` imports ``MODULE`` (from ``--app-dir``, the current directory by default), takes the
 list of workflows named ``ATTR`` (default ``workflows``), and serves them with Hypercorn. The
@@ -36,6 +37,7 @@ import orjson
 
 from .errors import DecryptionError, WorkflowError
 from .inspect_cli import add_inspect_commands
+from .retry_cli import add_retry_command
 from .runtime.workflow import WorkflowFunction
 
 __all__ = ["main"]
@@ -102,6 +104,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--worker", choices=("asyncio", "trio"), default="asyncio")
     serve.add_argument(
+        "--version",
+        help="the version of the code served: stamped on each new run, and only runs of this "
+        "version are run here (default: unset, any run)",
+    )
+    serve.add_argument(
         "--resume-secret",
         help=f"bearer secret of the resume/hook/run routes (better: {RESUME_SECRET_ENV})",
     )
@@ -163,7 +170,7 @@ def _parser() -> argparse.ArgumentParser:
     dump.add_argument("--run", help="only this run's events")
     dump.set_defaults(command=_log_dump)
 
-    add_inspect_commands(commands)
+    add_retry_command(add_inspect_commands(commands))
 
     commands.add_parser(
         "bench",
@@ -216,6 +223,7 @@ def _serve(args: argparse.Namespace) -> int:
             migrate=not args.no_migrate,
             schema=args.schema,
             lease_seconds=args.lease_seconds,
+            version=args.version,
         )
         app = create_app(
             runtime,

@@ -38,8 +38,9 @@ RESUME_SECRET_ENV = "ACTORFLOW_RESUME_SECRET"
 _TERMINAL = frozenset({"completed", "failed", "cancelled"})
 
 
-def add_inspect_commands(commands: Any) -> None:
-    """Add ``runs``, ``hooks`` and ``events`` to the ``actorflow`` command's subparsers."""
+def add_inspect_commands(commands: Any) -> Any:
+    """Add ``runs``, ``hooks`` and ``events`` to the ``actorflow`` command's subparsers;
+    return the ``runs`` group's subparsers (``runs retry`` joins it)."""
     target = argparse.ArgumentParser(add_help=False)
     where = target.add_argument_group("target (one of)")
     where.add_argument("--url", help="a running actorflow serve (secret: $ACTORFLOW_RESUME_SECRET)")
@@ -88,6 +89,7 @@ def add_inspect_commands(commands: Any) -> None:
     events.add_argument("--follow", action="store_true", help="keep printing until the run ends")
     events.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
     events.set_defaults(command=_events)
+    return runs
 
 
 def _target(args: argparse.Namespace) -> Target:

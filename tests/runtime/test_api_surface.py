@@ -64,6 +64,11 @@ EXPECTED_ALL = {
     "StepMetadata",
     "TypedHook",
     "WorkflowMetadata",
+    # deploying changes (issue 17)
+    "Parking",
+    "RetryReport",
+    "deprecate_patch",
+    "patched",
     # submodules
     "api",
     "verify",

@@ -31,6 +31,7 @@ from actorflow.runtime.core.commands import (
     CreateWait,
     DisposeHook,
     FailRun,
+    ParkRun,
     Respond,
     StartStep,
 )
@@ -56,8 +57,10 @@ class Harness:
         workflow: af.workflow,  # type: ignore[valid-type]
         *args: Any,
         held: dict[str, str] | None = None,
+        on_divergence: str = "fail",
     ) -> None:
         self.workflow = workflow
+        self.on_divergence = on_divergence
         self.args = args
         self.clock = T0
         self.ids = 0
@@ -149,6 +152,7 @@ class Harness:
             new_id=self.new_id,
             new_token=self.new_token,
             recorded=recorded,
+            on_divergence=self.on_divergence,
         )
         return self.machine
 
@@ -205,9 +209,9 @@ class Harness:
         return [e.type for e in self.events]
 
 
-def replay(workflow: Any, log: Sequence[Event], *args: Any) -> Harness:
+def replay(workflow: Any, log: Sequence[Event], *args: Any, on_divergence: str = "fail") -> Harness:
     """A new harness holding ``log``, whose machine is rebuilt from it as ``Actor.build`` does."""
-    harness = Harness(workflow, *args)
+    harness = Harness(workflow, *args, on_divergence=on_divergence)
     harness.events = [copy_event(e) for e in log]
     for event in harness.events[1:]:
         harness.state.apply(event)
@@ -353,12 +357,101 @@ async def linear_swallows_everything(n: int) -> Any:
 )
 def test_divergence_is_detected_on_the_whole_call(changed: Any, position: int, got: str) -> None:
     live = run_linear()
-    again = replay(changed, live.events[:-1], 4)
+    again = replay(changed, live.events[:-1], 4, on_divergence="fail")
     error = again.error()
     assert isinstance(error, af.ReplayDivergenceError)
     assert error.position == position and got in error.got
     # Nothing else was emitted: the run fails instead of continuing on a wrong history.
     assert [type(c) for c in again.commands] == [FailRun]
+
+
+@pytest.mark.parametrize(
+    ("changed", "position", "got"),
+    [
+        (linear_other_arg, 0, "m_double"),
+        (linear_other_token, 1, "approve-v2"),
+        (linear_other_sleep, 2, "sleep until"),
+        (linear_swallows, 0, "m_refuse"),
+        (linear_swallows_everything, 0, "m_refuse"),
+    ],
+)
+def test_a_parking_machine_emits_the_park_and_nothing_else(
+    changed: Any, position: int, got: str
+) -> None:
+    live = run_linear()
+    again = replay(changed, live.events[:-1], 4, on_divergence="park")
+    (park,) = again.commands
+    assert isinstance(park, ParkRun)
+    assert park.position == position and got in park.attempted
+    assert "m_double" in park.recorded or park.position > 0
+    assert again.finished is None  # no terminal event: the run is not ended
+    assert again.types()[-1] == ev.RUN_PARKED
+    # The same history replays cleanly with the code that wrote it, park or not.
+    assert [
+        type(c) for c in replay(linear, live.events[:-1], 4, on_divergence="park").commands
+    ] == [CompleteRun]
+
+
+# -- patches -------------------------------------------------------------------------------------
+
+
+@af.workflow
+async def patched_linear(n: int) -> Any:
+    doubled = await m_double(n)
+    extra = await m_double(100) if af.patched("extra-double") else None
+    again = af.patched("extra-double")  # the first answer holds for the rest of the run
+    hook = af.create_hook(token="approve")
+    return [doubled, extra, again, await hook]
+
+
+def test_patched_is_false_for_a_run_that_started_before_the_patch() -> None:
+    live = Harness(linear, 4)
+    live.start()
+    live.complete_step(live.only_step(), 8)
+    # Replayed with the patched code: no marker where the history has the hook, so False.
+    again = replay(patched_linear, live.events, 4)
+    assert again.commands == []
+    again.resume("approve", "yes")
+    assert again.outcome() == ("completed", [8, None, False, "yes"])
+    assert ev.PATCH_MARKED not in again.types()
+
+
+def test_patched_is_recorded_for_a_new_run_and_replays_true() -> None:
+    live = Harness(patched_linear, 4)
+    live.start()
+    live.complete_step(live.only_step(), 8)
+    assert live.types().count(ev.PATCH_MARKED) == 1
+    marker = next(e for e in live.events if e.type == ev.PATCH_MARKED)
+    assert marker.data == {"patch": "extra-double"}
+    live.complete_step(live.only_step(), 200)
+    again = replay(patched_linear, live.events, 4)
+    assert again.commands == []  # the marker matched: nothing new, not even a second marker
+    again.resume("approve", "yes")
+    assert again.outcome() == ("completed", [8, 200, True, "yes"])
+
+
+@af.workflow
+async def deprecated_linear(n: int) -> Any:
+    doubled = await m_double(n)
+    af.deprecate_patch("extra-double")
+    extra = await m_double(100)
+    hook = af.create_hook(token="approve")
+    return [doubled, extra, True, await hook]
+
+
+def test_deprecate_patch_matches_a_marker_and_needs_none() -> None:
+    marked = Harness(patched_linear, 4)
+    marked.start()
+    marked.complete_step(marked.only_step(), 8)
+    marked.complete_step(marked.only_step(), 200)
+    again = replay(deprecated_linear, marked.events, 4)
+    assert again.commands == []
+    again.resume("approve", "ok")
+    assert again.outcome() == ("completed", [8, 200, True, "ok"])
+    fresh = Harness(deprecated_linear, 4)
+    fresh.start()
+    fresh.complete_step(fresh.only_step(), 8)
+    assert ev.PATCH_MARKED not in fresh.types()
 
 
 # -- hooks ---------------------------------------------------------------------------------------

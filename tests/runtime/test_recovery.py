@@ -285,13 +285,14 @@ async def evolving_compatible(tag: str) -> Any:
 @pytest.mark.parametrize(
     "changed", [evolving_other_step, evolving_reordered, evolving_returns_early]
 )
-async def test_a_changed_workflow_fails_with_replay_divergence(
+async def test_a_changed_workflow_fails_with_replay_divergence_when_asked_to(
     tmp_path: Path, changed: Any
 ) -> None:
     async with af.Runtime(tmp_path, workflows=[evolving_v1]) as rt:
         run = await rt.start(evolving_v1, "d")
         await wait_for_hook(rt, "evolve:d")
-    async with af.Runtime(tmp_path, workflows=[changed]) as rt:
+    # Fail-fast, as asked for; the default parks instead (tests/runtime/test_deploys.py).
+    async with af.Runtime(tmp_path, workflows=[changed], on_divergence="fail") as rt:
         with pytest.raises(af.WorkflowRunFailedError) as info:
             with anyio.fail_after(10):
                 await rt.get_run(run.run_id).result()
@@ -308,7 +309,7 @@ async def test_the_args_digest_catches_reordered_calls_of_one_step(tmp_path: Pat
     async with af.Runtime(tmp_path, workflows=[evolving_v1]) as rt:
         run = await rt.start(evolving_v1, "r")
         await wait_for_hook(rt, "evolve:r")
-    async with af.Runtime(tmp_path, workflows=[evolving_reordered]) as rt:
+    async with af.Runtime(tmp_path, workflows=[evolving_reordered], on_divergence="fail") as rt:
         with pytest.raises(af.WorkflowRunFailedError) as info:
             await rt.get_run(run.run_id).result()
     cause = info.value.cause

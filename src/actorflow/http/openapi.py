@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .deploy_routes import deploy_paths, deploy_schemas
 from .openapi_inspect import inspect_paths, inspect_schemas, run_fields
 
 __all__ = ["openapi_document"]
@@ -273,12 +274,13 @@ def openapi_document(*, resume_routes: bool) -> dict[str, Any]:
             }
         }
         paths.update(inspect_paths(_PREFIX, bearer))
+        paths.update(deploy_paths(_PREFIX, bearer))
     return {
         "openapi": "3.0.3",
         "info": {"title": "actorflow", "version": "1"},
         "paths": paths,
         "components": {
-            "schemas": _schemas(),
+            "schemas": {**_schemas(), **deploy_schemas()},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }

@@ -11,6 +11,13 @@ creation (is its token free?) and its dispose (how many payloads had it accepted
 answered from this process's index at once, except a chosen token that only a shared database
 can decide: then the claim runs as a task of the supervisor, the actor holds its remaining
 commands and its mailbox, and carries on when the answer comes. The dispatcher never waits.
+
+A *parked* actor has no machine and builds none: its run's code is missing, or no longer fits
+the history (``ParkRun``), or the run belongs to another version of the code. Its messages stay
+in the mailbox (outside deliveries are bounded there as anywhere), its hooks, timers and keys
+stay in the state, and a later build (``Supervisor.retry``, or the next start) replays it. A
+divergence or a missing workflow is recorded once (``run_parked``); a build that replays the
+whole history again records ``run_unparked``.
 """
 
 from __future__ import annotations
@@ -23,9 +30,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from . import codec
-from .command_events import event_of
+from .command_events import divergence_data, event_of
 from .core import events as ev
-from .core.commands import Command, CreateHook, CreateWait, DisposeHook, StartStep
+from .core.commands import Command, CreateHook, CreateWait, DisposeHook, ParkRun, StartStep
 from .core.events import Event
 from .core.machine import Machine
 from .ids import derived_token, new_id, new_token
@@ -79,6 +86,8 @@ class ActorServices:
     identity: Identity
     on_missing_workflow: Callable[[RunState], None]
     scope_probe: Callable[[], object] | None = None
+    #: What a divergence does to a run: ``"park"`` it or ``"fail"`` it.
+    on_divergence: str = "park"
     #: The supervisor (set once it exists).
     host: ActorHost | None = None
 
@@ -88,7 +97,7 @@ class Actor:
 
     __slots__ = (
         "run", "svc", "machine", "mailbox", "scheduled", "rebuilding", "replayed_upto",
-        "last_active", "crashes", "missing_workflow", "waking", "claiming", "replay_rest",
+        "last_active", "crashes", "parked", "waking", "claiming", "replay_rest",
     )  # fmt: skip
 
     def __init__(self, svc: ActorServices, run: RunState) -> None:
@@ -101,7 +110,8 @@ class Actor:
         self.replayed_upto = -1
         self.last_active = 0.0
         self.crashes: list[float] = []
-        self.missing_workflow = False
+        #: Build nothing until retried: see the module docstring.
+        self.parked = False
         #: Queued behind recovery's background wakes (see Supervisor.rebuild_worker).
         self.waking = False
         #: A chosen token's claim is out; the commands after it wait here.
@@ -117,10 +127,12 @@ class Actor:
         assert machine is not None
         rest = self.replay_rest
         if rest is not None:
-            while rest and self.claiming is None:
+            while rest and self.claiming is None and self.machine is machine:
                 self._feed(machine, rest.popleft())
             if not rest:
                 self.replay_rest = None
+            if self.machine is not machine:
+                return  # parked by the rest of its replay
         mailbox = self.mailbox
         run = self.run
         taken = self.svc.admission.taken
@@ -138,6 +150,8 @@ class Actor:
                 commands = machine.feed(event)
                 if commands:
                     self._carry_out(machine, deque(commands))
+                    if self.machine is not machine:
+                        return  # parked
         if machine.hooks.changed is not None:
             self._count_untaken(machine)
 
@@ -164,11 +178,20 @@ class Actor:
         if self.run.finished:
             return
         svc = self.svc
+        version = svc.identity.version
+        if version is not None and self.run.version != version:
+            self.parked = True  # another version's run: it waits for a runtime of its own
+            return
         created = events[0]
         workflow = svc.registry.get(self.run.workflow_name)
         if workflow is None:
-            self.missing_workflow = True
+            self.parked = True
             svc.on_missing_workflow(self.run)
+            if svc.on_divergence == "park":
+                self._park({"reason": "missing_workflow", "message": (
+                    f"run {self.run.run_id} uses workflow {self.run.workflow_name!r}, which "
+                    "this runtime does not have; it waits until that workflow is registered"
+                )})  # fmt: skip
             return
         inputs = codec.from_tree(created.data.get("input"))
         recorded = [e for e in events if e.type in ev.COMMAND_EVENTS]
@@ -187,6 +210,7 @@ class Actor:
             max_calls=svc.limits.max_calls_per_run,
             max_hooks=svc.limits.max_hooks_per_run,
             scope_probe=svc.scope_probe,
+            on_divergence=svc.on_divergence,
         )
         self.machine = machine
         self.claiming = None
@@ -196,12 +220,37 @@ class Actor:
             svc.journal.record(svc.journal.event(self.run.run_id, ev.RUN_STARTED, None, {}))
         self._carry_out(machine, deque(machine.start()))
         for index, event in enumerate(events):
+            if self.machine is not machine:
+                return  # parked
             if self.claiming is not None:
                 # A claim is out: the rest of the history is fed once it is answered.
                 self.replay_rest = deque(events[index:])
                 break
             self._feed(machine, event)
+        if self.machine is not machine:
+            return
         self._count_untaken(machine)
+        if self.run.parked is not None and not self.run.finished:
+            self._unpark()  # replayed whole, waiting for what comes next
+
+    def _unpark(self) -> None:
+        run = self.run
+        journal = self.svc.journal
+        journal.record(journal.event(run.run_id, ev.RUN_UNPARKED, None, {}))
+        logger.info("run %s fits its code again and goes on", run.run_id)
+
+    def _park(self, data: dict[str, Any]) -> None:
+        """Stop the run without ending it; record why, unless that is already recorded."""
+        self.drop()
+        self.parked = True
+        run = self.run
+        current = run.parked
+        if current is not None and all(current.data.get(k) == v for k, v in data.items()):
+            return  # parked for this same reason before (a retry with the same code)
+        journal = self.svc.journal
+        journal.record(journal.event(run.run_id, ev.RUN_PARKED, None, data))
+        logger.warning("run %s is parked (it keeps its hooks, timers and history): %s",
+                       run.run_id, data.get("message"))  # fmt: skip
 
     def _count_untaken(self, machine: Machine) -> None:
         # Payloads fed to a hook that nobody awaits still count against its mailbox bound.
@@ -244,11 +293,18 @@ class Actor:
     def _carry_out(self, machine: Machine, commands: deque[Command]) -> None:
         """Turn commands into events, in order, feeding answers back to the machine."""
         svc = self.svc
+        if commands and self.run.parked is not None and type(commands[0]) is not ParkRun:
+            # A command past the history: the code replayed all of it, before going on.
+            self._unpark()
         while commands:
             if self.run.finished or machine is not self.machine:
                 return
             command = commands.popleft()
             kind = type(command)
+            if kind is ParkRun:
+                assert isinstance(command, ParkRun)
+                self._park(divergence_data(command))
+                return
             if kind is CreateHook:
                 assert isinstance(command, CreateHook)
                 holder = self._holder_now(command)

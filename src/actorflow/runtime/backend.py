@@ -47,6 +47,8 @@ class StoreConfig:
     schema: str
     migrate: bool
     lease_seconds: float
+    #: The runtime's version: on a shared store, the node claims only runs of this version.
+    version: str | None = None
 
 
 Opener = Callable[[StoreConfig], EventStore | None]
@@ -105,6 +107,7 @@ def open_store(config: StoreConfig) -> EventStore:
             schema=config.schema,
             migrate=config.migrate,
             lease_seconds=config.lease_seconds,
+            version=config.version,
         )
     return store
 
@@ -131,11 +134,26 @@ def share_ownership(
     fail: Callable[[BaseException], None],
     failure: Callable[[], BaseException | None],
     poll_interval: float,
+    version: str | None = None,
 ) -> Ownership | None:
-    """Shared ownership over ``store`` if it is a shared PostgreSQL log, else ``None``."""
+    """Shared ownership over ``store`` if it is a shared PostgreSQL log, else ``None``.
+
+    A node claims only runs of the runtime's ``version`` (given to a store object made by the
+    caller too, before its first claim).
+
+    Raises:
+        WorkflowDefinitionError: the store was made for another version than the runtime's.
+    """
     log = shared_log(store)
     if log is None:
         return None
+    if version is not None:
+        if log.version not in (None, version):
+            raise WorkflowDefinitionError(
+                f"the store claims runs of version {log.version!r} and the runtime runs "
+                f"version {version!r}; give both the same version"
+            )
+        log.version = version
     from .cluster import SharedOwnership
 
     return SharedOwnership(

@@ -160,7 +160,9 @@ class SharedOwnership:
     async def take_over(self) -> int:
         """Claim runs whose owner is gone and rebuild them here; return how many were claimed."""
         try:
-            groups = await anyio.to_thread.run_sync(self.directory.claim, _CLAIM_PER_ROUND)
+            groups = await anyio.to_thread.run_sync(
+                self.directory.claim, _CLAIM_PER_ROUND, self.store.version
+            )
         except StorageError as exc:
             logger.warning("takeover round failed, retrying next round: %s", exc)
             return 0

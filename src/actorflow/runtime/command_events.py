@@ -19,14 +19,27 @@ from .core.commands import (
     CreateWait,
     DisposeHook,
     FailRun,
+    MarkPatch,
+    ParkRun,
     Respond,
     StartStep,
 )
 
-__all__ = ["ANSWERED", "event_of"]
+__all__ = ["ANSWERED", "divergence_data", "event_of"]
 
 #: Commands whose events go back to the machine (``Machine.answer``).
 ANSWERED = (CreateHook, DisposeHook)
+
+
+def divergence_data(command: ParkRun) -> dict[str, Any]:
+    """The data of the ``run_parked`` event of a divergence (plain: no user value)."""
+    return {
+        "reason": "divergence",
+        "position": command.position,
+        "recorded": command.recorded,
+        "attempted": command.attempted,
+        "message": command.message,
+    }
 
 
 def event_of(
@@ -74,4 +87,10 @@ def event_of(
     if kind is FailRun:
         assert isinstance(command, FailRun)
         return ev.RUN_FAILED, None, {"error": command.error_tree}
+    if kind is MarkPatch:
+        assert isinstance(command, MarkPatch)
+        return ev.PATCH_MARKED, None, {"patch": command.patch_id}
+    if kind is ParkRun:
+        assert isinstance(command, ParkRun)
+        return ev.RUN_PARKED, None, divergence_data(command)
     raise AssertionError(f"unknown command {command!r}")

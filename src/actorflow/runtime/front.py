@@ -112,6 +112,8 @@ class Front:
             data["base_url"] = base_url
         if key is not None:
             data["idempotency_key"] = key
+        if self._identity.version is not None:
+            data["version"] = self._identity.version  # which runtimes may run it
         event = Event(new_id("evnt_"), run_id, ev.RUN_CREATED, None, self._clock(), data)
         await self._journal.record(event).wait()
         return Run(self, run_id)

@@ -40,3 +40,5 @@ class Identity:
     environment: str = "development"
     #: The public base URL of webhooks (``None``: no URL); ``create_app`` may set it late.
     base_url: str | None = None
+    #: The version of the code this runtime runs (``None``: any); stamped on each new run.
+    version: str | None = None

@@ -15,6 +15,7 @@ from ..errors import (
 
 if TYPE_CHECKING:
     from .core.events import Event
+    from .parking import Parking
     from .query import RunInfo
     from .state import RunState, State
 
@@ -111,6 +112,19 @@ class Run:
             WorkflowRunNotFoundError: no run has this id.
         """
         return await self._rt.run_info(self.run_id)
+
+    async def parked(self) -> Parking | None:
+        """Why the run is parked (its code does not fit its history), or ``None``.
+
+        A parked run keeps the status it had (``pending`` or ``running``); see ``parking.py``.
+
+        Raises:
+            WorkflowRunNotFoundError: no run has this id.
+        """
+        from .parking import Parking
+
+        run = await self._state()
+        return None if run.parked is None or run.finished else Parking.of(run.parked)
 
     async def wait(self, timeout: float | None = None) -> None:
         """Wait until the run has ended and its end is durable.

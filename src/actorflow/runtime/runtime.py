@@ -43,7 +43,6 @@ from .backend import (
 )
 from .catalog import Catalog, MemoryCatalog, shared_catalog
 from .clock import Clock
-from .core.ops import HookHandle
 from .crypto import KeyRing
 from .failure import Failure
 from .front import Front
@@ -54,9 +53,16 @@ from .limits import Identity, Limits
 from .log.store import Durability, EventStore
 from .mailbox import Admission
 from .metrics import RuntimeMetrics
+from .outside_api import OutsideAPI
 from .ownership import LocalOwnership, Ownership
+from .parking import (
+    RetryReport,
+    check_divergence_mode,
+    log_missing_workflow,
+    parked_runs,
+    runs_here,
+)
 from .payloads import Payloads
-from .records import Hook, Run
 from .recovery import recover
 from .registry import Registry
 from .response_waiters import WebhookResponses
@@ -65,7 +71,6 @@ from .state import RunState, State
 from .steps import StepExecutor
 from .supervisor import Supervisor
 from .timers import TimerService
-from .webhook_request import Request, Response
 from .webhooks import Webhooks
 from .workflow import WorkflowFunction
 
@@ -83,7 +88,7 @@ def current_runtime() -> Runtime:
     return cast(Runtime, current_api.current())
 
 
-class Runtime(Inspection):
+class Runtime(OutsideAPI, Inspection):
     """The durable workflow runtime, embedded: ``async with Runtime(...) as rt``.
 
     ``durability="none"`` skips fsync: for tests and benchmarks only (it is logged as such).
@@ -120,6 +125,8 @@ class Runtime(Inspection):
         lease_seconds: float = 10.0,
         poll_interval: float = 1.0,
         node_id: str | None = None,
+        on_divergence: str = "park",
+        version: str | None = None,
     ) -> None:
         if durability not in ("fsync", "none"):
             raise WorkflowDefinitionError(
@@ -148,7 +155,7 @@ class Runtime(Inspection):
             max_calls_per_run=max_calls_per_run,
         )
         self.identity = Identity(owner_id, project_id, environment,
-                                 base_url.rstrip("/") if base_url else None)  # fmt: skip
+                                 base_url.rstrip("/") if base_url else None, version)  # fmt: skip
         self.clock = Clock()
         self.state = State()
         self.journal = Journal(self.state, self.clock, self.limits)
@@ -172,7 +179,8 @@ class Runtime(Inspection):
             timers=self.timers,
             limits=self.limits,
             identity=self.identity,
-            on_missing_workflow=self._log_missing_workflow,
+            on_missing_workflow=log_missing_workflow,
+            on_divergence=check_divergence_mode(on_divergence),
         )
         self.supervisor = Supervisor(
             self._services,
@@ -322,6 +330,8 @@ class Runtime(Inspection):
 
     def _arm(self, run: RunState) -> None:
         """Start an unfinished run's timers and steps and wake it (recovery, takeover)."""
+        if not runs_here(self.identity.version, run):
+            return  # another version's run: its timers and steps wait for their own runtime
         state = self.state
         for pending_id in list(run.pending or ()):
             timer = state.timers.get(pending_id)
@@ -336,7 +346,8 @@ class Runtime(Inspection):
 
     def _store_config(self) -> StoreConfig:
         return StoreConfig(self._store_arg, self.data_dir, self.durability, self.node_id,
-                           self.schema, self._migrate, self.lease_seconds)  # fmt: skip
+                           self.schema, self._migrate, self.lease_seconds,
+                           self.identity.version)  # fmt: skip
 
     def _choose_ownership(self) -> None:
         """Share run ownership over a shared PostgreSQL log; otherwise every run is ours."""
@@ -349,6 +360,7 @@ class Runtime(Inspection):
             fail=self.fail,
             failure=lambda: self.failure,
             poll_interval=self.poll_interval,
+            version=self.identity.version,
         )
         if shared is None:
             return
@@ -398,104 +410,14 @@ class Runtime(Inspection):
 
         return resolve_secret(name, self.secrets)
 
-    def _log_missing_workflow(self, run: RunState) -> None:
-        logger.error(
-            "run %s uses workflow %r, which this runtime does not have; it waits until a "
-            "runtime with that workflow registered starts",
-            run.run_id, run.workflow_name,
-        )  # fmt: skip
+    # -- the outside API (more in outside_api.py) ---------------------------------------------
 
-    # -- the outside API ---------------------------------------------------------------------
+    async def retry_parked(self) -> RetryReport:
+        """Replay this runtime's parked runs with its code now (see ``parking.py``).
 
-    async def start(
-        self, workflow: WorkflowFunction[..., Any] | str, *args: Any, **kwargs: Any
-    ) -> Run:
-        """Start a run: durably records ``run_created`` and returns before the run finishes.
-
-        Raises:
-            WorkflowDefinitionError: an unknown workflow name, not a workflow, or arguments
-                that do not fit its signature (nothing committed).
-            SerializationError: the arguments cannot be stored (nothing committed).
-            OverloadedError: the log backlog is full; retry later.
-            LogWriteError: the log failed.
-        """
-        return await self.front.start(None, workflow, args, kwargs)
-
-    async def start_once(
-        self,
-        idempotency_key: str,
-        workflow: WorkflowFunction[..., Any] | str,
-        *args: Any,
-        **kwargs: Any,
-    ) -> Run:
-        """Start a run unless one was started with ``idempotency_key``: then return that run.
-
-        For callers that retry a start whose answer they did not get (``POST .../runs`` with
-        an ``Idempotency-Key`` header): the retry returns the first run instead of a second.
-
-        Raises:
-            The errors of ``start``.
-        """
-        if not isinstance(idempotency_key, str) or not idempotency_key:
-            raise WorkflowDefinitionError("idempotency_key must be a non-empty string")
-        return await self.front.start(idempotency_key, workflow, args, kwargs)
-
-    def get_run(self, run_id: str) -> Run:
-        """A handle on a run (reading a missing run raises ``WorkflowRunNotFoundError``)."""
-        return self.front.get_run(run_id)
-
-    async def get_hook_by_token(self, token: str) -> Hook:
-        """The live hook that owns ``token``.
-
-        Raises:
-            HookNotFoundError: no live hook owns it.
-        """
-        return await self.front.get_hook_by_token(token)
-
-    async def resume_hook(
-        self,
-        token_or_hook: str | Hook | HookHandle[Any],
-        payload: Any,
-        *,
-        encryption_key: bytes | str | None = None,
-        idempotency_key: str | None = None,
-    ) -> Hook:
-        """Deliver ``payload`` to the hook: durable before it returns; does not wait for the run.
-
-        Raises:
-            HookNotFoundError: unknown token, disposed hook, ended run, or a webhook's token.
-            SerializationError: the payload cannot be stored.
-            IdempotencyKeyConflictError: the key was used before with another payload.
-            OverloadedError: the run's mailbox or the log backlog is full; retry later.
-            LogWriteError: the log failed.
-            (Nothing is committed when any of these is raised.)
-        """
-        with self.metrics.resume():
-            return await self.front.resume_hook(
-                token_or_hook, payload, encryption_key=encryption_key,
-                idempotency_key=idempotency_key,
-            )  # fmt: skip
-
-    async def resume_webhook(self, token: str, request: Request | Any) -> Response:
-        """Deliver an HTTP request to the webhook owning ``token``; the response to send back.
-
-        Raises:
-            HookNotFoundError: unknown token, disposed webhook, ended run, or a plain hook's
-                token (reported alike, so tokens cannot be probed).
-            WebhookSignatureError: the request failed the webhook's signature check.
-            OverloadedError, SerializationError, LogWriteError: nothing was committed.
-        """
-        with self.metrics.webhook():
-            return await self.front.resume_webhook(token, request)
-
-    async def cancel_run(self, run_id: str, reason: str | None = None) -> None:
-        """Cancel a run; a no-op if it has ended. Returns once the cancel is durable.
-
-        Raises:
-            WorkflowRunNotFoundError: no run has this id.
-            LogWriteError: the log failed.
-        """
-        await self.front.cancel_run(run_id, reason)
+        Returns which runs go on again and which are still parked."""
+        retried = parked_runs(self.state, self.identity.version)
+        return RetryReport.of(retried, await self.supervisor.retry(retried))
 
     async def wait_idle(self, timeout: float = math.inf) -> None:
         """Wait until the log has written everything submitted (for tests and shutdown)."""

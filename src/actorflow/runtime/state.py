@@ -43,7 +43,7 @@ class RunState:
 
     __slots__ = (
         "run_id", "workflow_name", "status", "created_at", "positions", "hooks", "terminal",
-        "actor", "done", "external", "pending", "submitted", "started_at", "version",
+        "actor", "done", "external", "pending", "submitted", "started_at", "version", "parked",
     )  # fmt: skip
 
     def __init__(self, run_id: str, workflow_name: str, created_at: float) -> None:
@@ -70,6 +70,8 @@ class RunState:
         self.started_at: float | None = None
         #: The version the run was started under (``run_created``'s ``"version"``), if any.
         self.version: str | None = None
+        #: The ``run_parked`` event while the run is parked (the code does not fit it).
+        self.parked: Event | None = None
 
     @property
     def finished(self) -> bool:
@@ -254,6 +256,12 @@ class State:
     def _responded(self, run: RunState, event: Event, corr: str, data: dict[str, Any]) -> None:
         self.responses[str(data["request_event_id"])] = event
 
+    def _parked(self, run: RunState, event: Event, corr: str, data: dict[str, Any]) -> None:
+        run.parked = event
+
+    def _unparked(self, run: RunState, event: Event, corr: str, data: dict[str, Any]) -> None:
+        run.parked = None
+
     _handlers: dict[str, Callable[[State, RunState, Event, str, dict[str, Any]], None]] = {
         ev.HOOK_CREATED: _hook_created,
         ev.HOOK_DISPOSED: _hook_disposed,
@@ -266,6 +274,8 @@ class State:
         ev.STEP_COMPLETED: _step_ended,
         ev.STEP_FAILED: _step_ended,
         ev.WEBHOOK_RESPONDED: _responded,
+        ev.RUN_PARKED: _parked,
+        ev.RUN_UNPARKED: _unparked,
     }
 
     def _release(self, run: RunState) -> None:
@@ -275,6 +285,7 @@ class State:
             if entry is not None and entry.run_id == run.run_id:
                 del self.tokens[token]
         run.hooks = None
+        run.parked = None
         for pending_id in run.pending or ():
             self.timers.pop(pending_id, None)
             self.steps.pop(pending_id, None)

@@ -150,8 +150,8 @@ class Supervisor:
                 self._forget(actor)
                 continue
             if actor.machine is None:
-                if actor.missing_workflow:
-                    continue
+                if actor.parked:
+                    continue  # its messages wait in its mailbox for a retry
                 if actor.rebuilding:
                     if actor.waking and actor.mailbox:
                         # A message for a run still queued behind recovery's wakes: go first.
@@ -280,6 +280,24 @@ class Supervisor:
             self._passivate(actor)
         elif actor.machine is not None:
             self.schedule(actor)
+
+    async def retry(self, runs: Sequence[RunState]) -> list[RunState]:
+        """Rebuild the parked runs among ``runs`` from their logs; those parked again.
+
+        A run whose history the code now replays goes on as if it had never stopped (its
+        mailbox is processed next); one that still does not fit stays parked.
+        """
+        actors: list[Actor] = []
+        for run in runs:
+            actor = run.actor
+            if actor is None or not actor.parked or run.finished or actor.rebuilding:
+                continue
+            actor.parked = False
+            actor.rebuilding = True
+            actors.append(actor)
+        for start in range(0, len(actors), REBUILD_BATCH):
+            await self._rebuild([(a, False) for a in actors[start : start + REBUILD_BATCH]])
+        return [actor.run for actor in actors if actor.parked]
 
     def crashed(self, actor: Actor, exc: Exception) -> None:
         """An actor raised: drop it and rebuild it from its log, within the restart budget."""

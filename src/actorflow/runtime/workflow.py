@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import uuid
+import warnings
 from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -27,12 +28,15 @@ __all__ = [
     "WorkflowFunction",
     "WorkflowMetadata",
     "create_hook",
+    "UnstableNameWarning",
     "create_webhook",
+    "deprecate_patch",
     "first",
     "gather",
     "get_step_metadata",
     "get_workflow_metadata",
     "now",
+    "patched",
     "random",
     "sleep",
     "step",
@@ -106,6 +110,10 @@ class StepFunction(Generic[P, R]):
         return f"<step {self.name}>"
 
 
+class UnstableNameWarning(UserWarning):
+    """A step's default name depends on a module run as ``__main__`` (see ``step``)."""
+
+
 def _check_async(fn: Callable[..., Any], what: str) -> None:
     if not inspect.iscoroutinefunction(fn):
         raise WorkflowDefinitionError(f"@af.{what} decorates an `async def`, not {fn!r}")
@@ -119,6 +127,9 @@ def workflow(
 ) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], WorkflowFunction[P, R]]: ...
 def workflow(fn: Any = None, /, *, name: str | None = None) -> Any:
     """Mark an ``async def`` as a workflow. Its code must be deterministic.
+
+    Its identity is ``name``, recorded in every run it starts and looked up on recovery; the
+    default is the function's ``__name__`` (not its module, so moving it keeps its runs).
 
     Raises:
         WorkflowDefinitionError: ``fn`` is not an ``async def``.
@@ -140,7 +151,11 @@ def step(
 def step(fn: Any = None, /, *, max_retries: int = 3, name: str | None = None) -> Any:
     """Mark an ``async def`` as a step: retried I/O whose result is recorded once.
 
-    ``max_retries=3`` means up to 4 attempts.
+    ``max_retries=3`` means up to 4 attempts. Its identity is ``name``, recorded with every
+    call and matched on replay; the default is ``module.qualname``, so moving or renaming the
+    function's module changes it (and parks the runs that called it under the old name):
+    give ``name=`` to steps that may move. A default name under ``__main__`` warns
+    (``UnstableNameWarning``): the same code imported as a module gets another name.
 
     Raises:
         WorkflowDefinitionError: not an ``async def``, a negative ``max_retries``, or a name
@@ -152,6 +167,14 @@ def step(fn: Any = None, /, *, max_retries: int = 3, name: str | None = None) ->
     def wrap(f: Callable[P, Coroutine[Any, Any, R]]) -> StepFunction[P, R]:
         _check_async(f, "step")
         step_name = name or f"{f.__module__}.{f.__qualname__}"
+        if name is None and f.__module__ == "__main__":
+            warnings.warn(
+                f"step {f.__qualname__} is named {step_name!r} after the script it is defined "
+                "in; imported as a module it would get another name and runs that called it "
+                "would no longer match their history: give it @af.step(name=...)",
+                UnstableNameWarning,
+                stacklevel=3 if fn is not None else 2,
+            )
         existing = _steps.get(step_name)
         if existing is not None and existing.fn.__code__ is not f.__code__:
             raise WorkflowDefinitionError(
@@ -257,6 +280,38 @@ def create_webhook(
 
     attach_verifier(options, verify)
     return machine.create_hook(None, None, webhook=options)
+
+
+def patched(patch_id: str) -> bool:
+    """Branch between old and new code deterministically: ``if af.patched("id"): new()``.
+
+    The first call in a run, past its recorded history, records a marker and answers True;
+    replaying a run that recorded the marker here answers True again; a run that started
+    before the patch (its history has something else here) answers False. The answer holds for
+    the rest of the run.
+
+    Raises:
+        WorkflowDefinitionError: outside a workflow, or ``patch_id`` is not a non-empty string.
+    """
+    return _machine("patched").patched(_patch_id(patch_id))
+
+
+def deprecate_patch(patch_id: str) -> None:
+    """Mark patch ``patch_id`` whose old branch is gone: keep the new code unconditionally.
+
+    Runs that recorded the marker match it here; runs started since record none. Remove the
+    call once no run that recorded the marker is left.
+
+    Raises:
+        WorkflowDefinitionError: outside a workflow, or ``patch_id`` is not a non-empty string.
+    """
+    _machine("deprecate_patch").deprecate_patch(_patch_id(patch_id))
+
+
+def _patch_id(patch_id: object) -> str:
+    if not isinstance(patch_id, str) or not patch_id:
+        raise WorkflowDefinitionError(f"a patch id is a non-empty string, not {patch_id!r}")
+    return patch_id
 
 
 def gather(*awaitables: Awaitable[Any]) -> Awaitable[list[Any]]:

@@ -20,6 +20,8 @@ __all__ = [
     "CreateWait",
     "DisposeHook",
     "FailRun",
+    "MarkPatch",
+    "ParkRun",
     "Respond",
     "StartStep",
 ]
@@ -87,8 +89,37 @@ class FailRun:
     error_tree: Any
 
 
+@dataclass(frozen=True, slots=True)
+class MarkPatch:
+    """``af.patched(patch_id)`` ran for the first time past the history: the new branch."""
+
+    patch_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ParkRun:
+    """The code no longer fits the history at durable call ``position``: keep the run, stop it.
+
+    Plain descriptions only (names, digests, kinds): never a user value.
+    """
+
+    position: int
+    recorded: str
+    attempted: str
+    message: str
+
+
 Command = (
-    StartStep | CreateHook | DisposeHook | CreateWait | CancelWait | Respond | CompleteRun | FailRun
+    StartStep
+    | CreateHook
+    | DisposeHook
+    | CreateWait
+    | CancelWait
+    | Respond
+    | CompleteRun
+    | FailRun
+    | MarkPatch
+    | ParkRun
 )
 
 

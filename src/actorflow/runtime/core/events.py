@@ -35,6 +35,12 @@ WAIT_CREATED: Final = "wait_created"
 WAIT_COMPLETED: Final = "wait_completed"
 WAIT_CANCELLED: Final = "wait_cancelled"
 WEBHOOK_RESPONDED: Final = "webhook_responded"
+#: A patch's marker: the run took the new branch of ``af.patched(id)`` (a durable call).
+PATCH_MARKED: Final = "patch_marked"
+#: The code no longer fits the run's history (or its workflow is missing): the run waits.
+RUN_PARKED: Final = "run_parked"
+#: A parked run's history replayed cleanly again: it goes on where it was.
+RUN_UNPARKED: Final = "run_unparked"
 
 EVENT_TYPES: Final = frozenset(
     {
@@ -42,6 +48,7 @@ EVENT_TYPES: Final = frozenset(
         STEP_STARTED, STEP_COMPLETED, STEP_FAILED, STEP_RETRYING,
         HOOK_CREATED, HOOK_CONFLICT, HOOK_RECEIVED, HOOK_DISPOSED,
         WAIT_CREATED, WAIT_COMPLETED, WAIT_CANCELLED, WEBHOOK_RESPONDED,
+        PATCH_MARKED, RUN_PARKED, RUN_UNPARKED,
     }
 )  # fmt: skip
 
@@ -49,7 +56,7 @@ EVENT_TYPES: Final = frozenset(
 COMMAND_EVENTS: Final = frozenset(
     {
         STEP_STARTED, HOOK_CREATED, HOOK_CONFLICT, HOOK_DISPOSED,
-        WAIT_CREATED, WAIT_CANCELLED, WEBHOOK_RESPONDED,
+        WAIT_CREATED, WAIT_CANCELLED, WEBHOOK_RESPONDED, PATCH_MARKED,
     }
 )  # fmt: skip
 

@@ -8,7 +8,11 @@ always produce the same commands in the same order. Time, randomness and ids com
 Replay: the machine is given the run's recorded command events. Each durable call the workflow
 makes is matched, by position and by its full description (kind, name, digest of arguments), with
 the next recorded one; while recorded calls remain, nothing is emitted. Past them, calls become
-commands for the driver. A mismatch fails the run with ``ReplayDivergenceError``.
+commands for the driver. A mismatch fails the run with ``ReplayDivergenceError``, or, with
+``on_divergence="park"``, parks it (``ParkRun``): the machine stops and emits nothing else, so the
+run keeps its hooks, timers and history until code that fits them replays it again.
+
+Patches (``af.patched(id)``, ``patches.py``) are durable calls too, matched by position.
 
 The shape is h11's: ``start()``, ``feed(event)`` and ``answer(event)`` each return the commands
 the workflow issued, and nothing is asked of the driver mid-turn. Two commands need an answer
@@ -44,6 +48,7 @@ from .commands import (
     CompleteRun,
     CreateWait,
     FailRun,
+    ParkRun,
     Respond,
     StartStep,
 )
@@ -65,10 +70,12 @@ from .ops import (
     SleepOp,
     StepCall,
 )
+from .patches import deprecate_patch, patched
 
 __all__ = [
     "MAX_TOKEN_LENGTH",
     "Codec",
+    "DIVERGENCE_MODES",
     "HookState",
     "Machine",
     "clear_current_machine",
@@ -77,6 +84,9 @@ __all__ = [
 
 
 _current = current
+
+#: What a divergence does to a run: end it (``"fail"``) or keep it waiting (``"park"``).
+DIVERGENCE_MODES = ("park", "fail")
 
 
 def current_machine() -> Machine | None:
@@ -109,7 +119,8 @@ class Machine(FiberScheduler):
     __slots__ = (
         "run_id", "workflow_name", "started_at", "base_url", "now", "_workflow",
         "_args", "_kwargs", "_out", "_codec", "_new_id", "_new_token", "_recorded", "_pos",
-        "_steps", "_waits", "hooks", "_rng", "_closing", "_calls", "max_calls",
+        "_steps", "_waits", "hooks", "_rng", "_closing", "_calls", "max_calls", "_parks",
+        "_patches",
     )  # fmt: skip
 
     def __init__(
@@ -129,8 +140,13 @@ class Machine(FiberScheduler):
         max_calls: int = 1_000_000,
         max_hooks: int = 10_000,
         scope_probe: Callable[[], object] | None = None,
+        on_divergence: str = "fail",
     ) -> None:
         super().__init__(scope_probe)
+        if on_divergence not in DIVERGENCE_MODES:
+            raise WorkflowDefinitionError(
+                f'on_divergence must be "park" or "fail", not {on_divergence!r}'
+            )
         self.run_id = run_id
         self.workflow_name = workflow_name
         self.started_at = started_at
@@ -154,6 +170,9 @@ class Machine(FiberScheduler):
         self._calls = 0
         self.max_calls = max_calls
         self.hooks = Hooks(max_hooks)
+        self._parks = on_divergence == "park"
+        #: patch id -> the answer ``patched`` gave (made on first use).
+        self._patches: dict[str, bool] | None = None
 
     @property
     def rng(self) -> _random.Random:
@@ -369,6 +388,16 @@ class Machine(FiberScheduler):
         assert wait_id is not None
         return wait_id
 
+    # -- patches -----------------------------------------------------------------------------
+
+    def patched(self, patch_id: str) -> bool:
+        """True where the run takes the new branch of patch ``patch_id`` (see ``patches.py``)."""
+        return patched(self, patch_id)
+
+    def deprecate_patch(self, patch_id: str) -> None:
+        """Match patch ``patch_id``'s marker where the history has one here; record nothing."""
+        deprecate_patch(self, patch_id)
+
     # -- hooks -------------------------------------------------------------------------------
 
     def create_hook(
@@ -438,11 +467,10 @@ class Machine(FiberScheduler):
     def _complete(self, value: Any) -> None:
         if self._pos < len(self._recorded):
             recorded = self._recorded[self._pos]
-            self._fail(
-                ReplayDivergenceError(
-                    self.run_id, self._pos, _describe(recorded), "the workflow returning"
-                )
+            self._fatal = ReplayDivergenceError(
+                self.run_id, self._pos, _describe(recorded), "the workflow returning"
             )
+            self._fail(self._fatal)
             return
         try:
             tree = self._codec.to_tree(value, root="result")
@@ -456,8 +484,13 @@ class Machine(FiberScheduler):
         if self.done:
             return
         self.done = True
-        self._emit(FailRun(exc, self._codec.error_to_tree(exc)))
         self._ready = None
+        if self._parks and exc is self._fatal and isinstance(exc, ReplayDivergenceError):
+            # Only the machine's own finding parks (``_fatal``): an error the workflow raised
+            # fails the run whatever its class.
+            self._emit(ParkRun(exc.position, exc.expected, exc.got, str(exc)))
+            return
+        self._emit(FailRun(exc, self._codec.error_to_tree(exc)))
 
     # -- deterministic helpers ---------------------------------------------------------------
 
@@ -510,4 +543,6 @@ def _describe(event: Event) -> str:
         return f"dispose hook {event.correlation_id}"
     if event.type == ev.WEBHOOK_RESPONDED:
         return f"respond to request {data.get('request_event_id')}"
+    if event.type == ev.PATCH_MARKED:
+        return f"patch {data.get('patch')!r}"
     return event.type

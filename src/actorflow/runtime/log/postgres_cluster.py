@@ -176,6 +176,7 @@ class ClusterLog(PostgresLog):
         schema: str = "actorflow",
         migrate: bool = True,
         lease_seconds: float = 10.0,
+        version: str | None = None,
     ) -> None:
         super().__init__(dsn, durability=durability, schema=schema, migrate=migrate)
         if not node_id or "\x00" in node_id:
@@ -184,6 +185,8 @@ class ClusterLog(PostgresLog):
             raise ValueError(f"lease_seconds must be positive, not {lease_seconds!r}")
         self.node_id = node_id
         self.lease_seconds = lease_seconds
+        #: Claim only runs started under this version (``None``: any run).
+        self.version = version
         self._cq = _ClusterQueries(schema)
 
     def _scan(self) -> Generator[tuple[Position, bytes], None, None]:
@@ -193,7 +196,8 @@ class ClusterLog(PostgresLog):
             conn.execute(self._cq.register, (self.node_id, self.lease_seconds))
             conn.commit()
             while True:
-                claimed = claim_orphans(conn, self._cq, self.node_id, _CLAIM_BATCH)
+                claimed = claim_orphans(conn, self._cq, self.node_id, _CLAIM_BATCH,
+                                        self.version)  # fmt: skip
                 if not claimed:
                     break
                 with conn.cursor("actorflow_scan", binary=True) as cursor:
@@ -313,16 +317,26 @@ class ClusterLog(PostgresLog):
         super()._release()
 
 
+#: Runs claimed, each with its events (position, record) in order.
+_Claimed = list[tuple[str, list[tuple[Position, bytes]]]]
+
+
 def claim_orphans(
-    conn: psycopg.Connection[Any], q: _ClusterQueries, node_id: str, limit: int
+    conn: psycopg.Connection[Any],
+    q: _ClusterQueries,
+    node_id: str,
+    limit: int,
+    version: str | None = None,
 ) -> list[str]:
     """Claim up to ``limit`` unfinished runs with no live owner; commit; return their ids.
 
-    The owners whose lease ran out are fenced in the same transaction.
+    With a ``version``, only runs started under that version (and rows with no events yet, to
+    drop them) are claimed. The owners whose lease ran out are fenced in the same transaction.
     """
     with conn.transaction():
         conn.execute(q.fence_dead)
-        claimed = [row[0] for row in conn.execute(q.claim, (limit, node_id)).fetchall()]
+        args = (version, version, limit, node_id)
+        claimed = [row[0] for row in conn.execute(q.claim, args).fetchall()]
         if claimed:
             # A start_once whose node died between reserving its key and writing run_created
             # left a row with no events: drop it, so a retry of that start can succeed.
@@ -427,11 +441,11 @@ class Directory:
 
         return bool(self._call("lease renewal", run))
 
-    def claim(self, limit: int) -> list[tuple[str, list[tuple[Position, bytes]]]]:
-        """Claim runs without a live owner and read their events (grouped per run, in order)."""
+    def claim(self, limit: int, version: str | None = None) -> _Claimed:
+        """Claim runs without a live owner (of ``version``, if given) and read their events."""
 
         def run(conn: psycopg.Connection[Any]) -> list[tuple[str, list[tuple[Position, bytes]]]]:
-            claimed = claim_orphans(conn, self.q, self.node_id, limit)
+            claimed = claim_orphans(conn, self.q, self.node_id, limit, version)
             return _group(claimed, conn.execute(self.q.run_events, (claimed,)).fetchall())
 
         if self._closed:
@@ -820,6 +834,13 @@ class _ClusterQueries:
             " SELECT r.run_id FROM {runs} r LEFT JOIN {nodes} n ON n.node_id = r.owner"
             f" WHERE r.status IN {live}"
             "  AND (r.owner IS NULL OR n.node_id IS NULL OR n.fenced OR n.lease_until < now())"
+            # A versioned node takes only its version's runs (the run_created record's data,
+            # the first event of every run, says which).
+            "  AND (%s::text IS NULL"
+            "   OR NOT EXISTS (SELECT 1 FROM {events} e WHERE e.run_id = r.run_id)"
+            "   OR (SELECT convert_from(e.record, 'UTF8')::json -> 5 ->> 'version'"
+            "       FROM {events} e WHERE e.run_id = r.run_id AND e.type = 'run_created'"
+            "       ORDER BY e.position LIMIT 1) = %s::text)"
             " ORDER BY (SELECT min(due_at) FROM {timers} w WHERE w.run_id = r.run_id)"
             "  NULLS LAST"
             " LIMIT %s FOR UPDATE OF r SKIP LOCKED)"
@@ -828,6 +849,7 @@ class _ClusterQueries:
             runs="runs",
             nodes="nodes",
             timers="timers",
+            events="events",
         )
         self.run_events = render(
             "SELECT position, run_id, record FROM {events} WHERE run_id = ANY(%s) "
