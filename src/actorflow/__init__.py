@@ -44,7 +44,7 @@ from .errors import (
     WorkflowRunFailedError,
     WorkflowRunNotFoundError,
 )
-from .runtime.records import Hook, Run
+from .runtime.records import Hook, Readable, Run
 from .runtime.runtime import Runtime
 from .runtime.typed_hooks import TypedHook, define_hook
 from .runtime.webhook_request import Request, Response
@@ -64,6 +64,7 @@ from .runtime.workflow import (
     uuid4,
     workflow,
 )
+from .runtime.writable import Writable, get_writable
 
 __version__ = "0.1.0"
 
@@ -84,6 +85,7 @@ __all__ = [
     "NonDeterministicAwaitError",
     "OverloadedError",
     "PayloadTooLargeError",
+    "Readable",
     "ReplayDivergenceError",
     "Request",
     "Response",
@@ -102,6 +104,7 @@ __all__ = [
     "WorkflowRunError",
     "WorkflowRunFailedError",
     "WorkflowRunNotFoundError",
+    "Writable",
     "api",
     "create_hook",
     "create_webhook",
@@ -110,6 +113,7 @@ __all__ = [
     "gather",
     "get_step_metadata",
     "get_workflow_metadata",
+    "get_writable",
     "now",
     "random",
     "sleep",

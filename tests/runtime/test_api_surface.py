@@ -47,6 +47,7 @@ EXPECTED_ALL = {
     "WorkflowRunNotFoundError",
     # records and the runtime
     "Hook",
+    "Readable",
     "Request",
     "Response",
     "Run",
@@ -54,6 +55,7 @@ EXPECTED_ALL = {
     "StepMetadata",
     "TypedHook",
     "WorkflowMetadata",
+    "Writable",
     # submodules
     "api",
     "verify",
@@ -65,6 +67,7 @@ EXPECTED_ALL = {
     "gather",
     "get_step_metadata",
     "get_workflow_metadata",
+    "get_writable",
     "now",
     "random",
     "sleep",

@@ -25,7 +25,15 @@ from typing import Any, Protocol
 from . import codec
 from .command_events import event_of
 from .core import events as ev
-from .core.commands import Command, CreateHook, CreateWait, DisposeHook, StartStep
+from .core.commands import (
+    CloseStream,
+    Command,
+    CreateHook,
+    CreateWait,
+    DisposeHook,
+    StartStep,
+    WriteChunk,
+)
 from .core.events import Event
 from .core.machine import Machine
 from .ids import derived_token, new_id, new_token
@@ -64,6 +72,10 @@ class TimerArm(Protocol):
     def add(self, wait_id: str, resume_at: float) -> None: ...
 
 
+class StreamWrites(Protocol):
+    def from_workflow(self, run_id: str, command: WriteChunk | CloseStream) -> None: ...
+
+
 @dataclass(slots=True)
 class ActorServices:
     """What every actor of a runtime uses (one instance, shared)."""
@@ -79,6 +91,8 @@ class ActorServices:
     identity: Identity
     on_missing_workflow: Callable[[RunState], None]
     scope_probe: Callable[[], object] | None = None
+    #: Where the workflow's stream writes go (the runtime's ``Streams``).
+    streams: StreamWrites | None = None
     #: The supervisor (set once it exists).
     host: ActorHost | None = None
 
@@ -264,6 +278,9 @@ class Actor:
                     entry.received if entry is not None and entry.hook_id == command.hook_id else 0
                 )
                 commands.extend(machine.answer(self._record(command, received=received)))
+            elif kind is WriteChunk or kind is CloseStream:
+                assert isinstance(command, WriteChunk | CloseStream) and svc.streams is not None
+                svc.streams.from_workflow(self.run.run_id, command)
             else:
                 self._record(command)
                 if kind is StartStep:

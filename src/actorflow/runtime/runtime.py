@@ -60,6 +60,7 @@ from .response_waiters import WebhookResponses
 from .scope_probe import cancel_scope_probe
 from .state import RunState, State
 from .steps import StepExecutor
+from .streams import Streams
 from .supervisor import Supervisor
 from .timers import TimerService
 from .webhook_request import Request, Response
@@ -157,6 +158,8 @@ class Runtime:
         )
         self.journal.on_run_ended = self.steps.cancel
         self.timers = TimerService(self.journal, self.state)
+        self.streams = Streams(self.state, self.journal, self.payloads, self.limits, self._read)
+        self.steps.streams = self.streams
         self._local = LocalOwnership(self.state, self.journal, self.admission, poll_interval)
         self.ownership: Ownership = self._local
         self._services = ActorServices(
@@ -170,6 +173,7 @@ class Runtime:
             limits=self.limits,
             identity=self.identity,
             on_missing_workflow=self._log_missing_workflow,
+            streams=self.streams,
         )
         self.supervisor = Supervisor(
             self._services,
@@ -195,7 +199,8 @@ class Runtime:
                             self.responses, self.resolve_secret)  # fmt: skip
         return Front(state=self.state, journal=self.journal, ownership=self.ownership,
                      payloads=self.payloads, registry=self.workflows, limits=self.limits,
-                     identity=self.identity, webhooks=webhooks, clock=self.clock)  # fmt: skip
+                     identity=self.identity, webhooks=webhooks, clock=self.clock,
+                     streams=self.streams)  # fmt: skip
 
     # -- configuration -----------------------------------------------------------------------
 

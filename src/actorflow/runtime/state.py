@@ -16,6 +16,7 @@ from typing import Any
 
 from .core import events as ev
 from .core.events import Event
+from .stream_index import StreamIndex
 
 __all__ = ["HookEntry", "IdempotencyEntry", "PendingStep", "RunState", "State", "Timer"]
 
@@ -130,6 +131,7 @@ class Timer:
     wait_id: str
     run_id: str
     resume_at: float
+    purpose: str = "sleep"  # or "timeout" (a hook's wait)
 
 
 class State:
@@ -145,6 +147,8 @@ class State:
         self.responses: dict[str, Event] = {}
         #: idempotency key of a start -> the run it started.
         self.start_keys: dict[str, str] = {}
+        #: Where each run's stream chunks sit in the log (``stream_index.py``).
+        self.streams = StreamIndex()
         self.events = 0
 
     def apply(self, event: Event) -> None:
@@ -208,7 +212,9 @@ class State:
             )
 
     def _wait_created(self, run: RunState, event: Event, corr: str, data: dict[str, Any]) -> None:
-        self.timers[corr] = Timer(corr, run.run_id, float(data["resume_at"]))
+        self.timers[corr] = Timer(
+            corr, run.run_id, float(data["resume_at"]), str(data.get("purpose", "sleep"))
+        )
         self._own(run, corr)
 
     def _wait_ended(self, run: RunState, event: Event, corr: str, data: dict[str, Any]) -> None:
@@ -233,6 +239,9 @@ class State:
     def _responded(self, run: RunState, event: Event, corr: str, data: dict[str, Any]) -> None:
         self.responses[str(data["request_event_id"])] = event
 
+    def _stream(self, run: RunState, event: Event, corr: str, data: dict[str, Any]) -> None:
+        self.streams.apply(event)
+
     _handlers: dict[str, Callable[[State, RunState, Event, str, dict[str, Any]], None]] = {
         ev.HOOK_CREATED: _hook_created,
         ev.HOOK_DISPOSED: _hook_disposed,
@@ -245,6 +254,8 @@ class State:
         ev.STEP_COMPLETED: _step_ended,
         ev.STEP_FAILED: _step_ended,
         ev.WEBHOOK_RESPONDED: _responded,
+        ev.STREAM_CHUNK: _stream,
+        ev.STREAM_CLOSED: _stream,
     }
 
     def _release(self, run: RunState) -> None:

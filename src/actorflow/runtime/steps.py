@@ -27,6 +27,7 @@ from .limits import Identity
 from .payloads import Payloads
 from .state import PendingStep, State
 from .workflow import StepMetadata, WorkflowMetadata, find_step, step_context
+from .writable import StepStreams, StreamSink, step_streams
 
 __all__ = ["StepExecutor", "backoff"]
 
@@ -55,6 +56,8 @@ class StepExecutor:
         self._limiter = anyio.CapacityLimiter(max_concurrent)
         self._scopes: dict[str, anyio.CancelScope] = {}
         self._task_group: anyio.abc.TaskGroup | None = None
+        #: Where steps' stream writes go (the runtime's ``Streams``), once set.
+        self.streams: StreamSink | None = None
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         """Own the steps' tasks while the runtime runs."""
@@ -134,6 +137,11 @@ class StepExecutor:
                 await anyio.sleep(delay)
             meta = StepMetadata(step_id, step.attempt, datetime.fromtimestamp(clock(), UTC))
             token = step_context.set((meta, workflow_meta))
+            writing = None
+            if self.streams is not None:
+                writing = step_streams.set(
+                    StepStreams(self.streams, run.run_id, step_id, step.attempt)
+                )
             try:
                 result = await function.fn(*inputs["args"], **inputs["kwargs"])
             except FatalError as exc:
@@ -154,6 +162,8 @@ class StepExecutor:
                 continue
             finally:
                 step_context.reset(token)
+                if writing is not None:
+                    step_streams.reset(writing)
             try:
                 tree = codec.to_tree(result, root="result")
             except Exception as exc:  # an unencodable result fails the step, not the runtime

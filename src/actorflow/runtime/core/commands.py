@@ -22,6 +22,8 @@ __all__ = [
     "FailRun",
     "Respond",
     "StartStep",
+    "WriteChunk",
+    "CloseStream",
 ]
 
 
@@ -77,6 +79,21 @@ class Respond:
 
 
 @dataclass(frozen=True, slots=True)
+class WriteChunk:
+    """The workflow's ``seq``-th write to stream ``namespace`` (re-issued on replay: the driver
+    appends it only if the run's log does not hold it yet)."""
+
+    namespace: str
+    seq: int
+    chunk: Any  # codec tree
+
+
+@dataclass(frozen=True, slots=True)
+class CloseStream:
+    namespace: str
+
+
+@dataclass(frozen=True, slots=True)
 class CompleteRun:
     result: Any  # codec tree
 
@@ -88,7 +105,16 @@ class FailRun:
 
 
 Command = (
-    StartStep | CreateHook | DisposeHook | CreateWait | CancelWait | Respond | CompleteRun | FailRun
+    StartStep
+    | CreateHook
+    | DisposeHook
+    | CreateWait
+    | CancelWait
+    | Respond
+    | CompleteRun
+    | FailRun
+    | WriteChunk
+    | CloseStream
 )
 
 

@@ -13,6 +13,7 @@ __all__ = [
     "COMMAND_EVENTS",
     "COMPLETION_EVENTS",
     "EVENT_TYPES",
+    "STREAM_EVENTS",
     "TERMINAL_EVENTS",
     "USER_VALUE_KEYS",
     "Event",
@@ -35,6 +36,8 @@ WAIT_CREATED: Final = "wait_created"
 WAIT_COMPLETED: Final = "wait_completed"
 WAIT_CANCELLED: Final = "wait_cancelled"
 WEBHOOK_RESPONDED: Final = "webhook_responded"
+STREAM_CHUNK: Final = "stream_chunk"
+STREAM_CLOSED: Final = "stream_closed"
 
 EVENT_TYPES: Final = frozenset(
     {
@@ -42,8 +45,13 @@ EVENT_TYPES: Final = frozenset(
         STEP_STARTED, STEP_COMPLETED, STEP_FAILED, STEP_RETRYING,
         HOOK_CREATED, HOOK_CONFLICT, HOOK_RECEIVED, HOOK_DISPOSED,
         WAIT_CREATED, WAIT_COMPLETED, WAIT_CANCELLED, WEBHOOK_RESPONDED,
+        STREAM_CHUNK, STREAM_CLOSED,
     }
 )  # fmt: skip
+
+#: A run's stream records: kept out of the run's history (a replay never reads them) and
+#: indexed per stream instead (``stream_index.py``).
+STREAM_EVENTS: Final = frozenset({STREAM_CHUNK, STREAM_CLOSED})
 
 #: Events the workflow's own durable calls produce, matched by position on replay.
 COMMAND_EVENTS: Final = frozenset(
@@ -62,7 +70,7 @@ TERMINAL_EVENTS: Final = frozenset({RUN_COMPLETED, RUN_FAILED, RUN_CANCELLED})
 
 #: Keys of ``data`` that hold user values (encrypted when encryption is on).
 USER_VALUE_KEYS: Final = frozenset(
-    {"input", "args", "result", "error", "metadata", "payload", "request", "response"}
+    {"input", "args", "result", "error", "metadata", "payload", "request", "response", "chunk"}
 )
 
 

@@ -40,12 +40,14 @@ from ..durations import parse_duration, resolve_deadline
 from . import events as ev
 from .commands import (
     CancelWait,
+    CloseStream,
     Command,
     CompleteRun,
     CreateWait,
     FailRun,
     Respond,
     StartStep,
+    WriteChunk,
 )
 from .events import Event
 from .fibers import Abort as _Abort
@@ -64,6 +66,7 @@ from .ops import (
     RespondOp,
     SleepOp,
     StepCall,
+    StreamOp,
 )
 
 __all__ = [
@@ -109,7 +112,7 @@ class Machine(FiberScheduler):
     __slots__ = (
         "run_id", "workflow_name", "started_at", "base_url", "now", "_workflow",
         "_args", "_kwargs", "_out", "_codec", "_new_id", "_new_token", "_recorded", "_pos",
-        "_steps", "_waits", "hooks", "_rng", "_closing", "_calls", "max_calls",
+        "_steps", "_waits", "hooks", "_rng", "_closing", "_calls", "max_calls", "_writes",
     )  # fmt: skip
 
     def __init__(
@@ -153,6 +156,8 @@ class Machine(FiberScheduler):
         # call: a run over a limit fails the same way every time.
         self._calls = 0
         self.max_calls = max_calls
+        #: Writes so far per stream namespace (``None``: the run has written nothing).
+        self._writes: dict[str, int] | None = None
         self.hooks = Hooks(max_hooks)
 
     @property
@@ -312,6 +317,8 @@ class Machine(FiberScheduler):
             return self._group(fiber, op)
         if isinstance(op, RespondOp):
             return self._respond(op)
+        if isinstance(op, StreamOp):
+            return self._stream(op)
         raise NonDeterministicAwaitError(_awaited_chain(fiber.coro, op))
 
     def _start_step(self, fiber: _Fiber, op: StepCall) -> tuple[int, Any] | None:
@@ -431,6 +438,34 @@ class Machine(FiberScheduler):
             ),
             lambda: self._emit(Respond(op.hook.hook_id, op.request_event_id, tree)),
         )
+        return (_SEND, None)
+
+    # -- streams -----------------------------------------------------------------------------
+
+    def _stream(self, op: StreamOp) -> tuple[int, Any] | None:
+        """A write or close, numbered per namespace in the order the workflow makes them.
+
+        Not matched against the history like other calls: the driver is handed every write
+        again on replay and appends only those whose number the log does not hold yet, so the
+        chunk is the same whether or not it was recorded before a crash.
+        """
+        if self._closing:
+            raise _Abort
+        writes = self._writes
+        if writes is None:
+            writes = self._writes = {}
+        seq = writes.get(op.namespace, 0)
+        if seq < 0:
+            raise WorkflowDefinitionError(
+                f"stream {op.namespace!r} of run {self.run_id} is closed; it takes no more chunks"
+            )
+        if op.close:
+            writes[op.namespace] = -1
+            self._emit(CloseStream(op.namespace))
+        else:
+            tree = self._codec.to_tree(op.chunk, root="chunk")
+            writes[op.namespace] = seq + 1
+            self._emit(WriteChunk(op.namespace, seq, tree))
         return (_SEND, None)
 
     # -- the end of a run --------------------------------------------------------------------

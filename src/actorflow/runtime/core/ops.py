@@ -30,6 +30,7 @@ __all__ = [
     "SleepOp",
     "StepCall",
     "StepOptions",
+    "StreamOp",
     "WEBHOOK_PATH",
 ]
 
@@ -110,6 +111,20 @@ class RespondOp(Op):
         self.hook = hook
         self.request_event_id = request_event_id
         self.response = response
+
+
+class StreamOp(Op):
+    """A workflow's write to (or close of) one of its run's streams; never blocks the fiber."""
+
+    __slots__ = ("namespace", "chunk", "close")
+
+    def __init__(self, namespace: str, chunk: Any, close: bool = False) -> None:
+        self.namespace = namespace
+        self.chunk = chunk
+        self.close = close
+
+    def __repr__(self) -> str:
+        return f"<stream {'close' if self.close else 'write'} {self.namespace!r}>"
 
 
 class HookOwner(Protocol):

@@ -54,6 +54,7 @@ from actorflow.runtime.log.postgres import (
     _connect,
     _is_text,
 )
+from actorflow.runtime.log.postgres_streams import StreamQueries, namespaces, rows_after
 from actorflow.runtime.log.store import Durability, Position, ScanReport
 
 __all__ = ["ClusterLog", "Delivery", "Directory", "ForeignHook", "channel_name"]
@@ -86,6 +87,7 @@ class _Changes:
     timers_removed: list[str] = field(default_factory=list)
     from_inbox: list[str] = field(default_factory=list)  # event ids
     responses: list[str] = field(default_factory=list)  # request event ids answered
+    streams: set[str] = field(default_factory=set)  # runs with stream records in the batch
 
 
 def _changes(records: Sequence[bytes]) -> _Changes:
@@ -144,6 +146,8 @@ def _changes(records: Sequence[bytes]) -> _Changes:
             out.timers_removed.append(corr or "")
         elif kind == "webhook_responded":
             out.responses.append(str(data.get("request_event_id")))
+        elif kind in ("stream_chunk", "stream_closed"):
+            out.streams.add(run_id)
     return out
 
 
@@ -249,6 +253,8 @@ class ClusterLog(PostgresLog):
                     raise self._lost(sorted(set(columns.run_ids)))
             if changes.responses:
                 conn.execute(q.notify_responses, (q.channel, changes.responses))
+            if changes.streams:  # wakes readers on other nodes (sent at commit)
+                conn.execute(q.notify_streams, (q.channel, sorted(changes.streams)))
         except LeaseLostError:
             raise
         except psycopg.Error as exc:
@@ -336,6 +342,7 @@ class Directory:
         self.schema = schema
         self.node_id = node_id
         self.q = _ClusterQueries(schema)
+        self._streams_q = StreamQueries(schema)
         self._where = f"(schema {schema})"
         self._idle: list[psycopg.Connection[Any]] = []
         self._lock = threading.Lock()
@@ -418,6 +425,23 @@ class Directory:
             return [(p, bytes(r)) for p, _, r in conn.execute(self.q.run_events, ([run_id],))]
 
         result: list[tuple[Position, bytes]] = self._call("read", run)
+        return result
+
+    def stream_rows(
+        self, run_id: str, namespace: str, after: int, skip: int, limit: int
+    ) -> tuple[list[tuple[Position, bytes]], str | None]:
+        """Stream records of a run, and its status (``postgres_streams.rows_after``)."""
+        q = self._streams_q
+
+        def run(conn: psycopg.Connection[Any]) -> tuple[list[tuple[Position, bytes]], str | None]:
+            return rows_after(conn, q, run_id, namespace, after, skip, limit)
+
+        result: tuple[list[tuple[Position, bytes]], str | None] = self._call("stream read", run)
+        return result
+
+    def stream_namespaces(self, run_id: str) -> list[str] | None:
+        q = self._streams_q
+        result: list[str] | None = self._call("stream read", lambda c: namespaces(c, q, run_id))
         return result
 
     def owner_of(self, run_id: str) -> tuple[str, str | None] | None:
@@ -897,6 +921,7 @@ class _ClusterQueries:
         )
         self.notify = b"SELECT pg_notify(%s, %s)"
         self.notify_responses = b"SELECT pg_notify(%s, 'resp:' || x) FROM unnest(%s::text[]) x"
+        self.notify_streams = b"SELECT pg_notify(%s, 'stream:' || x) FROM unnest(%s::text[]) x"
         self.claim_token = render(
             "INSERT INTO {hooks} (token, run_id, hook_id) VALUES (%s, %s, %s) "
             "ON CONFLICT (token) DO UPDATE SET hook_id = excluded.hook_id, event_id = NULL "
