@@ -44,7 +44,7 @@ from tests.postgres.conftest import Database, require_psycopg
 require_psycopg()
 
 from psycopg import sql  # noqa: E402
-from tests.runtime import test_recovery, test_semantics  # noqa: E402
+from tests.runtime import test_recovery, test_semantics, test_streams  # noqa: E402
 
 from actorflow.runtime.backend import StoreConfig, opening_stores_with  # noqa: E402
 from actorflow.runtime.core.events import Event  # noqa: E402
@@ -62,6 +62,8 @@ SOURCES: list[tuple[types.ModuleType, set[str] | None]] = [
     # The reference run and the live crash: a store that lets k records through, then fails.
     # The prefix variant copies file-log records into new directories: no PostgreSQL analogue.
     (test_recovery, {"test_uninterrupted_journey", "test_crash_after_every_append_live"}),
+    # Streams (issue 14): the same tests with the chunks in the events table.
+    (test_streams, None),
 ]
 
 #: Tests that read the file log's own files or bytes, with why they cannot run here.

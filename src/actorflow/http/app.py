@@ -9,6 +9,8 @@ Routes (``PREFIX`` is ``/.well-known/workflow/v1``)::
     POST        PREFIX/runs                  bearer: start
     GET         PREFIX/runs/<run_id>         bearer: status, result or error, live hooks
     POST        PREFIX/runs/<run_id>/cancel  bearer: cancel
+    GET         PREFIX/runs/<run_id>/streams/<namespace>  bearer: the stream as SSE
+    POST        PREFIX/runs/<run_id>/wake-up bearer: fire pending sleeps now
     GET         PREFIX/openapi.json          the routes as OpenAPI 3.0
     GET         /healthz                     liveness and log-writer health
 
@@ -41,6 +43,7 @@ from ..errors import HookNotFoundError, WorkflowDefinitionError
 from ..runtime import codec
 from ..runtime.runtime import Runtime
 from ..runtime.webhook_request import Request
+from . import run_streams
 from .openapi import openapi_document
 from .responses import (
     error_response,
@@ -197,6 +200,7 @@ def create_blueprint(
         bp.add_url_rule(
             f"{PREFIX}/runs/<run_id>/cancel", "cancel_run", edge.cancel_run, methods=["POST"]
         )
+        run_streams.register(bp, edge, PREFIX)
     if manage_runtime:
 
         async def start_runtime() -> None:

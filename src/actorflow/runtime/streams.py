@@ -203,6 +203,8 @@ class ChunkReader:
         self._buffer: deque[tuple[int, Any]] = deque()
         self._ended = False
         self._after = -1  # remote: the log position read up to
+        #: Why iteration ended: ``"closed"`` (the stream) or ``"run_ended"``.
+        self.end_reason: str | None = None
 
     def __aiter__(self) -> ChunkReader:
         return self
@@ -222,6 +224,16 @@ class ChunkReader:
     async def aclose(self) -> None:
         self._ended = True
         self._buffer.clear()
+
+    async def next_within(self, seconds: float) -> tuple[int, Any] | None:
+        """The next chunk, or ``None`` if none came within ``seconds``.
+
+        Raises:
+            StopAsyncIteration: the stream is over.
+        """
+        with anyio.move_on_after(seconds):
+            return await self.__anext__()
+        return None
 
     def _value(self, event: Event) -> Any:
         return codec.from_tree(self._streams.payloads.value(event, event.data.get("chunk")))
@@ -250,6 +262,7 @@ class ChunkReader:
             return
         if log.closed or (run.terminal is not None and run.terminal.position >= 0):
             self._ended = True
+            self.end_reason = "closed" if log.closed else "run_ended"
             return
         wake = log.wake
         if wake is None:
@@ -279,6 +292,7 @@ class ChunkReader:
             return
         if len(rows) < BATCH and (closed or status in _TERMINAL):
             self._ended = True
+            self.end_reason = "closed" if closed else "run_ended"
             return
         if not rows:
             await remote.wait_stream(self.run_id, remote.poll_interval)
