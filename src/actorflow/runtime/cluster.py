@@ -413,14 +413,13 @@ class SharedOwnership:
             self.directory.stream_rows, run_id, namespace, after, skip, limit
         )
 
-    async def wait_stream(self, run_id: str, timeout: float) -> None:
+    def watch_stream(self, run_id: str) -> anyio.Event:
+        # One event per run, shared by its readers, dropped when it fires. One left behind by
+        # a reader that went away costs an entry until the run's next stream record.
         waiter = self._stream_waiters.get(run_id)
         if waiter is None:
             waiter = self._stream_waiters[run_id] = anyio.Event()
-        with anyio.move_on_after(timeout):
-            await waiter.wait()
-        if self._stream_waiters.get(run_id) is waiter and not waiter.is_set():
-            del self._stream_waiters[run_id]
+        return waiter
 
     async def stream_namespaces(self, run_id: str) -> list[str] | None:
         return await anyio.to_thread.run_sync(self.directory.stream_namespaces, run_id)

@@ -110,8 +110,8 @@ class Ownership(Protocol):
     ) -> tuple[list[tuple[int, bytes]], str | None]:
         """Stream records of a run owned elsewhere, and its status (see ``streams.py``)."""
 
-    async def wait_stream(self, run_id: str, timeout: float) -> None:
-        """Return when a run owned elsewhere may have new stream records, or at ``timeout``."""
+    def watch_stream(self, run_id: str) -> anyio.Event:
+        """An event set when a run owned elsewhere may have new stream records."""
 
     async def stream_namespaces(self, run_id: str) -> list[str] | None:
         """The stream namespaces of a run owned elsewhere (``None``: no such run)."""
@@ -202,8 +202,8 @@ class LocalOwnership:
     ) -> tuple[list[tuple[int, bytes]], str | None]:
         return [], None
 
-    async def wait_stream(self, run_id: str, timeout: float) -> None:
-        await anyio.sleep(timeout)
+    def watch_stream(self, run_id: str) -> anyio.Event:
+        return anyio.Event()  # never set: nothing is read from elsewhere
 
     async def stream_namespaces(self, run_id: str) -> list[str] | None:
         return None

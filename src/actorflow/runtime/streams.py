@@ -62,8 +62,9 @@ class RemoteStreams(Protocol):
         ``after < 0``, from its chunk number ``skip``), and the run's status read first
         (``None``: no such run)."""
 
-    async def wait_stream(self, run_id: str, timeout: float) -> None:
-        """Return when the run's streams may have changed, or after ``timeout`` seconds."""
+    def watch_stream(self, run_id: str) -> anyio.Event:
+        """An event set when the run's streams may change from now on (armed before a read,
+        so a change during the read is not missed)."""
 
     async def stream_namespaces(self, run_id: str) -> list[str] | None:
         """The run's stream namespaces (``None``: no such run)."""
@@ -203,6 +204,7 @@ class ChunkReader:
         self._buffer: deque[tuple[int, Any]] = deque()
         self._ended = False
         self._after = -1  # remote: the log position read up to
+        self._closed = False  # remote: the close was read
         #: Why iteration ended: ``"closed"`` (the stream) or ``"run_ended"``.
         self.end_reason: str | None = None
 
@@ -272,12 +274,12 @@ class ChunkReader:
     async def _fill_remote(self) -> None:
         streams = self._streams
         remote = self._remote
+        changed = remote.watch_stream(self.run_id)
         rows, status = await remote.stream_rows(
             self.run_id, self.namespace, self._after, self.next_index, BATCH
         )
         if status is None:
             raise WorkflowRunNotFoundError(self.run_id)
-        closed = False
         decode = streams.payloads.decode
         for position, record in rows:
             event = decode(record, position)
@@ -287,12 +289,13 @@ class ChunkReader:
                 if index >= self.next_index:
                     self._buffer.append((index, codec.from_tree(event.data.get("chunk"))))
             else:
-                closed = True
+                self._closed = True
         if self._buffer:
             return
-        if len(rows) < BATCH and (closed or status in _TERMINAL):
+        if len(rows) < BATCH and (self._closed or status in _TERMINAL):
             self._ended = True
-            self.end_reason = "closed" if closed else "run_ended"
+            self.end_reason = "closed" if self._closed else "run_ended"
             return
         if not rows:
-            await remote.wait_stream(self.run_id, remote.poll_interval)
+            with anyio.move_on_after(remote.poll_interval):
+                await changed.wait()
