@@ -14,6 +14,7 @@ from typing import Any
 
 import anyio
 import pytest
+from tests.conftest import wait_until
 from tests.postgres.conftest import Database, require_psycopg
 
 require_psycopg()
@@ -64,21 +65,21 @@ async def test_a_reader_on_another_node_follows_the_stream(pair: Any) -> None:
 
             tg.start_soon(follow)
             for i in range(40):
-                while "tick:40" not in owner.state.tokens:
-                    await anyio.sleep(0.01)
+                await wait_until(lambda: "tick:40" in owner.state.tokens)
                 await owner.resume_hook("tick:40", f"c{i}")
                 if i % 10 == 9:
                     # The reader keeps up: woken by NOTIFY (the poll interval is 30 s).
-                    while len(got) < i + 1:
-                        await anyio.sleep(0.01)
+                    await wait_until(lambda: len(got) >= i + 1)  # noqa: B023
     assert got == [f"c{i}" for i in range(40)]
     assert await remote.list_streams() == ["ticks"]
     resumed = [c["id"] async for c in remote.readable("ticks", start_index=37)]
     assert resumed == ["c37", "c38", "c39"]
     # wake_up from the other node goes through the inbox to the owner.
     with anyio.fail_after(20):
-        while not await remote.wake_up():
-            await anyio.sleep(0.05)
+        woken: list[str] = []
+        while not woken:
+            woken = await remote.wake_up()
+            await anyio.sleep(0.05)  # the sleep's wait_created may be on its way  # noqa: ASYNC110
         assert await run.result() == "woke"
     with pytest.raises(af.WorkflowRunNotFoundError):
         [c async for c in reader.get_run("wrun_nope").readable()]
