@@ -25,6 +25,7 @@ import orjson
 import pytest
 from tests.fixtures import exactly_once
 from tests.fixtures.server_process import SECRET, ServerProcess, free_port
+from tests.web.test_kill9 import serving
 from tests.web.test_run_streams import Sse
 
 from actorflow.cli import main
@@ -131,8 +132,7 @@ def test_every_acknowledged_chunk_is_read_once_in_order_across_kill_9(tmp_path: 
                         await anyio.sleep(rng.uniform(0.3, 1.0))
                         server.kill()
                         server.launch("trio" if incarnation % 2 else "asyncio")
-                        while server.ready() is None:
-                            await anyio.sleep(0.01)
+                        await serving(server)
                     sent.done = True
                 with anyio.fail_after(60):
                     for i in range(STREAMS):
@@ -162,4 +162,3 @@ def test_every_acknowledged_chunk_is_read_once_in_order_across_kill_9(tmp_path: 
         f"checked by id, {SPELLERS * SPELL} step chunks, {sent.reconnects} reader reconnections, "
         f"{time.monotonic() - began:.1f}s"
     )
-
