@@ -44,10 +44,12 @@ from .errors import (
     WorkflowRunFailedError,
     WorkflowRunNotFoundError,
 )
+from .form_parsing import parse_form as _parse_form
 from .runtime.records import Hook, Readable, Run
 from .runtime.runtime import Runtime
 from .runtime.typed_hooks import TypedHook, define_hook
 from .runtime.webhook_request import Request, Response
+from .runtime.webhook_request import set_form_parser as _set_form_parser
 from .runtime.workflow import (
     StepMetadata,
     WorkflowMetadata,
@@ -65,6 +67,8 @@ from .runtime.workflow import (
     workflow,
 )
 from .runtime.writable import Writable, get_writable
+
+_set_form_parser(_parse_form)
 
 __version__ = "0.1.0"
 

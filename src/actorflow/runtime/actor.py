@@ -26,6 +26,7 @@ from . import codec
 from .command_events import event_of
 from .core import events as ev
 from .core.commands import (
+    CancelStep,
     CloseStream,
     Command,
     CreateHook,
@@ -66,6 +67,8 @@ class ActorHost(Protocol):
 
 class StepStarter(Protocol):
     def start(self, step_id: str) -> None: ...
+
+    def stop(self, step_id: str) -> None: ...
 
 
 class TimerArm(Protocol):
@@ -278,6 +281,13 @@ class Actor:
                     entry.received if entry is not None and entry.hook_id == command.hook_id else 0
                 )
                 commands.extend(machine.answer(self._record(command, received=received)))
+            elif kind is CancelStep:
+                assert isinstance(command, CancelStep)
+                if command.step_id in svc.state.steps:  # no outcome yet (or on replay: none)
+                    svc.journal.record(svc.journal.event(
+                        self.run.run_id, ev.STEP_CANCELLED, command.step_id, {"reason": "first"}
+                    ))  # fmt: skip
+                    svc.steps.stop(command.step_id)
             elif kind is WriteChunk or kind is CloseStream:
                 assert isinstance(command, WriteChunk | CloseStream) and svc.streams is not None
                 svc.streams.from_workflow(self.run.run_id, command)

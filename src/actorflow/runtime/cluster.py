@@ -41,6 +41,7 @@ from .core.events import Event
 from .inbox import Inbox
 from .journal import Journal
 from .log.postgres_cluster import ClusterLog, Directory
+from .log.postgres_streams import StreamReads
 from .mailbox import Admission
 from .ownership import LocalOwnership, PriorDelivery, StaleHookError
 from .payloads import Payloads
@@ -91,6 +92,7 @@ class SharedOwnership:
         self._hook_cache: dict[str, HookEntry] = {}
         #: Readers of other nodes' runs' streams, woken by NOTIFY ``stream:<run id>``.
         self._stream_waiters: dict[str, anyio.Event] = {}
+        self._stream_reads = StreamReads(self.directory)
         self.inbox = Inbox(
             self.directory,
             state=self.state,
@@ -410,7 +412,7 @@ class SharedOwnership:
         self, run_id: str, namespace: str, after: int, skip: int, limit: int
     ) -> tuple[list[tuple[int, bytes]], str | None]:
         return await anyio.to_thread.run_sync(
-            self.directory.stream_rows, run_id, namespace, after, skip, limit
+            self._stream_reads.rows, run_id, namespace, after, skip, limit
         )
 
     def watch_stream(self, run_id: str) -> anyio.Event:
@@ -422,7 +424,7 @@ class SharedOwnership:
         return waiter
 
     async def stream_namespaces(self, run_id: str) -> list[str] | None:
-        return await anyio.to_thread.run_sync(self.directory.stream_namespaces, run_id)
+        return await anyio.to_thread.run_sync(self._stream_reads.namespaces, run_id)
 
     def close(self) -> None:
         self.directory.close()

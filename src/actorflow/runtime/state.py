@@ -253,6 +253,7 @@ class State:
         ev.STEP_RETRYING: _step_retrying,
         ev.STEP_COMPLETED: _step_ended,
         ev.STEP_FAILED: _step_ended,
+        ev.STEP_CANCELLED: _step_ended,
         ev.WEBHOOK_RESPONDED: _responded,
         ev.STREAM_CHUNK: _stream,
         ev.STREAM_CLOSED: _stream,

@@ -24,6 +24,7 @@ __all__ = [
     "StartStep",
     "WriteChunk",
     "CloseStream",
+    "CancelStep",
 ]
 
 
@@ -79,6 +80,14 @@ class Respond:
 
 
 @dataclass(frozen=True, slots=True)
+class CancelStep:
+    """Stop a started step whose awaiter lost a ``first`` (re-issued on replay: the driver
+    records ``step_cancelled`` only while the step has no outcome yet)."""
+
+    step_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class WriteChunk:
     """The workflow's ``seq``-th write to stream ``namespace`` (re-issued on replay: the driver
     appends it only if the run's log does not hold it yet)."""
@@ -115,6 +124,7 @@ Command = (
     | FailRun
     | WriteChunk
     | CloseStream
+    | CancelStep
 )
 
 

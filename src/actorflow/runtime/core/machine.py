@@ -39,6 +39,7 @@ from ...errors import (
 from ..durations import parse_duration, resolve_deadline
 from . import events as ev
 from .commands import (
+    CancelStep,
     CancelWait,
     CloseStream,
     Command,
@@ -61,6 +62,7 @@ from .modes import THROW as _THROW
 from .ops import (
     FirstOp,
     GatherOp,
+    HookConflictOp,
     HookHandle,
     HookNextOp,
     RespondOp,
@@ -256,7 +258,7 @@ class Machine(FiberScheduler):
 
     def _withdraw(self, fiber: _Fiber, blocked: tuple[Any, ...]) -> None:
         """A losing fiber's hook payloads stay buffered; its timer is cancelled."""
-        if blocked[0] in ("hook", "claim"):
+        if blocked[0] in ("hook", "claim", "ask"):
             self.hooks.withdraw(fiber, blocked[1])
         elif blocked[0] == "wait":
             wait_id = blocked[1]
@@ -268,8 +270,9 @@ class Machine(FiberScheduler):
                     lambda: self._emit(CancelWait(wait_id)),
                 )
         elif blocked[0] == "step":
-            # A step already started cannot be unsent; its result is recorded and ignored.
-            self._steps.pop(blocked[1], None)
+            # The step is told to stop; if it finished meanwhile, its result is ignored.
+            if self._steps.pop(blocked[1], None) is not None and not self._closing:
+                self._emit(CancelStep(blocked[1]))
 
     def _release(self, fiber: _Fiber, value: Any) -> tuple[int, Any] | None:
         return self.hooks.release(fiber, value)
@@ -319,6 +322,8 @@ class Machine(FiberScheduler):
             return self._respond(op)
         if isinstance(op, StreamOp):
             return self._stream(op)
+        if isinstance(op, HookConflictOp):
+            return self.hooks.conflict_of(fiber, op.hook)
         raise NonDeterministicAwaitError(_awaited_chain(fiber.coro, op))
 
     def _start_step(self, fiber: _Fiber, op: StepCall) -> tuple[int, Any] | None:

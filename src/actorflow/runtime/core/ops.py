@@ -23,6 +23,7 @@ __all__ = [
     "DISPOSED",
     "FirstOp",
     "GatherOp",
+    "HookConflictOp",
     "HookHandle",
     "HookNextOp",
     "Op",
@@ -113,6 +114,15 @@ class RespondOp(Op):
         self.response = response
 
 
+class HookConflictOp(Op):
+    """``await hook.get_conflict()``: the run holding the hook's token instead, or ``None``."""
+
+    __slots__ = ("hook",)
+
+    def __init__(self, hook: HookState) -> None:
+        self.hook = hook
+
+
 class StreamOp(Op):
     """A workflow's write to (or close of) one of its run's streams; never blocks the fiber."""
 
@@ -181,6 +191,30 @@ class HookHandle(Generic[T]):
     @property
     def metadata(self) -> Any:
         return self._state.metadata
+
+    def get_conflict(self) -> Awaitable[str | None]:
+        """The id of the run whose live hook holds this hook's token, or ``None``, without
+        awaiting a payload: for "claim ``order:{id}``; if another run holds it, branch".
+
+        The answer is recorded (``hook_created`` or ``hook_conflict``), so replay agrees.
+        """
+        return HookConflictOp(self._state)
+
+    @property
+    def has_conflict(self) -> bool:
+        """Whether another run's hook holds the token (a webhook's random token never is).
+
+        Raises:
+            WorkflowDefinitionError: a chosen token whose claim is not answered yet (in a
+                cluster the claim takes a round trip); ``await hook.get_conflict()`` instead.
+        """
+        state = self._state
+        if state.conflict is None and state.webhook is None and state.unanswered:
+            raise WorkflowDefinitionError(
+                f"whether token {state.token!r} conflicts is not known yet; "
+                "use `await hook.get_conflict()`"
+            )
+        return state.conflict is not None
 
     def __await__(self) -> Generator[Any, Any, T]:
         value = yield HookNextOp(self._state)

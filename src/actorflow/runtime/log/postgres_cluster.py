@@ -54,7 +54,6 @@ from actorflow.runtime.log.postgres import (
     _connect,
     _is_text,
 )
-from actorflow.runtime.log.postgres_streams import StreamQueries, namespaces, rows_after
 from actorflow.runtime.log.store import Durability, Position, ScanReport
 
 __all__ = ["ClusterLog", "Delivery", "Directory", "ForeignHook", "channel_name"]
@@ -342,7 +341,6 @@ class Directory:
         self.schema = schema
         self.node_id = node_id
         self.q = _ClusterQueries(schema)
-        self._streams_q = StreamQueries(schema)
         self._where = f"(schema {schema})"
         self._idle: list[psycopg.Connection[Any]] = []
         self._lock = threading.Lock()
@@ -425,23 +423,6 @@ class Directory:
             return [(p, bytes(r)) for p, _, r in conn.execute(self.q.run_events, ([run_id],))]
 
         result: list[tuple[Position, bytes]] = self._call("read", run)
-        return result
-
-    def stream_rows(
-        self, run_id: str, namespace: str, after: int, skip: int, limit: int
-    ) -> tuple[list[tuple[Position, bytes]], str | None]:
-        """Stream records of a run, and its status (``postgres_streams.rows_after``)."""
-        q = self._streams_q
-
-        def run(conn: psycopg.Connection[Any]) -> tuple[list[tuple[Position, bytes]], str | None]:
-            return rows_after(conn, q, run_id, namespace, after, skip, limit)
-
-        result: tuple[list[tuple[Position, bytes]], str | None] = self._call("stream read", run)
-        return result
-
-    def stream_namespaces(self, run_id: str) -> list[str] | None:
-        q = self._streams_q
-        result: list[str] | None = self._call("stream read", lambda c: namespaces(c, q, run_id))
         return result
 
     def owner_of(self, run_id: str) -> tuple[str, str | None] | None:

@@ -10,12 +10,13 @@ misses nothing. The owner's append sends ``NOTIFY`` ``stream:<run id>`` on the s
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import psycopg
 from psycopg import sql
 
-__all__ = ["StreamQueries", "namespaces", "rows_after"]
+__all__ = ["StreamQueries", "StreamReads", "namespaces", "rows_after"]
 
 
 class StreamQueries:
@@ -43,6 +44,42 @@ class StreamQueries:
             "SELECT DISTINCT correlation_id FROM {events} WHERE run_id = %s"
             " AND type IN ('stream_chunk', 'stream_closed') ORDER BY correlation_id"
         )
+
+
+class Pool(Protocol):
+    """A node's connection pool (``postgres_cluster.Directory``)."""
+
+    schema: str
+
+    def _call(self, what: str, fn: Callable[[psycopg.Connection[Any]], Any]) -> Any: ...
+
+
+class StreamReads:
+    """Stream reads on a node's pooled connections (blocking: run them in a worker thread).
+
+    Kept out of ``Directory``, whose one job is the cluster's own bookkeeping, and which
+    lends its pool through ``_call`` here only.
+    """
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+        self._q = StreamQueries(pool.schema)
+
+    def rows(
+        self, run_id: str, namespace: str, after: int, skip: int, limit: int
+    ) -> tuple[list[tuple[int, bytes]], str | None]:
+        q = self._q
+        found: tuple[list[tuple[int, bytes]], str | None] = self._pool._call(
+            "stream read", lambda c: rows_after(c, q, run_id, namespace, after, skip, limit)
+        )
+        return found
+
+    def namespaces(self, run_id: str) -> list[str] | None:
+        q = self._q
+        found: list[str] | None = self._pool._call(
+            "stream read", lambda c: namespaces(c, q, run_id)
+        )
+        return found
 
 
 def rows_after(
