@@ -144,9 +144,7 @@ async def test_progress_streams_to_a_page_over_server_sent_events(data_dir: Path
             async with client.stream("GET", f"/jobs/{run_id}/progress") as response:
                 body = (await response.aread()).decode()
             # A browser reconnecting with Last-Event-ID gets the rest, from chunk 15 on.
-            again = await client.get(
-                f"/jobs/{run_id}/progress", headers={"last-event-id": "14"}
-            )
+            again = await client.get(f"/jobs/{run_id}/progress", headers={"last-event-id": "14"})
     events = [block for block in body.split("\n\n") if block]
     chunks = [block for block in events if "event: chunk" in block]
     assert [c.splitlines()[0] for c in chunks] == [f"id: {i}" for i in range(20)]

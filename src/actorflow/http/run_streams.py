@@ -58,6 +58,7 @@ class Edge(Protocol):
 
     rt: Runtime
     _drain_deadline: float | None
+    _waiting: set[anyio.CancelScope]
 
     def _authorize(self) -> None: ...
 
@@ -111,9 +112,21 @@ class _Routes:
                 wait = min(wait, deadline - anyio.current_time())
                 if wait <= 0:
                     return  # shutting down: the client reconnects where it was
-            try:
-                item = await reader.next_within(wait)
-            except StopAsyncIteration:
+            ended = False
+            item = None
+            # A shutdown that starts while this waits cuts the wait (``_Edge.drain``); no
+            # yield happens inside the scope (an async generator must not yield in one).
+            with anyio.CancelScope() as scope:
+                edge._waiting.add(scope)
+                try:
+                    item = await reader.next_within(wait)
+                except StopAsyncIteration:
+                    ended = True
+                finally:
+                    edge._waiting.discard(scope)
+            if scope.cancelled_caught:
+                return  # shutting down: the client reconnects where it was
+            if ended:
                 end = {"reason": reader.end_reason, "next": reader.next_index}
                 yield b"event: end\ndata: " + orjson.dumps(end) + b"\n\n"
                 return

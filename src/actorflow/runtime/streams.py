@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import anyio
 import anyio.to_thread
 
-from ..errors import WorkflowDefinitionError, WorkflowRunNotFoundError
+from ..errors import SerializationError, WorkflowDefinitionError, WorkflowRunNotFoundError
 from . import codec
 from .core import events as ev
 from .core.commands import CloseStream, WriteChunk
@@ -143,7 +143,9 @@ class Streams:
                                   command.chunk)  # fmt: skip
             else:
                 self.submit_close(run_id, WORKFLOW_WRITER, command.namespace)
-        except (WorkflowDefinitionError, ValueError) as exc:
+        except (WorkflowDefinitionError, SerializationError) as exc:
+            # Closed by a step, or over max_payload_bytes: nothing is appended. (A workflow's
+            # write is not awaited on disk, so it cannot fail at its ``await``.)
             logger.error("run %s: a stream write of its workflow was refused: %s", run_id, exc)
 
     async def write_from_step(self, ctx: StepStreams, namespace: str, seq: int, chunk: Any) -> None:
