@@ -45,6 +45,7 @@ from .errors import (
     WorkflowRunFailedError,
     WorkflowRunNotFoundError,
 )
+from .form_parsing import parse_form as _parse_form
 from .runtime.parking import Parking, RetryReport
 from .runtime.query import (
     EventRecord,
@@ -57,10 +58,11 @@ from .runtime.query import (
     StepWait,
     WaitingOn,
 )
-from .runtime.records import Hook, Run
+from .runtime.records import Hook, Readable, Run
 from .runtime.runtime import Runtime
 from .runtime.typed_hooks import TypedHook, define_hook
 from .runtime.webhook_request import Request, Response
+from .runtime.webhook_request import set_form_parser as _set_form_parser
 from .runtime.workflow import (
     StepMetadata,
     WorkflowMetadata,
@@ -79,6 +81,9 @@ from .runtime.workflow import (
     uuid4,
     workflow,
 )
+from .runtime.writable import Writable, get_writable
+
+_set_form_parser(_parse_form)
 
 __version__ = "0.1.0"
 
@@ -105,6 +110,7 @@ __all__ = [
     "Page",
     "Parking",
     "PayloadTooLargeError",
+    "Readable",
     "ReplayDivergenceError",
     "Request",
     "Response",
@@ -129,6 +135,7 @@ __all__ = [
     "WorkflowRunError",
     "WorkflowRunFailedError",
     "WorkflowRunNotFoundError",
+    "Writable",
     "api",
     "create_hook",
     "create_webhook",
@@ -138,6 +145,7 @@ __all__ = [
     "gather",
     "get_step_metadata",
     "get_workflow_metadata",
+    "get_writable",
     "now",
     "patched",
     "random",

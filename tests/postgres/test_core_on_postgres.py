@@ -44,7 +44,13 @@ from tests.postgres.conftest import Database, require_psycopg
 require_psycopg()
 
 from psycopg import sql  # noqa: E402
-from tests.runtime import test_deploys, test_recovery, test_semantics  # noqa: E402
+from tests.runtime import (  # noqa: E402
+    test_deploys,
+    test_recovery,
+    test_run_surface,
+    test_semantics,
+    test_streams,
+)
 
 from actorflow.runtime.backend import StoreConfig, opening_stores_with  # noqa: E402
 from actorflow.runtime.core.events import Event  # noqa: E402
@@ -64,6 +70,9 @@ SOURCES: list[tuple[types.ModuleType, set[str] | None]] = [
     (test_recovery, {"test_uninterrupted_journey", "test_crash_after_every_append_live"}),
     # Issue 17: every kind of change between a stop and a start, patches, versions.
     (test_deploys, None),
+    # Streams (issue 14): the same tests with the chunks in the events table.
+    (test_streams, None),
+    (test_run_surface, None),
 ]
 
 #: Tests that read the file log's own files or bytes, with why they cannot run here.

@@ -57,6 +57,7 @@ EXPECTED_ALL = {
     "SleepWait",
     "StepWait",
     "WaitingOn",
+    "Readable",
     "Request",
     "Response",
     "Run",
@@ -69,6 +70,7 @@ EXPECTED_ALL = {
     "RetryReport",
     "deprecate_patch",
     "patched",
+    "Writable",
     # submodules
     "api",
     "verify",
@@ -80,6 +82,7 @@ EXPECTED_ALL = {
     "gather",
     "get_step_metadata",
     "get_workflow_metadata",
+    "get_writable",
     "now",
     "random",
     "sleep",

@@ -24,6 +24,7 @@ from actorflow.runtime import codec
 from actorflow.runtime.command_events import ANSWERED, event_of
 from actorflow.runtime.core import events as ev
 from actorflow.runtime.core.commands import (
+    CancelStep,
     CancelWait,
     Command,
     CompleteRun,
@@ -135,6 +136,11 @@ class Harness:
                     received = entry.received
             if isinstance(command, Respond):
                 raise AssertionError("no webhooks here")
+            if isinstance(command, CancelStep):
+                # Re-issued on replay: recorded only while the step has no outcome yet.
+                if command.step_id in self.state.steps:
+                    self.append(ev.STEP_CANCELLED, command.step_id, {"reason": "first"})
+                continue
             event = self.append(*event_of(command, holder=holder, received=received))
             if isinstance(command, ANSWERED):
                 assert self.machine is not None

@@ -130,3 +130,25 @@ async def test_the_approval_server_flow(data_dir: Path) -> None:
             "outcome": "rejected",
             "by": None,
         }
+
+
+async def test_progress_streams_to_a_page_over_server_sent_events(data_dir: Path) -> None:
+    example = _load("stream_progress")
+    rt = af.Runtime(data_dir, [example.job])
+    app = example.make_app(rt)
+    async with _serving(app) as client:
+        page = await client.get("/")
+        assert "EventSource" in page.text
+        run_id = (await client.post("/jobs")).json()["run_id"]
+        with anyio.fail_after(30):
+            async with client.stream("GET", f"/jobs/{run_id}/progress") as response:
+                body = (await response.aread()).decode()
+            # A browser reconnecting with Last-Event-ID gets the rest, from chunk 15 on.
+            again = await client.get(f"/jobs/{run_id}/progress", headers={"last-event-id": "14"})
+    events = [block for block in body.split("\n\n") if block]
+    chunks = [block for block in events if "event: chunk" in block]
+    assert [c.splitlines()[0] for c in chunks] == [f"id: {i}" for i in range(20)]
+    assert '"message":"item 20 of 20 done"' in chunks[-1]
+    assert events[-1] == "event: end\ndata: {}"
+    rest = [b.splitlines()[0] for b in again.text.split("\n\n") if "event: chunk" in b]
+    assert rest == [f"id: {i}" for i in range(15, 20)]

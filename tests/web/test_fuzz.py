@@ -76,6 +76,18 @@ class Target:
                 self.run_ids.append(run_id)
                 self.hook_tokens.append(token)
                 self.webhook_tokens += [h["token"] for h in hooks if h["is_webhook"]]
+            # A run whose stream is closed: a valid stream request gets its chunks and ends
+            # (a live run's stream would stay open, and the fuzzer reads answers to the end).
+            self.streamed_run_ids = [
+                client.post(
+                    f"{PREFIX}/runs", json={"workflow": "speller", "args": ["fuzz", 3]}
+                ).json()["run_id"]
+            ]
+            for _ in range(500):
+                if client.get(f"{PREFIX}/runs/{self.streamed_run_ids[0]}").json()["status"] == (
+                    "completed"
+                ):
+                    break
         assert len(self.webhook_tokens) == 3
 
     def send(self, raw: bytes, *, head: bool = False, half_close: bool = False) -> Answer | None:
@@ -269,7 +281,8 @@ def requests(
     hooks = target.hook_tokens
     live = {
         "token": target.webhook_tokens if path.endswith("/webhook/{token}") else hooks,
-        "run_id": target.run_ids,
+        "run_id": target.streamed_run_ids if "/streams/" in path else target.run_ids,
+        "namespace": ["step", "default"],
     }
     url = path
     for name in re.findall(r"{(\w+)}", path):

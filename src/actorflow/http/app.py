@@ -12,6 +12,8 @@ Routes (``PREFIX`` is ``/.well-known/workflow/v1``)::
     GET         PREFIX/runs, PREFIX/hooks, PREFIX/runs/<run_id>/events   bearer: listings
                                              (``inspect_routes.py``)
     POST        PREFIX/runs/retry-parked     bearer: retry parked runs (``deploy_routes.py``)
+    GET         PREFIX/runs/<run_id>/streams/<namespace>  bearer: the stream as SSE
+    POST        PREFIX/runs/<run_id>/wake-up bearer: fire pending sleeps now
     GET         PREFIX/openapi.json          the routes as OpenAPI 3.0
     GET         /healthz                     liveness and log-writer health
     GET         /metrics                     Prometheus metrics (open, like /healthz)
@@ -47,6 +49,7 @@ from ..errors import HookNotFoundError, WorkflowDefinitionError
 from ..runtime import codec
 from ..runtime.runtime import Runtime
 from ..runtime.webhook_request import Request
+from . import run_streams
 from .deploy_routes import add_deploy_routes
 from .inspect_routes import add_inspect_routes
 from .inspector import add_inspector
@@ -211,6 +214,7 @@ def create_blueprint(
         add_inspect_routes(bp, PREFIX, runtime, edge.authorize)
         add_inspector(bp, PREFIX, runtime, resume_secret)
         add_deploy_routes(bp, PREFIX, runtime, edge.authorize)
+        run_streams.register(bp, edge, PREFIX)
     if manage_runtime:
 
         async def start_runtime() -> None:

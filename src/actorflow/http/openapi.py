@@ -55,6 +55,18 @@ _TOKEN = {"name": "token", "in": "path", "required": True, "schema": {"type": "s
 _RUN_ID = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "string"}}
 
 _SCHEMAS: dict[str, Any] = {
+    "WakeUp": {
+        "type": "object",
+        "properties": {"correlation_ids": {"type": "array", "items": {"type": "string"}}},
+    },
+    "WokenUp": {
+        "type": "object",
+        "required": ["run_id", "woken"],
+        "properties": {
+            "run_id": {"type": "string"},
+            "woken": {"type": "array", "items": {"type": "string"}},
+        },
+    },
     "Error": {
         "type": "object",
         "required": ["error", "message"],
@@ -275,6 +287,7 @@ def openapi_document(*, resume_routes: bool) -> dict[str, Any]:
         }
         paths.update(inspect_paths(_PREFIX, bearer))
         paths.update(deploy_paths(_PREFIX, bearer))
+        paths.update(_stream_paths(bearer))
     return {
         "openapi": "3.0.3",
         "info": {"title": "actorflow", "version": "1"},
@@ -282,5 +295,55 @@ def openapi_document(*, resume_routes: bool) -> dict[str, Any]:
         "components": {
             "schemas": {**_schemas(), **deploy_schemas()},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+def _stream_paths(bearer: Any) -> dict[str, Any]:
+    """A run's stream (Server-Sent Events, framing in ``run_streams.py``) and its wake-up."""
+    namespace = {
+        "name": "namespace",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9._~:-]{1,200}$"},
+    }
+    start = {
+        "name": "start",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "integer", "minimum": 0},
+        "description": "the index of the first chunk to send (default: Last-Event-ID + 1, or 0)",
+    }
+    return {
+        f"{_PREFIX}/runs/{{run_id}}/streams/{{namespace}}": {
+            "get": {
+                "operationId": "read_stream",
+                "security": bearer,
+                "parameters": [_RUN_ID, namespace, start],
+                "responses": {
+                    "200": {
+                        "description": "the chunks from `start` as Server-Sent Events (`id` is "
+                        "the chunk's index, `data` its JSON), then an `end` event once the "
+                        "stream is closed or the run has ended",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    "400": _error("an invalid namespace or start index"),
+                    "401": _error("missing or wrong bearer token"),
+                    "404": _error("no run has this id"),
+                },
+            }
+        },
+        f"{_PREFIX}/runs/{{run_id}}/wake-up": {
+            "post": {
+                "operationId": "wake_up",
+                "security": bearer,
+                "parameters": [_RUN_ID],
+                "requestBody": _body("WakeUp", required=False),
+                "responses": {
+                    "200": _json("the sleeps fired now (their wait ids)", "WokenUp"),
+                    "404": _error("no run has this id"),
+                    **_COMMON,
+                },
+            }
         },
     }

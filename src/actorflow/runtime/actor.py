@@ -32,7 +32,17 @@ from typing import Any, Protocol
 from . import codec
 from .command_events import divergence_data, event_of
 from .core import events as ev
-from .core.commands import Command, CreateHook, CreateWait, DisposeHook, ParkRun, StartStep
+from .core.commands import (
+    CancelStep,
+    CloseStream,
+    Command,
+    CreateHook,
+    CreateWait,
+    DisposeHook,
+    ParkRun,
+    StartStep,
+    WriteChunk,
+)
 from .core.events import Event
 from .core.machine import Machine
 from .ids import derived_token, new_id, new_token
@@ -66,9 +76,15 @@ class ActorHost(Protocol):
 class StepStarter(Protocol):
     def start(self, step_id: str) -> None: ...
 
+    def stop(self, step_id: str) -> None: ...
+
 
 class TimerArm(Protocol):
     def add(self, wait_id: str, resume_at: float) -> None: ...
+
+
+class StreamWrites(Protocol):
+    def from_workflow(self, run_id: str, command: WriteChunk | CloseStream) -> None: ...
 
 
 @dataclass(slots=True)
@@ -88,6 +104,8 @@ class ActorServices:
     scope_probe: Callable[[], object] | None = None
     #: What a divergence does to a run: ``"park"`` it or ``"fail"`` it.
     on_divergence: str = "park"
+    #: Where the workflow's stream writes go (the runtime's ``Streams``).
+    streams: StreamWrites | None = None
     #: The supervisor (set once it exists).
     host: ActorHost | None = None
 
@@ -320,6 +338,16 @@ class Actor:
                     entry.received if entry is not None and entry.hook_id == command.hook_id else 0
                 )
                 commands.extend(machine.answer(self._record(command, received=received)))
+            elif kind is CancelStep:
+                assert isinstance(command, CancelStep)
+                if command.step_id in svc.state.steps:  # no outcome yet (or on replay: none)
+                    svc.journal.record(svc.journal.event(
+                        self.run.run_id, ev.STEP_CANCELLED, command.step_id, {"reason": "first"}
+                    ))  # fmt: skip
+                    svc.steps.stop(command.step_id)
+            elif kind is WriteChunk or kind is CloseStream:
+                assert isinstance(command, WriteChunk | CloseStream) and svc.streams is not None
+                svc.streams.from_workflow(self.run.run_id, command)
             else:
                 self._record(command)
                 if kind is StartStep:

@@ -41,6 +41,7 @@ from .core.events import Event
 from .inbox import Inbox
 from .journal import Journal
 from .log.postgres_cluster import ClusterLog, Directory
+from .log.postgres_streams import StreamReads
 from .mailbox import Admission
 from .ownership import LocalOwnership, PriorDelivery, StaleHookError
 from .payloads import Payloads
@@ -89,6 +90,9 @@ class SharedOwnership:
         self.directory = Directory(store.dsn, schema=store.schema, node_id=store.node_id)
         self.adopted = 0
         self._hook_cache: dict[str, HookEntry] = {}
+        #: Readers of other nodes' runs' streams, woken by NOTIFY ``stream:<run id>``.
+        self._stream_waiters: dict[str, anyio.Event] = {}
+        self._stream_reads = StreamReads(self.directory)
         self.inbox = Inbox(
             self.directory,
             state=self.state,
@@ -186,8 +190,11 @@ class SharedOwnership:
                 state.apply(event)
                 run = runs.get(event.run_id)
                 if run is not None:
-                    run.positions.append(position)
-                    run.submitted += 1
+                    if event.type in ev.STREAM_EVENTS:
+                        state.streams.durable(event)
+                    else:
+                        run.positions.append(position)
+                        run.submitted += 1
             run = runs.get(run_id)
             if run is None or run.finished:
                 continue
@@ -218,6 +225,9 @@ class SharedOwnership:
         elif kind in ("took", "drop", "full"):
             if not self.inbox.awaits(value):
                 return
+        elif kind == "stream":
+            if value not in self._stream_waiters:
+                return
         elif kind != "resp":
             return
         try:
@@ -230,6 +240,10 @@ class SharedOwnership:
             self.inbox.wake()
         elif kind == "resp":
             self.responses.poke(value)
+        elif kind == "stream":
+            waiter = self._stream_waiters.pop(value, None)
+            if waiter is not None:
+                waiter.set()
         else:
             self.inbox.announce(value, kind)
 
@@ -385,6 +399,34 @@ class SharedOwnership:
                                    {"reason": reason, "via": "inbox"})  # fmt: skip
         record = self.payloads.encode(event)
         await anyio.to_thread.run_sync(self.directory.enqueue, run_id, event.event_id, record)
+
+    async def wake_remote(self, run_id: str, wait_ids: list[str]) -> None:
+        """Ask the owner to fire sleeps now, through the inbox (as ``cancel`` does)."""
+        for wait_id in wait_ids:
+            event = self.journal.event(run_id, ev.WAIT_COMPLETED, wait_id,
+                                       {"woken": True, "via": "inbox"})  # fmt: skip
+            record = self.payloads.encode(event)
+            await anyio.to_thread.run_sync(self.directory.enqueue, run_id, event.event_id, record)
+
+    # -- streams of runs on other nodes (``streams.py``) ---------------------------------------
+
+    async def stream_rows(
+        self, run_id: str, namespace: str, after: int, skip: int, limit: int
+    ) -> tuple[list[tuple[int, bytes]], str | None]:
+        return await anyio.to_thread.run_sync(
+            self._stream_reads.rows, run_id, namespace, after, skip, limit
+        )
+
+    def watch_stream(self, run_id: str) -> anyio.Event:
+        # One event per run, shared by its readers, dropped when it fires. One left behind by
+        # a reader that went away costs an entry until the run's next stream record.
+        waiter = self._stream_waiters.get(run_id)
+        if waiter is None:
+            waiter = self._stream_waiters[run_id] = anyio.Event()
+        return waiter
+
+    async def stream_namespaces(self, run_id: str) -> list[str] | None:
+        return await anyio.to_thread.run_sync(self._stream_reads.namespaces, run_id)
 
     def close(self) -> None:
         self.directory.close()

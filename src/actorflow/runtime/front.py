@@ -31,7 +31,9 @@ from .query import RunInfo
 from .records import SPEC_VERSION, Hook, Run, hook_created_at
 from .registry import Registry
 from .state import HookEntry, RunState, State
+from .streams import ChunkReader, Streams
 from .typed_hooks import load_schema, validate_payload
+from .wake_up import pending_sleeps, wake_up
 from .webhook_request import Request, Response
 from .webhooks import Webhooks
 from .workflow import WorkflowFunction
@@ -54,6 +56,7 @@ class Front:
         identity: Identity,
         webhooks: Webhooks,
         clock: Callable[[], float],
+        streams: Streams | None = None,
     ) -> None:
         self._state = state
         self._journal = journal
@@ -64,6 +67,7 @@ class Front:
         self._identity = identity
         self._webhooks = webhooks
         self._clock = clock
+        self._streams = streams
 
     # -- starting runs -----------------------------------------------------------------------
 
@@ -297,3 +301,33 @@ class Front:
         event = Event(new_id("evnt_"), run_id, ev.RUN_CANCELLED, None, self._clock(),
                       {"reason": reason})  # fmt: skip
         await self._journal.record(event).wait()
+
+    # -- streams and wake-ups (``streams.py``, ``wake_up.py``) ---------------------------------
+
+    def stream_reader(self, run_id: str, namespace: str, start: int) -> ChunkReader:
+        """``(index, chunk)`` of a run's stream from ``start`` (see ``ChunkReader``)."""
+        assert self._streams is not None
+        return self._streams.reader(run_id, namespace, start, self._ownership)
+
+    async def list_streams(self, run_id: str) -> list[str]:
+        """The namespaces a run has written to. Raises ``WorkflowRunNotFoundError``."""
+        assert self._streams is not None
+        return await self._streams.namespaces(run_id, self._ownership)
+
+    async def wake_up(self, run_id: str, correlation_ids: list[str] | None = None) -> list[str]:
+        """Fire the run's pending sleeps now (those in ``correlation_ids`` if given); their ids.
+
+        Raises:
+            WorkflowRunNotFoundError: no run has this id.
+            LogWriteError: the log failed.
+        """
+        run = self._state.runs.get(run_id)
+        if run is not None:
+            return await wake_up(self._journal, self._state, run, correlation_ids)
+        remote = await self._ownership.snapshot(run_id)
+        if remote is None or run_id not in remote.runs:
+            raise WorkflowRunNotFoundError(run_id)
+        fired = pending_sleeps(remote, remote.runs[run_id], correlation_ids)
+        if fired:
+            await self._ownership.wake_remote(run_id, fired)
+        return fired

@@ -175,6 +175,8 @@ class Inbox:
         run = state.runs.get(event.run_id)
         if run is None or run.finished:
             return "drop"
+        if event.type == ev.WAIT_COMPLETED:  # a wake_up from another node: fire it once
+            return "take" if event.correlation_id in state.timers else "drop"
         if event.type != ev.HOOK_RECEIVED:
             return "take"
         entry = state.tokens.get(str(event.data.get("token")))

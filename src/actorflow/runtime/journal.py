@@ -122,7 +122,7 @@ class Journal:
             state.apply(event)
         if run is None:
             run = state.runs.get(event.run_id)
-        if run is not None:
+        if run is not None and event.type not in ev.STREAM_EVENTS:
             run.submitted += 1
         return ticket
 
@@ -190,11 +190,16 @@ class Journal:
             run = runs.get(event.run_id)
             if run is None:
                 continue
-            run.positions.append(event.position)
             kind = event.type
+            if kind in ev.STREAM_EVENTS:  # not the run's history: the stream index places it
+                self.state.streams.durable(event)
+                continue
+            run.positions.append(event.position)
             if kind in DELIVERED:
                 router.deliver(run, event)
-            if kind in ev.TERMINAL_EVENTS and run.done is not None:
-                run.done.set()
+            if kind in ev.TERMINAL_EVENTS:
+                if run.done is not None:
+                    run.done.set()
+                self.state.streams.ended(event.run_id)
             if kind == ev.WEBHOOK_RESPONDED:
                 self.on_responded(event)

@@ -102,6 +102,20 @@ class Ownership(Protocol):
         """Wait for the ``webhook_responded`` answering a request (``waiter`` is set when this
         process records one); the event, or None once ``waiter`` fired without one."""
 
+    async def wake_remote(self, run_id: str, wait_ids: list[str]) -> None:
+        """Ask the owner of a run on another node to fire these sleeps now (``wake_up``)."""
+
+    async def stream_rows(
+        self, run_id: str, namespace: str, after: int, skip: int, limit: int
+    ) -> tuple[list[tuple[int, bytes]], str | None]:
+        """Stream records of a run owned elsewhere, and its status (see ``streams.py``)."""
+
+    def watch_stream(self, run_id: str) -> anyio.Event:
+        """An event set when a run owned elsewhere may have new stream records."""
+
+    async def stream_namespaces(self, run_id: str) -> list[str] | None:
+        """The stream namespaces of a run owned elsewhere (``None``: no such run)."""
+
 
 class LocalOwnership:
     """This process owns every run: everything is answered from memory and the local log."""
@@ -176,4 +190,20 @@ class LocalOwnership:
         self, run_id: str, request_event_id: str, waiter: anyio.Event
     ) -> Event | None:
         await waiter.wait()
+        return None
+
+    async def wake_remote(self, run_id: str, wait_ids: list[str]) -> None:
+        raise AssertionError("every run is local")  # snapshot() finds no run elsewhere
+
+    # Every run is here: no stream is read from elsewhere.
+
+    async def stream_rows(
+        self, run_id: str, namespace: str, after: int, skip: int, limit: int
+    ) -> tuple[list[tuple[int, bytes]], str | None]:
+        return [], None
+
+    def watch_stream(self, run_id: str) -> anyio.Event:
+        return anyio.Event()  # never set: nothing is read from elsewhere
+
+    async def stream_namespaces(self, run_id: str) -> list[str] | None:
         return None

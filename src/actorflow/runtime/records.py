@@ -38,8 +38,26 @@ class RunSource(Protocol):
 
     async def run_info(self, run_id: str) -> RunInfo: ...
 
+    def stream_reader(self, run_id: str, namespace: str, start: int) -> ChunkSource: ...
 
-__all__ = ["SPEC_VERSION", "Hook", "Run"]
+    async def list_streams(self, run_id: str) -> list[str]: ...
+
+    async def wake_up(self, run_id: str, correlation_ids: list[str] | None = None) -> list[str]: ...
+
+
+class ChunkSource(Protocol):
+    """``(index, chunk)`` pairs of one stream (``streams.ChunkReader``)."""
+
+    next_index: int
+
+    def __aiter__(self) -> ChunkSource: ...
+
+    async def __anext__(self) -> tuple[int, Any]: ...
+
+    async def aclose(self) -> None: ...
+
+
+__all__ = ["SPEC_VERSION", "Hook", "Readable", "Run"]
 
 SPEC_VERSION = 1
 
@@ -175,6 +193,64 @@ class Run:
             WorkflowRunNotFoundError: no run has this id.
         """
         await self._rt.cancel_run(self.run_id, reason)
+
+    def readable(self, namespace: str = "default", start_index: int = 0) -> Readable:
+        """The run's stream ``namespace`` from chunk ``start_index`` on, as an async iterator.
+
+        It yields each chunk in order, waits for new ones, and ends once the stream is closed
+        or the run has ended. ``readable.next_index`` is where to resume after a break.
+
+        Raises:
+            WorkflowDefinitionError: an invalid namespace or ``start_index``.
+            WorkflowRunNotFoundError: (when iterated) no run has this id.
+        """
+        from .writable import check_namespace
+
+        return Readable(self._rt.stream_reader(self.run_id, check_namespace(namespace),
+                                               start_index))  # fmt: skip
+
+    async def list_streams(self) -> list[str]:
+        """The namespaces of the streams the run has written to (or closed), sorted.
+
+        Raises:
+            WorkflowRunNotFoundError: no run has this id.
+        """
+        return await self._rt.list_streams(self.run_id)
+
+    async def wake_up(self, correlation_ids: list[str] | None = None) -> list[str]:
+        """Fire the run's pending sleeps now (only those in ``correlation_ids``, if given).
+
+        Recorded as the sleeps' ``wait_completed`` events, so a replay agrees. Returns the ids
+        of the sleeps fired, once durable; hook timeouts are not sleeps and stay.
+
+        Raises:
+            WorkflowRunNotFoundError: no run has this id.
+            LogWriteError: the log failed.
+        """
+        return await self._rt.wake_up(self.run_id, correlation_ids)
+
+
+class Readable:
+    """A run's stream as an async iterator of chunks (``run.readable()``)."""
+
+    __slots__ = ("_source",)
+
+    def __init__(self, source: ChunkSource) -> None:
+        self._source = source
+
+    @property
+    def next_index(self) -> int:
+        """The index of the next chunk this reader will yield."""
+        return self._source.next_index
+
+    def __aiter__(self) -> Readable:
+        return self
+
+    async def __anext__(self) -> Any:
+        return (await self._source.__anext__())[1]
+
+    async def aclose(self) -> None:
+        await self._source.aclose()
 
 
 def hook_created_at(ts: float) -> datetime:

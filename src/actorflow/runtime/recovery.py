@@ -52,13 +52,18 @@ def _fold(store: EventStore, state: State, payloads: Payloads) -> None:
     key_ids: dict[str, tuple[Event, str]] = {}
     user_keys = ev.USER_VALUE_KEYS
     is_envelope = KeyRing.is_envelope
+    stream_events = ev.STREAM_EVENTS
+    streams = state.streams
     for position, record in store.scan():
         event = decode(record, position)
         state.apply(event)
         run = runs.get(event.run_id)
         if run is not None:
-            run.positions.append(position)
-            run.submitted += 1
+            if event.type in stream_events:
+                streams.durable(event)
+            else:
+                run.positions.append(position)
+                run.submitted += 1
         if b'{"$enc":' not in record:  # most logs: no envelope, no per-key work
             continue
         for name in user_keys.intersection(event.data):

@@ -69,6 +69,7 @@ from .response_waiters import WebhookResponses
 from .scope_probe import cancel_scope_probe
 from .state import RunState, State
 from .steps import StepExecutor
+from .streams import Streams
 from .supervisor import Supervisor
 from .timers import TimerService
 from .webhooks import Webhooks
@@ -167,6 +168,8 @@ class Runtime(OutsideAPI, Inspection):
         )
         self.journal.on_run_ended = self.steps.cancel
         self.timers = TimerService(self.journal, self.state)
+        self.streams = Streams(self.state, self.journal, self.payloads, self.limits, self._read)
+        self.steps.streams = self.streams
         self._local = LocalOwnership(self.state, self.journal, self.admission, poll_interval)
         self.ownership: Ownership = self._local
         self._services = ActorServices(
@@ -181,6 +184,7 @@ class Runtime(OutsideAPI, Inspection):
             identity=self.identity,
             on_missing_workflow=log_missing_workflow,
             on_divergence=check_divergence_mode(on_divergence),
+            streams=self.streams,
         )
         self.supervisor = Supervisor(
             self._services,
@@ -208,7 +212,8 @@ class Runtime(OutsideAPI, Inspection):
                             self.responses, self.resolve_secret)  # fmt: skip
         return Front(state=self.state, journal=self.journal, ownership=self.ownership,
                      payloads=self.payloads, registry=self.workflows, limits=self.limits,
-                     identity=self.identity, webhooks=webhooks, clock=self.clock)  # fmt: skip
+                     identity=self.identity, webhooks=webhooks, clock=self.clock,
+                     streams=self.streams)  # fmt: skip
 
     # -- configuration -----------------------------------------------------------------------
 

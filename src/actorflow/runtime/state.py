@@ -17,6 +17,7 @@ from typing import Any
 from .core import events as ev
 from .core.events import Event
 from .run_index import RunIndex
+from .stream_index import StreamIndex
 
 __all__ = ["HookEntry", "IdempotencyEntry", "PendingStep", "RunState", "State", "Timer"]
 
@@ -137,6 +138,7 @@ class Timer:
     wait_id: str
     run_id: str
     resume_at: float
+    purpose: str = "sleep"  # or "timeout" (a hook's wait)
 
 
 class State:
@@ -152,6 +154,8 @@ class State:
         self.responses: dict[str, Event] = {}
         #: idempotency key of a start -> the run it started.
         self.start_keys: dict[str, str] = {}
+        #: Where each run's stream chunks sit in the log (``stream_index.py``).
+        self.streams = StreamIndex()
         self.events = 0
         #: Run ids sorted for listing (built on the first listing, see ``run_index.py``).
         self.index = RunIndex()
@@ -231,7 +235,9 @@ class State:
             )
 
     def _wait_created(self, run: RunState, event: Event, corr: str, data: dict[str, Any]) -> None:
-        self.timers[corr] = Timer(corr, run.run_id, float(data["resume_at"]))
+        self.timers[corr] = Timer(
+            corr, run.run_id, float(data["resume_at"]), str(data.get("purpose", "sleep"))
+        )
         self._own(run, corr)
 
     def _wait_ended(self, run: RunState, event: Event, corr: str, data: dict[str, Any]) -> None:
@@ -262,6 +268,9 @@ class State:
     def _unparked(self, run: RunState, event: Event, corr: str, data: dict[str, Any]) -> None:
         run.parked = None
 
+    def _stream(self, run: RunState, event: Event, corr: str, data: dict[str, Any]) -> None:
+        self.streams.apply(event)
+
     _handlers: dict[str, Callable[[State, RunState, Event, str, dict[str, Any]], None]] = {
         ev.HOOK_CREATED: _hook_created,
         ev.HOOK_DISPOSED: _hook_disposed,
@@ -273,9 +282,12 @@ class State:
         ev.STEP_RETRYING: _step_retrying,
         ev.STEP_COMPLETED: _step_ended,
         ev.STEP_FAILED: _step_ended,
+        ev.STEP_CANCELLED: _step_ended,
         ev.WEBHOOK_RESPONDED: _responded,
         ev.RUN_PARKED: _parked,
         ev.RUN_UNPARKED: _unparked,
+        ev.STREAM_CHUNK: _stream,
+        ev.STREAM_CLOSED: _stream,
     }
 
     def _release(self, run: RunState) -> None:

@@ -26,7 +26,8 @@ from .journal import Journal
 from .limits import Identity
 from .payloads import Payloads
 from .state import PendingStep, State
-from .workflow import StepMetadata, WorkflowMetadata, find_step, step_context
+from .workflow import StepMetadata, StepSignal, WorkflowMetadata, find_step, step_context
+from .writable import StepStreams, StreamSink, step_streams
 
 __all__ = ["StepExecutor", "backoff"]
 
@@ -54,7 +55,11 @@ class StepExecutor:
         self._clock = journal.clock
         self._limiter = anyio.CapacityLimiter(max_concurrent)
         self._scopes: dict[str, anyio.CancelScope] = {}
+        self._signals: dict[str, StepSignal] = {}
+        self._run_ids: dict[str, str] = {}
         self._task_group: anyio.abc.TaskGroup | None = None
+        #: Where steps' stream writes go (the runtime's ``Streams``), once set.
+        self.streams: StreamSink | None = None
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         """Own the steps' tasks while the runtime runs."""
@@ -76,11 +81,34 @@ class StepExecutor:
         self._task_group.start_soon(self._run, step_id)
 
     def cancel(self, step_ids: list[str]) -> None:
-        """Stop the attempts of steps whose run ended."""
+        """Stop the attempts of steps whose run ended, recording each as ``step_cancelled``.
+
+        Called as the run's end is recorded: the steps are void from then on (the state no
+        longer lists them), so whatever an attempt returns later is never recorded.
+        """
+        journal = self._journal
         for step_id in step_ids:
             scope = self._scopes.get(step_id)
-            if scope is not None:
-                scope.cancel()
+            signal = self._signals.get(step_id)
+            if scope is None or (signal is not None and signal.cancelled):
+                continue  # not running here, or told to stop before (and recorded so)
+            run_id = self._run_ids.get(step_id)
+            if run_id is not None:
+                try:
+                    journal.record(journal.event(run_id, ev.STEP_CANCELLED, step_id,
+                                                 {"reason": "run_ended"}))  # fmt: skip
+                except StorageError:
+                    pass  # the log failed: nothing more is recorded anyway
+            self.stop(step_id)
+
+    def stop(self, step_id: str) -> None:
+        """Tell a running step to stop: its signal is set and its task cancelled."""
+        signal = self._signals.get(step_id)
+        if signal is not None:
+            signal.cancelled = True
+        scope = self._scopes.get(step_id)
+        if scope is not None:
+            scope.cancel()
 
     async def _run(self, step_id: str) -> None:
         # The task was spawned during a machine turn and copied its context: a step is not
@@ -88,6 +116,10 @@ class StepExecutor:
         clear_current_machine()
         scope = anyio.CancelScope()
         self._scopes[step_id] = scope
+        self._signals[step_id] = StepSignal()
+        step = self._state.steps.get(step_id)
+        if step is not None:
+            self._run_ids[step_id] = step.run_id
         try:
             with scope:
                 async with self._limiter:
@@ -106,6 +138,8 @@ class StepExecutor:
                     pass
         finally:
             self._scopes.pop(step_id, None)
+            self._signals.pop(step_id, None)
+            self._run_ids.pop(step_id, None)
 
     async def _attempts(self, step_id: str) -> None:
         state = self._state
@@ -132,8 +166,14 @@ class StepExecutor:
             delay = step.retry_at - clock()
             if delay > 0:
                 await anyio.sleep(delay)
-            meta = StepMetadata(step_id, step.attempt, datetime.fromtimestamp(clock(), UTC))
+            meta = StepMetadata(step_id, step.attempt, datetime.fromtimestamp(clock(), UTC),
+                                self._signals.get(step_id) or StepSignal())  # fmt: skip
             token = step_context.set((meta, workflow_meta))
+            writing = None
+            if self.streams is not None:
+                writing = step_streams.set(
+                    StepStreams(self.streams, run.run_id, step_id, step.attempt)
+                )
             try:
                 result = await function.fn(*inputs["args"], **inputs["kwargs"])
             except FatalError as exc:
@@ -154,6 +194,8 @@ class StepExecutor:
                 continue
             finally:
                 step_context.reset(token)
+                if writing is not None:
+                    step_streams.reset(writing)
             try:
                 tree = codec.to_tree(result, root="result")
             except Exception as exc:  # an unencodable result fails the step, not the runtime

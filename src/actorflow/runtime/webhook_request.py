@@ -6,14 +6,59 @@ They are framework-free (no Quart here): the HTTP layer converts its request obj
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
-__all__ = ["Request", "Response"]
+__all__ = ["FormData", "FormFile", "Request", "Response", "set_form_parser"]
+
+
+@dataclass(frozen=True, slots=True)
+class FormFile:
+    """A file part of a ``multipart/form-data`` body."""
+
+    filename: str | None
+    content_type: str | None
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class FormData:
+    """A parsed form body: fields and files by name, each name's values in body order."""
+
+    fields: Mapping[str, list[str]] = field(default_factory=dict)
+    files: Mapping[str, list[FormFile]] = field(default_factory=dict)
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """The first value of field ``name``."""
+        values = self.fields.get(name)
+        return values[0] if values else default
+
+    def getlist(self, name: str) -> list[str]:
+        return list(self.fields.get(name, ()))
+
+    def __getitem__(self, name: str) -> str:
+        values = self.fields.get(name)
+        if not values:
+            raise KeyError(name)
+        return values[0]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.fields or name in self.files
+
+
+#: Parses a form body: ``(body, content type) -> FormData``. Installed by ``actorflow``'s
+#: package (``actorflow/form_parsing.py``, Werkzeug's parser); the runtime imports no web
+#: framework itself.
+_form_parser: Callable[[bytes, str], FormData] | None = None
+
+
+def set_form_parser(parser: Callable[[bytes, str], FormData]) -> None:
+    global _form_parser
+    _form_parser = parser
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +112,26 @@ class Request:
     def text(self) -> str:
         """The body decoded as UTF-8."""
         return self.body.decode("utf-8")
+
+    def form(self) -> FormData:
+        """The body parsed as ``application/x-www-form-urlencoded`` or ``multipart/form-data``
+        (by its ``content-type``), with Werkzeug's form parser.
+
+        Raises:
+            SerializationError: the body is not a form of either kind.
+        """
+        from ..errors import SerializationError
+
+        content_type = self.headers.get("content-type", "")
+        mimetype = content_type.split(";", 1)[0].strip().lower()
+        if mimetype not in ("application/x-www-form-urlencoded", "multipart/form-data"):
+            raise SerializationError(
+                f"request.form() needs an application/x-www-form-urlencoded or "
+                f"multipart/form-data body, not {mimetype or 'no content-type'!r}"
+            )
+        if _form_parser is None:  # pragma: no cover - installed on ``import actorflow``
+            raise SerializationError("no form parser is installed; import actorflow first")
+        return _form_parser(self.body, content_type)
 
     def header(self, name: str, default: str | None = None) -> str | None:
         """A header by case-insensitive name."""

@@ -13,7 +13,7 @@ import uuid
 import warnings
 from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 
@@ -58,13 +58,32 @@ class WorkflowMetadata:
     url: str | None
 
 
+class StepSignal:
+    """Set when the step is told to stop (its run cancelled, its branch lost a ``first``)."""
+
+    __slots__ = ("cancelled",)
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+
 @dataclass(frozen=True, slots=True)
 class StepMetadata:
-    """About the step attempt running now. ``step_id`` is stable across retries."""
+    """About the step attempt running now. ``step_id`` is stable across retries.
+
+    ``cancelled`` turns true when the step is told to stop: its run was cancelled or its
+    awaiter lost a ``first``. The step's task is cancelled at its next ``await`` as well; the
+    flag is for work between awaits (a loop over CPU-bound items) or under a shielded scope.
+    """
 
     step_id: str
     attempt: int
     started_at: datetime
+    signal: StepSignal = field(default_factory=StepSignal, repr=False, compare=False)
+
+    @property
+    def cancelled(self) -> bool:
+        return self.signal.cancelled
 
 
 #: Set by the step executor around each attempt.
@@ -248,8 +267,12 @@ def create_webhook(
     verify: Callable[..., None] | None = None,
     respond_timeout: float = 30.0,
     token: None = None,
+    metadata: Any = None,
 ) -> HookHandle[Any]:
     """Create a hook resumable over HTTP at ``webhook.url``; its token is always random.
+
+    ``metadata`` is stored with it (encrypted when encryption is on), as ``create_hook``'s: the
+    workflow reads it as ``webhook.metadata``, outside callers in ``get_hook_by_token``.
 
     Raises:
         WorkflowDefinitionError: a token was passed, or ``respond_with`` is not valid.
@@ -279,7 +302,7 @@ def create_webhook(
     from .webhook_handle import attach_verifier
 
     attach_verifier(options, verify)
-    return machine.create_hook(None, None, webhook=options)
+    return machine.create_hook(None, metadata, webhook=options)
 
 
 def patched(patch_id: str) -> bool:

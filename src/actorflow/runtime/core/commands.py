@@ -24,6 +24,9 @@ __all__ = [
     "ParkRun",
     "Respond",
     "StartStep",
+    "WriteChunk",
+    "CloseStream",
+    "CancelStep",
 ]
 
 
@@ -79,6 +82,29 @@ class Respond:
 
 
 @dataclass(frozen=True, slots=True)
+class CancelStep:
+    """Stop a started step whose awaiter lost a ``first`` (re-issued on replay: the driver
+    records ``step_cancelled`` only while the step has no outcome yet)."""
+
+    step_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class WriteChunk:
+    """The workflow's ``seq``-th write to stream ``namespace`` (re-issued on replay: the driver
+    appends it only if the run's log does not hold it yet)."""
+
+    namespace: str
+    seq: int
+    chunk: Any  # codec tree
+
+
+@dataclass(frozen=True, slots=True)
+class CloseStream:
+    namespace: str
+
+
+@dataclass(frozen=True, slots=True)
 class CompleteRun:
     result: Any  # codec tree
 
@@ -120,6 +146,9 @@ Command = (
     | FailRun
     | MarkPatch
     | ParkRun
+    | WriteChunk
+    | CloseStream
+    | CancelStep
 )
 
 

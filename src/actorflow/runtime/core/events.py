@@ -13,6 +13,7 @@ __all__ = [
     "COMMAND_EVENTS",
     "COMPLETION_EVENTS",
     "EVENT_TYPES",
+    "STREAM_EVENTS",
     "TERMINAL_EVENTS",
     "USER_VALUE_KEYS",
     "Event",
@@ -27,6 +28,7 @@ STEP_STARTED: Final = "step_started"
 STEP_COMPLETED: Final = "step_completed"
 STEP_FAILED: Final = "step_failed"
 STEP_RETRYING: Final = "step_retrying"
+STEP_CANCELLED: Final = "step_cancelled"
 HOOK_CREATED: Final = "hook_created"
 HOOK_CONFLICT: Final = "hook_conflict"
 HOOK_RECEIVED: Final = "hook_received"
@@ -41,16 +43,23 @@ PATCH_MARKED: Final = "patch_marked"
 RUN_PARKED: Final = "run_parked"
 #: A parked run's history replayed cleanly again: it goes on where it was.
 RUN_UNPARKED: Final = "run_unparked"
+STREAM_CHUNK: Final = "stream_chunk"
+STREAM_CLOSED: Final = "stream_closed"
 
 EVENT_TYPES: Final = frozenset(
     {
         RUN_CREATED, RUN_STARTED, RUN_COMPLETED, RUN_FAILED, RUN_CANCELLED,
-        STEP_STARTED, STEP_COMPLETED, STEP_FAILED, STEP_RETRYING,
+        STEP_STARTED, STEP_COMPLETED, STEP_FAILED, STEP_RETRYING, STEP_CANCELLED,
         HOOK_CREATED, HOOK_CONFLICT, HOOK_RECEIVED, HOOK_DISPOSED,
         WAIT_CREATED, WAIT_COMPLETED, WAIT_CANCELLED, WEBHOOK_RESPONDED,
         PATCH_MARKED, RUN_PARKED, RUN_UNPARKED,
+        STREAM_CHUNK, STREAM_CLOSED,
     }
 )  # fmt: skip
+
+#: A run's stream records: kept out of the run's history (a replay never reads them) and
+#: indexed per stream instead (``stream_index.py``).
+STREAM_EVENTS: Final = frozenset({STREAM_CHUNK, STREAM_CLOSED})
 
 #: Events the workflow's own durable calls produce, matched by position on replay.
 COMMAND_EVENTS: Final = frozenset(
@@ -69,7 +78,7 @@ TERMINAL_EVENTS: Final = frozenset({RUN_COMPLETED, RUN_FAILED, RUN_CANCELLED})
 
 #: Keys of ``data`` that hold user values (encrypted when encryption is on).
 USER_VALUE_KEYS: Final = frozenset(
-    {"input", "args", "result", "error", "metadata", "payload", "request", "response"}
+    {"input", "args", "result", "error", "metadata", "payload", "request", "response", "chunk"}
 )
 
 

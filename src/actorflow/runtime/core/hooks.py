@@ -34,7 +34,7 @@ MAX_TOKEN_LENGTH = 1024
 class HookState:
     __slots__ = (
         "hook_id", "token", "metadata", "webhook", "buffer", "waiters", "disposed", "conflict",
-        "fed", "expected", "unanswered", "claimant",
+        "fed", "expected", "unanswered", "claimant", "askers",
     )  # fmt: skip
 
     def __init__(
@@ -55,6 +55,13 @@ class HookState:
         self.unanswered = 0
         #: The fiber that awaited the hook before that answer came.
         self.claimant: Any = None
+        #: Fibers awaiting ``get_conflict()`` before the creation's answer came.
+        self.askers: list[Any] | None = None
+
+    @property
+    def holder(self) -> str | None:
+        """The run holding the token instead of this hook, if it conflicted."""
+        return None if self.conflict is None else self.conflict.conflicting_run_id
 
     @property
     def draining(self) -> bool:
@@ -203,7 +210,13 @@ class Hooks:
         hook.unanswered -= 1
         if event.type == ev.HOOK_CONFLICT:
             self._conflicted(hook, str(event.data.get("holder")))
-        elif event.type == ev.HOOK_DISPOSED:
+        if kind == "c:" and hook.askers:
+            askers, hook.askers = hook.askers, None
+            for asker in reversed(askers):  # each goes first: reversed keeps their order
+                if not asker.finished:
+                    asker.blocked_on = None
+                    m._ready_first(asker, SEND, hook.holder)
+        if event.type == ev.HOOK_DISPOSED:
             hook.expected = int(event.data.get("received", 0) or 0)
         claimant = hook.claimant
         if claimant is None or hook.unanswered:
@@ -251,8 +264,21 @@ class Hooks:
         fiber.blocked_on = ("hook", hook)
         return None
 
+    def conflict_of(self, fiber: Any, hook: HookState) -> tuple[int, Any] | None:
+        """``await hook.get_conflict()``: the holding run's id or ``None``, once the creation
+        is answered (block until then)."""
+        if self._unanswered is not None and "c:" + hook.hook_id in self._unanswered:
+            if hook.askers is None:
+                hook.askers = []
+            hook.askers.append(fiber)
+            fiber.blocked_on = ("ask", hook)
+            return None
+        return (SEND, hook.holder)
+
     def withdraw(self, fiber: Any, hook: HookState) -> None:
         """A losing fiber stops waiting; the hook's payloads stay buffered for the next await."""
+        if hook.askers is not None and fiber in hook.askers:
+            hook.askers.remove(fiber)
         if hook.claimant is fiber:
             hook.claimant = None
         try:

@@ -43,6 +43,7 @@ from ...errors import (
 from ..durations import parse_duration, resolve_deadline
 from . import events as ev
 from .commands import (
+    CancelStep,
     CancelWait,
     Command,
     CompleteRun,
@@ -64,13 +65,16 @@ from .modes import THROW as _THROW
 from .ops import (
     FirstOp,
     GatherOp,
+    HookConflictOp,
     HookHandle,
     HookNextOp,
     RespondOp,
     SleepOp,
     StepCall,
+    StreamOp,
 )
 from .patches import deprecate_patch, patched
+from .stream_writes import stream_command
 
 __all__ = [
     "MAX_TOKEN_LENGTH",
@@ -120,7 +124,7 @@ class Machine(FiberScheduler):
         "run_id", "workflow_name", "started_at", "base_url", "now", "_workflow",
         "_args", "_kwargs", "_out", "_codec", "_new_id", "_new_token", "_recorded", "_pos",
         "_steps", "_waits", "hooks", "_rng", "_closing", "_calls", "max_calls", "_parks",
-        "_patches",
+        "_patches", "_writes",
     )  # fmt: skip
 
     def __init__(
@@ -169,6 +173,8 @@ class Machine(FiberScheduler):
         # call: a run over a limit fails the same way every time.
         self._calls = 0
         self.max_calls = max_calls
+        #: Writes so far per stream namespace (``None``: the run has written nothing).
+        self._writes: dict[str, int] | None = None
         self.hooks = Hooks(max_hooks)
         self._parks = on_divergence == "park"
         #: patch id -> the answer ``patched`` gave (made on first use).
@@ -270,7 +276,7 @@ class Machine(FiberScheduler):
 
     def _withdraw(self, fiber: _Fiber, blocked: tuple[Any, ...]) -> None:
         """A losing fiber's hook payloads stay buffered; its timer is cancelled."""
-        if blocked[0] in ("hook", "claim"):
+        if blocked[0] in ("hook", "claim", "ask"):
             self.hooks.withdraw(fiber, blocked[1])
         elif blocked[0] == "wait":
             wait_id = blocked[1]
@@ -282,8 +288,9 @@ class Machine(FiberScheduler):
                     lambda: self._emit(CancelWait(wait_id)),
                 )
         elif blocked[0] == "step":
-            # A step already started cannot be unsent; its result is recorded and ignored.
-            self._steps.pop(blocked[1], None)
+            # The step is told to stop; if it finished meanwhile, its result is ignored.
+            if self._steps.pop(blocked[1], None) is not None and not self._closing:
+                self._emit(CancelStep(blocked[1]))
 
     def _release(self, fiber: _Fiber, value: Any) -> tuple[int, Any] | None:
         return self.hooks.release(fiber, value)
@@ -331,6 +338,10 @@ class Machine(FiberScheduler):
             return self._group(fiber, op)
         if isinstance(op, RespondOp):
             return self._respond(op)
+        if isinstance(op, StreamOp):
+            return self._stream(op)
+        if isinstance(op, HookConflictOp):
+            return self.hooks.conflict_of(fiber, op.hook)
         raise NonDeterministicAwaitError(_awaited_chain(fiber.coro, op))
 
     def _start_step(self, fiber: _Fiber, op: StepCall) -> tuple[int, Any] | None:
@@ -460,6 +471,17 @@ class Machine(FiberScheduler):
             ),
             lambda: self._emit(Respond(op.hook.hook_id, op.request_event_id, tree)),
         )
+        return (_SEND, None)
+
+    # -- streams -----------------------------------------------------------------------------
+
+    def _stream(self, op: StreamOp) -> tuple[int, Any] | None:
+        """A write or close, numbered per namespace (see ``stream_writes.py``)."""
+        if self._closing:
+            raise _Abort
+        if self._writes is None:
+            self._writes = {}
+        self._emit(stream_command(self._writes, op, self.run_id, self._codec))
         return (_SEND, None)
 
     # -- the end of a run --------------------------------------------------------------------

@@ -23,6 +23,7 @@ __all__ = [
     "DISPOSED",
     "FirstOp",
     "GatherOp",
+    "HookConflictOp",
     "HookHandle",
     "HookNextOp",
     "Op",
@@ -30,6 +31,7 @@ __all__ = [
     "SleepOp",
     "StepCall",
     "StepOptions",
+    "StreamOp",
     "WEBHOOK_PATH",
 ]
 
@@ -112,6 +114,29 @@ class RespondOp(Op):
         self.response = response
 
 
+class HookConflictOp(Op):
+    """``await hook.get_conflict()``: the run holding the hook's token instead, or ``None``."""
+
+    __slots__ = ("hook",)
+
+    def __init__(self, hook: HookState) -> None:
+        self.hook = hook
+
+
+class StreamOp(Op):
+    """A workflow's write to (or close of) one of its run's streams; never blocks the fiber."""
+
+    __slots__ = ("namespace", "chunk", "close")
+
+    def __init__(self, namespace: str, chunk: Any, close: bool = False) -> None:
+        self.namespace = namespace
+        self.chunk = chunk
+        self.close = close
+
+    def __repr__(self) -> str:
+        return f"<stream {'close' if self.close else 'write'} {self.namespace!r}>"
+
+
 class HookOwner(Protocol):
     """The machine, as a hook handle uses it."""
 
@@ -166,6 +191,30 @@ class HookHandle(Generic[T]):
     @property
     def metadata(self) -> Any:
         return self._state.metadata
+
+    def get_conflict(self) -> Awaitable[str | None]:
+        """The id of the run whose live hook holds this hook's token, or ``None``, without
+        awaiting a payload: for "claim ``order:{id}``; if another run holds it, branch".
+
+        The answer is recorded (``hook_created`` or ``hook_conflict``), so replay agrees.
+        """
+        return HookConflictOp(self._state)
+
+    @property
+    def has_conflict(self) -> bool:
+        """Whether another run's hook holds the token (a webhook's random token never is).
+
+        Raises:
+            WorkflowDefinitionError: a chosen token whose claim is not answered yet (in a
+                cluster the claim takes a round trip); ``await hook.get_conflict()`` instead.
+        """
+        state = self._state
+        if state.conflict is None and state.webhook is None and state.unanswered:
+            raise WorkflowDefinitionError(
+                f"whether token {state.token!r} conflicts is not known yet; "
+                "use `await hook.get_conflict()`"
+            )
+        return state.conflict is not None
 
     def __await__(self) -> Generator[Any, Any, T]:
         value = yield HookNextOp(self._state)

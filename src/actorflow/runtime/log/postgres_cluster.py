@@ -90,6 +90,7 @@ class _Changes:
     timers_removed: list[str] = field(default_factory=list)
     from_inbox: list[str] = field(default_factory=list)  # event ids
     responses: list[str] = field(default_factory=list)  # request event ids answered
+    streams: set[str] = field(default_factory=set)  # runs with stream records in the batch
 
 
 def _changes(records: Sequence[bytes]) -> _Changes:
@@ -155,6 +156,8 @@ def _changes(records: Sequence[bytes]) -> _Changes:
             out.timers_removed.append(corr or "")
         elif kind == "webhook_responded":
             out.responses.append(str(data.get("request_event_id")))
+        elif kind in ("stream_chunk", "stream_closed"):
+            out.streams.add(run_id)
     return out
 
 
@@ -281,6 +284,8 @@ class ClusterLog(PostgresLog):
                     raise self._lost(sorted(set(columns.run_ids)))
             if changes.responses:
                 conn.execute(q.notify_responses, (q.channel, changes.responses))
+            if changes.streams:  # wakes readers on other nodes (sent at commit)
+                conn.execute(q.notify_streams, (q.channel, sorted(changes.streams)))
         except LeaseLostError:
             raise
         except psycopg.Error as exc:
@@ -952,6 +957,7 @@ class _ClusterQueries:
         )
         self.notify = b"SELECT pg_notify(%s, %s)"
         self.notify_responses = b"SELECT pg_notify(%s, 'resp:' || x) FROM unnest(%s::text[]) x"
+        self.notify_streams = b"SELECT pg_notify(%s, 'stream:' || x) FROM unnest(%s::text[]) x"
         self.claim_token = render(
             "INSERT INTO {hooks} (token, run_id, hook_id) VALUES (%s, %s, %s) "
             "ON CONFLICT (token) DO UPDATE SET hook_id = excluded.hook_id, event_id = NULL "
