@@ -195,6 +195,30 @@ _MIGRATIONS: tuple[_Migration, ...] = (
             ON CONFLICT DO NOTHING""",
         ),
     ),
+    _Migration(
+        3,
+        "retention: when each run ended, and indexes to prune ended runs in batches",
+        (
+            # In the runtime's clock (unix seconds), like timers.due_at: the time of the run's
+            # terminal event, which is what retention counts from. NULL while the run is live.
+            "ALTER TABLE {schema}.runs ADD COLUMN ended_at double precision",
+            """UPDATE {schema}.runs r SET ended_at = t.ended_at FROM (
+                SELECT DISTINCT ON (e.run_id) e.run_id,
+                    (convert_from(e.record, 'UTF8')::json ->> 4)::double precision AS ended_at
+                FROM {schema}.events e
+                WHERE e.type IN ('run_completed', 'run_failed', 'run_cancelled')
+                ORDER BY e.run_id, e.position
+            ) t
+            WHERE r.run_id = t.run_id AND r.status IN ('completed', 'failed', 'cancelled')""",
+            # An ended run without a terminal event cannot be written by actorflow; if one is
+            # there anyway, its retention counts from the upgrade rather than never.
+            "UPDATE {schema}.runs SET ended_at = extract(epoch FROM now()) "
+            "WHERE status IN ('completed', 'failed', 'cancelled') AND ended_at IS NULL",
+            "CREATE INDEX runs_ended ON {schema}.runs (ended_at) WHERE ended_at IS NOT NULL",
+            # A prune frees the idempotency keys of a run's deliveries by their event ids.
+            "CREATE INDEX delivery_keys_event ON {schema}.delivery_keys (event_id)",
+        ),
+    ),
 )
 
 #: The schema version this code creates, reads and writes.
