@@ -30,7 +30,8 @@ Steps, on a fresh schema of the ``--dsn`` database (dropped at the end, also on 
    batch); lower throughput alone is the prune's CPU and I/O on a shared machine.
 4. *Check* (not timed): every run gets ``{"last": true}`` and returns the ids it received; each
    acknowledged id must be there exactly once, in the order its resumer had it acknowledged
-   (``tests/fixtures/exactly_once.py``), and nothing of the expired runs may be left.
+   (``tests/fixtures/exactly_once.py``), and nothing of the expired runs may be left. The plan
+   of a batch at the filled size is printed too: which tables, if any, it reads whole.
 
 The table goes to stdout, then the JSON (also to ``--json``). Never part of the test suite.
 """
@@ -63,7 +64,7 @@ import actorflow as af
 from actorflow.runtime.core.events import Event
 from actorflow.runtime.ids import new_id
 from actorflow.runtime.log.postgres_cluster import ClusterLog
-from actorflow.runtime.log.postgres_retention import PruneReport
+from actorflow.runtime.log.postgres_retention import PruneReport, _queries
 from actorflow.runtime.log.store import Durability
 from actorflow.runtime.payloads import Payloads
 from benchmarks.cluster_workflows import hook_loop
@@ -270,6 +271,16 @@ async def measure(
     }
 
 
+def seq_scans(dsn: str, schema: str, batch_size: int) -> list[str]:
+    """The tables a prune batch's plan reads whole (``Seq Scan``), at the filled size: none is
+    the claim that a batch costs the same whatever the tables hold."""
+    with psycopg.connect(dsn) as conn:
+        params = {"before": time.time() - 7 * DAY, "limit": batch_size}
+        plan = conn.execute(b"EXPLAIN " + _queries(schema).batch, params).fetchall()
+        conn.rollback()
+    return [str(row[0]).strip() for row in plan if "Seq Scan" in str(row[0])]
+
+
 def _left(dsn: str, schema: str) -> dict[str, int]:
     """Rows left of the expired runs (their tokens start with ``expired:``)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -363,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         began = time.perf_counter()
         events = fill_expired(args.dsn, schema, args.expired, progress)
         progress(f"filled {events:,} events in {time.perf_counter() - began:.1f} s")
+        scans = seq_scans(args.dsn, schema, args.batch_size)
         result = anyio.run(
             lambda: measure(
                 args.dsn, schema, work / "data", runs=args.runs, concurrency=args.concurrency,
@@ -386,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         + f"; load average {load_before:.2f} -> {_load():.2f} on {os.cpu_count()} CPUs"
     )
     print_table(result)
+    print(f"tables a batch reads whole (its plan at this size): {', '.join(scans) or 'none'}")
     report = {
         "benchmark": "postgres_prune",
         "command": " ".join(["python -m benchmarks.postgres_prune", *(argv or sys.argv[1:])]),
@@ -402,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         "concurrency": args.concurrency,
         "seconds": args.seconds,
         "left_after_prune": left,
+        "batch_seq_scans": scans,
         **result,
     }
     text = json.dumps(report, indent=2, default=lambda v: None)

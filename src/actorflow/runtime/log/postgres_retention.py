@@ -86,26 +86,28 @@ class _PruneQueries:
             return sql.SQL(template).format(**{k: t(v) for k, v in tables.items()}).as_bytes(None)
 
         # Every CTE sees the same snapshot, so the keys and inbox rows are found through events
-        # and inbox rows that the sibling CTEs delete in the same statement.
+        # and inbox rows that the sibling CTEs delete in the same statement. The picked ids are
+        # one array (an InitPlan), so that every delete is an index lookup, `= ANY(ids)`, and
+        # the planner never hashes a whole table to join it with a batch.
         self.batch = render(
-            "WITH picked AS ("
+            "WITH picked AS (SELECT coalesce(array_agg(run_id), '{{}}') AS ids FROM ("
             " SELECT run_id FROM {runs}"
             f" WHERE ended_at < %(before)s AND status IN {_ENDED}"
-            " ORDER BY ended_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED),"
-            " keys AS (DELETE FROM {keys} WHERE event_id IN ("
-            "  SELECT event_id FROM {events} WHERE run_id IN (SELECT run_id FROM picked)"
+            " ORDER BY ended_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED) AS batch),"
+            " keys AS (DELETE FROM {keys} WHERE event_id = ANY(ARRAY("
+            "  SELECT event_id FROM {events} WHERE run_id = ANY((SELECT ids FROM picked)::text[])"
             "  UNION ALL"
-            "  SELECT event_id FROM {inbox} WHERE run_id IN (SELECT run_id FROM picked))"
+            "  SELECT event_id FROM {inbox} WHERE run_id = ANY((SELECT ids FROM picked)::text[])))"
             " RETURNING 1),"
-            " inbox AS (DELETE FROM {inbox} WHERE run_id IN (SELECT run_id FROM picked)"
+            " inbox AS (DELETE FROM {inbox} WHERE run_id = ANY((SELECT ids FROM picked)::text[])"
             " RETURNING 1),"
-            " hooks AS (DELETE FROM {hooks} WHERE run_id IN (SELECT run_id FROM picked)"
+            " hooks AS (DELETE FROM {hooks} WHERE run_id = ANY((SELECT ids FROM picked)::text[])"
             " RETURNING 1),"
-            " timers AS (DELETE FROM {timers} WHERE run_id IN (SELECT run_id FROM picked)"
+            " timers AS (DELETE FROM {timers} WHERE run_id = ANY((SELECT ids FROM picked)::text[])"
             " RETURNING 1),"
-            " events AS (DELETE FROM {events} WHERE run_id IN (SELECT run_id FROM picked)"
+            " events AS (DELETE FROM {events} WHERE run_id = ANY((SELECT ids FROM picked)::text[])"
             " RETURNING 1),"
-            " gone AS (DELETE FROM {runs} WHERE run_id IN (SELECT run_id FROM picked)"
+            " gone AS (DELETE FROM {runs} WHERE run_id = ANY((SELECT ids FROM picked)::text[])"
             " RETURNING 1)"
             " SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM events),"
             " (SELECT count(*) FROM hooks), (SELECT count(*) FROM timers),"
