@@ -532,6 +532,27 @@ def test_a_kill_9_in_the_middle_of_a_batch_leaves_every_run_whole(
 # -- the upgrade -----------------------------------------------------------------------------
 
 
+def test_runs_ended_by_a_node_of_the_previous_version_are_dated_then_pruned(
+    pg_database: Database, pg_schema: str
+) -> None:
+    db, schema = pg_database, pg_schema
+    log = opened(db, schema, "n")
+    old, recent = time.time() - 30 * DAY, time.time() - DAY
+    try:
+        expired = write_runs(log, 3, ended_at=old)
+        kept = write_runs(log, 1, ended_at=recent)
+    finally:
+        log.close()
+    runs = sql.Identifier(schema, "runs")
+    # What version 2's append leaves on a version 3 schema: the status, no ended_at.
+    db.run(sql.SQL("UPDATE {} SET ended_at = NULL").format(runs))
+    report = prune_expired(db.dsn, schema, seven_days_ago(), batch_size=2)
+    assert (report.dated, report.runs, report.batches) == (4, 3, 2)
+    assert check_whole(db, schema, expired + kept, 5) == set(kept)
+    dated = db.query(sql.SQL("SELECT ended_at FROM {}").format(runs))
+    assert dated == [(pytest.approx(recent),)]
+
+
 def test_the_upgrade_to_version_3_dates_the_runs_already_ended(
     pg_database: Database, pg_schema: str
 ) -> None:

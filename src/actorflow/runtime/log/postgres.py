@@ -215,6 +215,10 @@ _MIGRATIONS: tuple[_Migration, ...] = (
             "UPDATE {schema}.runs SET ended_at = extract(epoch FROM now()) "
             "WHERE status IN ('completed', 'failed', 'cancelled') AND ended_at IS NULL",
             "CREATE INDEX runs_ended ON {schema}.runs (ended_at) WHERE ended_at IS NOT NULL",
+            # Runs that a node still running the previous version ends during a rolling
+            # upgrade get no ended_at: a prune finds them here (normally empty) and dates them.
+            "CREATE INDEX runs_undated ON {schema}.runs (run_id) WHERE ended_at IS NULL "
+            "AND status IN ('completed', 'failed', 'cancelled')",
             # A prune frees the idempotency keys of a run's deliveries by their event ids.
             "CREATE INDEX delivery_keys_event ON {schema}.delivery_keys (event_id)",
         ),

@@ -5,6 +5,8 @@ in the runtime's clock) lies before the cutoff: its events, its ``runs`` row (wh
 ``start_once`` key), live-hook and timer rows (normally gone already when it ended), leftovers
 in ``inbox``, and the ``delivery_keys`` of its deliveries. Then the rows of nodes whose lease ran
 out long ago and that own no unfinished run. Nothing of a run that has not ended is touched.
+First, it dates the ended runs that have no ``ended_at`` (a node still running the previous
+version ended them during a rolling upgrade) from their terminal events, so none is kept forever.
 
 How it stays out of the way of the nodes that keep working:
 
@@ -66,6 +68,9 @@ class PruneReport:
     delivery_keys: int = 0
     nodes: int = 0
     batches: int = 0
+    #: Ended runs found without ``ended_at`` (ended by a node of the previous version during
+    #: an upgrade), dated from their terminal event before the batches.
+    dated: int = 0
 
     def __add__(self, other: PruneReport) -> PruneReport:
         return PruneReport(
@@ -76,7 +81,7 @@ class PruneReport:
 class _PruneQueries:
     """The prune's SQL, rendered once for its schema."""
 
-    __slots__ = ("batch", "nodes")
+    __slots__ = ("batch", "date", "nodes")
 
     def __init__(self, schema: str) -> None:
         def t(name: str) -> sql.Identifier:
@@ -118,6 +123,20 @@ class _PruneQueries:
             inbox="inbox",
             hooks="hooks",
             timers="timers",
+        )
+        self.date = render(
+            "WITH undated AS ("
+            " SELECT run_id FROM {runs}"
+            f" WHERE ended_at IS NULL AND status IN {_ENDED}"
+            " LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
+            " UPDATE {runs} r SET ended_at = coalesce(("
+            "  SELECT (convert_from(e.record, 'UTF8')::json ->> 4)::double precision"
+            "  FROM {events} e WHERE e.run_id = r.run_id"
+            "   AND e.type IN ('run_completed', 'run_failed', 'run_cancelled')"
+            "  ORDER BY e.position LIMIT 1), extract(epoch FROM now()))"
+            " FROM undated WHERE r.run_id = undated.run_id RETURNING 1",
+            runs="runs",
+            events="events",
         )
         # A node that owns no unfinished run holds nothing another node needs (its inbox
         # claims are released by whoever claims the runs, and it has none).
@@ -188,6 +207,12 @@ def prune_expired(
     try:
         conn.execute("SET synchronous_commit = off")
         conn.commit()
+        while True:
+            with conn.transaction():
+                dated = len(conn.execute(q.date, {"limit": batch_size}).fetchall())
+            total += PruneReport(dated=dated)
+            if dated < batch_size:
+                break
         while True:
             with conn.transaction():
                 done = prune_batch(conn, schema, float(ended_before), batch_size)
