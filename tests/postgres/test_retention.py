@@ -44,7 +44,7 @@ from actorflow.errors import (  # noqa: E402
 from actorflow.runtime.core.events import Event  # noqa: E402
 from actorflow.runtime.ids import new_id  # noqa: E402
 from actorflow.runtime.log import postgres  # noqa: E402
-from actorflow.runtime.log.postgres_cluster import ClusterLog  # noqa: E402
+from actorflow.runtime.log.postgres_cluster import ClusterLog, _ClusterQueries  # noqa: E402
 from actorflow.runtime.log.postgres_retention import (  # noqa: E402
     PruneReport,
     prune_batch,
@@ -68,7 +68,7 @@ def store(db: Database, schema: str, node: str) -> ClusterLog:
     return ClusterLog(db.dsn, node_id=node, schema=schema, durability="none")
 
 
-def runtime(db: Database, schema: str, path: Path, log: ClusterLog, offset: float) -> af.Runtime:
+def runtime(path: Path, log: ClusterLog, offset: float) -> af.Runtime:
     """A node whose clock reads ``offset`` seconds from now (a process of another day)."""
     rt = af.Runtime(path, WORKFLOWS, store=log, poll_interval=0.05)
     rt.clock.offset = offset
@@ -127,7 +127,7 @@ async def test_a_prune_deletes_exactly_the_runs_ended_before_the_cutoff_and_all_
     db, schema = pg_database, pg_schema
     # Forty days ago: three runs end (completed with a keyed delivery and a start key, failed,
     # cancelled), one waits on its hook after a first payload, one sleeps for 40 days.
-    old = runtime(db, schema, tmp_path / "old", store(db, schema, "old"), offset=-40 * DAY)
+    old = runtime(tmp_path / "old", store(db, schema, "old"), offset=-40 * DAY)
     async with old as rt:
         done = await rt.start_once("start-done", approval, "done")
         await hook_of(rt, "approval:done")
@@ -150,7 +150,7 @@ async def test_a_prune_deletes_exactly_the_runs_ended_before_the_cutoff_and_all_
     waiting_history = {row[1] for row in rows_by_run(db, schema)["events"][waiting.run_id]}
 
     log = store(db, schema, "today")
-    async with runtime(db, schema, tmp_path / "today", log, offset=0) as rt:
+    async with runtime(tmp_path / "today", log, offset=0) as rt:
         recent = await rt.start(approval, "recent")
         await hook_of(rt, "approval:recent")
         await rt.resume_hook("approval:recent", {"id": "p-recent"}, idempotency_key="k-recent")
@@ -217,7 +217,7 @@ async def test_a_prune_deletes_exactly_the_runs_ended_before_the_cutoff_and_all_
         }
 
     # Restarted later: the 40-day-old runs go on, their history whole.
-    later = runtime(db, schema, tmp_path / "later", store(db, schema, "later"), offset=120)
+    later = runtime(tmp_path / "later", store(db, schema, "later"), offset=120)
     async with later as rt:
         await rt.resume_hook("collect:live", {"id": "p-live-2"}, idempotency_key="k-live-2")
         assert await rt.get_run(waiting.run_id).result(timeout=10) == [
@@ -359,7 +359,7 @@ async def test_a_prune_batch_holding_its_locks_blocks_no_resume_start_or_end(
     pg_database: Database, pg_schema: str, tmp_path: Path
 ) -> None:
     db, schema = pg_database, pg_schema
-    old = runtime(db, schema, tmp_path / "old", store(db, schema, "old"), offset=-40 * DAY)
+    old = runtime(tmp_path / "old", store(db, schema, "old"), offset=-40 * DAY)
     async with old as rt:
         ended = []
         for i in range(20):
@@ -372,7 +372,7 @@ async def test_a_prune_batch_holding_its_locks_blocks_no_resume_start_or_end(
         busy = await rt.start(collect, "busy", 3)
         await hook_of(rt, "collect:busy")
 
-    async with runtime(db, schema, tmp_path / "now", store(db, schema, "now"), offset=0) as rt:
+    async with runtime(tmp_path / "now", store(db, schema, "now"), offset=0) as rt:
         holder = psycopg.connect(db.dsn, application_name="actorflow-tests")
         try:
             held = prune_batch(holder, schema, seven_days_ago(), 1000)  # not committed
@@ -404,6 +404,45 @@ async def test_a_prune_batch_holding_its_locks_blocks_no_resume_start_or_end(
         assert count(db, schema, "delivery_keys") == 3  # b-2, d-1, b-3
         for payload_id in (b'"b-1"', b'"b-2"', b'"b-3"'):
             assert records_with(db, schema, busy.run_id, payload_id) == 1
+
+
+def test_a_run_held_by_a_cancel_on_its_way_is_left_for_the_next_prune(
+    pg_database: Database, pg_schema: str
+) -> None:
+    db, schema = pg_database, pg_schema
+    log = opened(db, schema, "n")
+    try:
+        runs = write_runs(log, 3, ended_at=time.time() - 30 * DAY)
+    finally:
+        log.close()
+    q = _ClusterQueries(schema)
+    cancel = psycopg.connect(db.dsn, application_name="actorflow-tests")
+    try:
+        # Directory.enqueue's first statement, its transaction still open (inbox row next).
+        assert cancel.execute(q.run_owner_held, (runs[1],)).fetchone() is not None
+        first = prune_expired(db.dsn, schema, seven_days_ago())  # skips it, never waits
+        assert first.runs == 2
+        assert check_whole(db, schema, runs, 5) == {runs[1]}
+    finally:
+        cancel.rollback()
+        cancel.close()
+    assert prune_expired(db.dsn, schema, seven_days_ago()).runs == 1
+
+
+def test_reusing_a_key_that_a_prune_deleted_meanwhile_still_records_it(
+    pg_database: Database, pg_schema: str
+) -> None:
+    """A keyed delivery found the key spent on an older hook of its token and reuses it; if a
+    prune deleted that key in between, the reuse must record the key, not update nothing."""
+    db, schema = pg_database, pg_schema
+    migrated = postgres.migrate(db.dsn, schema=schema)
+    assert migrated == postgres.SCHEMA_VERSION
+    q = _ClusterQueries(schema)
+    db.run(q.reuse_key, ("hook_new", "digest", "evnt_new", "tok", "k"))  # gone meanwhile
+    keys = sql.SQL("SELECT hook_id, digest, event_id FROM {} WHERE token = 'tok' AND key = 'k'")
+    assert db.query(keys.format(sql.Identifier(schema, "delivery_keys"))) == [
+        ("hook_new", "digest", "evnt_new")
+    ]
 
 
 # -- faults -------------------------------------------------------------------------------------
