@@ -25,9 +25,9 @@ Steps, on a fresh schema of the ``--dsn`` database (dropped at the end, also on 
    - *during*: while ``ClusterLog.prune_expired(now - 7 days, batch_size=--batch-size)`` runs
      in a worker thread, from its start to its end;
    - *after*: ``--seconds`` seconds on the pruned tables.
-   The ratio reported is *during / before* (and *during / after*). The max ack latency of each
-   phase shows whether any resume waited for a prune batch's locks (it would wait a whole
-   batch); lower throughput alone is the prune's CPU and I/O on a shared machine.
+   The ratio reported is *during / before* (and *during / after*). While the prune runs, the
+   backends waiting for a lock are sampled every 10 ms (``pg_locks``): a resume held up by a
+   batch would show there, so lower throughput without lock waits is the prune's CPU and I/O.
 4. *Check* (not timed): every run gets ``{"last": true}`` and returns the ids it received; each
    acknowledged id must be there exactly once, in the order its resumer had it acknowledged
    (``tests/fixtures/exactly_once.py``), and nothing of the expired runs may be left. The plan
@@ -151,6 +151,42 @@ class Phase:
         }
 
 
+class LockWaits:
+    """Samples, every 10 ms while the prune runs, the backends of the database that wait for a
+    lock (``pg_locks.granted = false``), and whether the prune's connection is among those they
+    wait for: a resume held up by a batch would show here."""
+
+    _QUERY = (
+        "SELECT left(a.query, 40) || CASE WHEN EXISTS (SELECT 1 FROM pg_stat_activity b"
+        " WHERE b.pid = ANY(pg_blocking_pids(a.pid)) AND b.application_name = 'actorflow-prune')"
+        " THEN ' (waits for the prune)' ELSE ' (waits for ' || l.locktype || ')' END"
+        " FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+        " WHERE NOT l.granted AND a.datname = current_database()"
+    )
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.samples = 0
+        self.waiting: dict[str, int] = {}  # query prefix -> samples it was seen waiting in
+
+    async def watch(self, done: anyio.Event) -> None:
+        conn = await anyio.to_thread.run_sync(
+            lambda: psycopg.connect(self.dsn, autocommit=True, application_name="bench-watch")
+        )
+        try:
+            while not done.is_set():
+                rows = await anyio.to_thread.run_sync(lambda: conn.execute(self._QUERY).fetchall())
+                self.samples += 1
+                for (query,) in rows:
+                    self.waiting[str(query)] = self.waiting.get(str(query), 0) + 1
+                await anyio.sleep(0.01)
+        finally:
+            conn.close()
+
+    def figures(self) -> dict[str, Any]:
+        return {"samples": self.samples, "waiting": self.waiting}
+
+
 class Resumers:
     """``concurrency`` tasks resuming random runs; every acknowledged id is remembered."""
 
@@ -243,8 +279,10 @@ async def measure(
                 prune_seconds[0] = time.perf_counter() - began
                 done.set()
 
+        waits = LockWaits(dsn)
         async with anyio.create_task_group() as tg:
             tg.start_soon(prune)
+            tg.start_soon(waits.watch, done)
             await resumers.phase(during, concurrency, done.is_set)
 
         progress("phase after: tables pruned")
@@ -268,6 +306,7 @@ async def measure(
         "prune_seconds": prune_seconds[0],
         "pruned_runs_per_s": report.runs / prune_seconds[0] if prune_seconds[0] else math.nan,
         "ids_checked": checked,
+        "lock_waits": waits.figures(),
     }
 
 
@@ -331,6 +370,12 @@ def print_table(result: dict[str, Any]) -> None:
         f"{prune['events']:,} events, {prune['delivery_keys']:,} keys in {prune['batches']} "
         f"batches, {result['prune_seconds']:.1f} s ({_fmt(result['pruned_runs_per_s'])} runs/s); "
         f"{result['ids_checked']:,} acknowledged ids checked exactly once"
+    )
+    waits = result["lock_waits"]
+    seen = sum(waits["waiting"].values())
+    print(
+        f"lock waits in the database while the prune ran: {seen} in {waits['samples']} samples"
+        + "".join(f"; {n} x {query!r}" for query, n in waits["waiting"].items())
     )
 
 

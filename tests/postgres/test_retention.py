@@ -537,7 +537,7 @@ def test_a_kill_9_in_the_middle_of_a_batch_leaves_every_run_whole(
         waiting = wait_for(
             lambda: db.query(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND "
-                "application_name = 'actorflow' AND wait_event_type = 'Lock'",
+                "application_name = 'actorflow-prune' AND wait_event_type = 'Lock'",
                 (db.name,),
             )[0][0]
         )
@@ -557,7 +557,7 @@ def test_a_kill_9_in_the_middle_of_a_batch_leaves_every_run_whole(
         lambda: (
             not db.query(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND "
-                "application_name = 'actorflow'",
+                "application_name = 'actorflow-prune'",
                 (db.name,),
             )[0][0]
         )

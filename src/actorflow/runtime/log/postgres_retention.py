@@ -205,6 +205,9 @@ def prune_expired(
     total = PruneReport()
     conn = _connect(dsn, where)
     try:
+        if conn.info.parameter_status("application_name") == "actorflow":  # the DSN chose none
+            # Named apart from the nodes' connections, for whoever watches pg_stat_activity.
+            conn.execute("SET application_name = 'actorflow-prune'")
         conn.execute("SET synchronous_commit = off")
         conn.commit()
         while True:
