@@ -18,12 +18,13 @@ How it stays out of the way of the nodes that keep working:
   some transaction holds (an append, a cancel on its way to the inbox) is left for the next
   prune, and since appends lock only live runs' rows, an append never waits for a prune. Rows in
   other tables are deleted only for the locked, ended runs, which no append writes.
-- **Short transactions.** One round trip per batch, found through ``runs_ended`` (an index on
-  ``ended_at``), ``events_run_position`` and ``delivery_keys_event``, never a scan of a table.
+- **Short transactions.** One round trip per batch, every row found through an index
+  (``runs_ended`` on ``ended_at``, ``events_run_position``, ``delivery_keys_event``, ...): the
+  run ids are one array, so the planner has no join to answer with a scan of a whole table
+  (``benchmarks/postgres_prune.py`` prints the plan's whole-table reads at 200,000 runs).
 - **Asynchronous commit.** The prune's session sets ``synchronous_commit = off``: a server crash
-  may bring back the last batch deleted, whole (a commit is atomic either way), and the next
-  prune deletes it again. It spares the prune a WAL flush per batch that appends would queue
-  behind.
+  may bring back the last batches deleted, each whole (a commit is atomic either way), and the
+  next prune deletes them again; each batch is spared waiting for its WAL flush.
 
 The ``runs`` row of an expired run is gone, so readers answer as for a run that never existed:
 ``Directory.run_events`` finds no events, ``owner_of`` no row, a delivery with a pruned
