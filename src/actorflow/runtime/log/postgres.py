@@ -219,6 +219,34 @@ _MIGRATIONS: tuple[_Migration, ...] = (
             "CREATE INDEX runs_workflow_listing ON {schema}.runs (workflow, run_id)",
         ),
     ),
+    _Migration(
+        4,
+        "retention: when each run ended, and indexes to prune ended runs in batches",
+        (
+            # In the runtime's clock (unix seconds), like timers.due_at: the time of the run's
+            # terminal event, which is what retention counts from. NULL while the run is live.
+            "ALTER TABLE {schema}.runs ADD COLUMN ended_at double precision",
+            """UPDATE {schema}.runs r SET ended_at = t.ended_at FROM (
+                SELECT DISTINCT ON (e.run_id) e.run_id,
+                    (convert_from(e.record, 'UTF8')::json ->> 4)::double precision AS ended_at
+                FROM {schema}.events e
+                WHERE e.type IN ('run_completed', 'run_failed', 'run_cancelled')
+                ORDER BY e.run_id, e.position
+            ) t
+            WHERE r.run_id = t.run_id AND r.status IN ('completed', 'failed', 'cancelled')""",
+            # An ended run without a terminal event cannot be written by actorflow; if one is
+            # there anyway, its retention counts from the upgrade rather than never.
+            "UPDATE {schema}.runs SET ended_at = extract(epoch FROM now()) "
+            "WHERE status IN ('completed', 'failed', 'cancelled') AND ended_at IS NULL",
+            "CREATE INDEX runs_ended ON {schema}.runs (ended_at) WHERE ended_at IS NOT NULL",
+            # Runs that a node still running the previous version ends during a rolling
+            # upgrade get no ended_at: a prune finds them here (normally empty) and dates them.
+            "CREATE INDEX runs_undated ON {schema}.runs (run_id) WHERE ended_at IS NULL "
+            "AND status IN ('completed', 'failed', 'cancelled')",
+            # A prune frees the idempotency keys of a run's deliveries by their event ids.
+            "CREATE INDEX delivery_keys_event ON {schema}.delivery_keys (event_id)",
+        ),
+    ),
 )
 
 #: The schema version this code creates, reads and writes.

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -54,6 +55,7 @@ from actorflow.runtime.log.postgres import (
     _connect,
     _is_text,
 )
+from actorflow.runtime.log.postgres_retention import PruneReport, prune_expired
 from actorflow.runtime.log.store import Durability, Position, ScanReport
 
 __all__ = ["ClusterLog", "Delivery", "Directory", "ForeignHook", "channel_name"]
@@ -84,6 +86,7 @@ class _Changes:
     times: dict[str, list[float | None]] = field(default_factory=dict)
     status: dict[str, str] = field(default_factory=dict)  # run id -> its latest status
     ended: list[str] = field(default_factory=list)
+    ended_at: dict[str, float] = field(default_factory=dict)  # run id -> its end's time
     hooks_added: dict[str, tuple[str, str, str, str]] = field(default_factory=dict)
     hooks_removed: list[tuple[str, str]] = field(default_factory=list)  # (token, hook id)
     timers_added: list[tuple[str, str, float]] = field(default_factory=list)
@@ -140,6 +143,9 @@ def _changes(records: Sequence[bytes]) -> _Changes:
             out.status[run_id] = _TERMINAL[kind]
             out.ended.append(run_id)
             out.times.setdefault(run_id, [None, None])[1] = float(created_at)
+            # Retention counts from here; a record without a numeric time counts from now.
+            ended_at = created_at if type(created_at) in (int, float) else time.time()
+            out.ended_at.setdefault(run_id, float(ended_at))
         elif kind == "hook_created":
             token = str(data.get("token"))
             out.hooks_added[token] = (token, run_id, corr or "", event_id)
@@ -254,6 +260,7 @@ class ClusterLog(PostgresLog):
             if changes.status:
                 none: list[float | None] = [None, None]
                 times = [changes.times.get(r, none) for r in changes.status]
+                ended_at = [changes.ended_at.get(run_id) for run_id in changes.status]
                 conn.execute(
                     q.set_status,
                     (
@@ -261,6 +268,7 @@ class ClusterLog(PostgresLog):
                         list(changes.status.values()),
                         [t[0] for t in times],
                         [t[1] for t in times],
+                        ended_at,
                     ),
                 )
             if changes.hooks_removed:
@@ -294,6 +302,22 @@ class ClusterLog(PostgresLog):
             self._pending.update(zip(positions, records, strict=True))
         self._dirty = True
         return positions
+
+    def prune_expired(self, ended_before: float, *, batch_size: int = 1000) -> PruneReport:
+        """Delete everything of the runs that ended before ``ended_before`` (unix seconds, in the
+        runtime's clock), ``batch_size`` runs per transaction, then long-dead nodes' rows; see
+        ``postgres_retention``. Blocking: call it from a worker thread. Safe beside appends
+        (which it never blocks) and beside other nodes' prunes (they split the runs).
+
+        Raises:
+            ValueError: ``ended_before`` is not a finite number, or ``batch_size`` not positive.
+            StorageError: the database failed (committed batches stay deleted, runs stay whole).
+        """
+        if self._closed:
+            raise RuntimeError("this PostgresLog is closed")
+        return prune_expired(
+            self.dsn, self.schema, ended_before, batch_size=batch_size, where=self._where
+        )
 
     def _lost(self, runs: list[str]) -> LeaseLostError:
         shown = ", ".join(runs[:5]) + (f" and {len(runs) - 5} more" if len(runs) > 5 else "")
@@ -692,7 +716,7 @@ class Directory:
 
         def run(conn: psycopg.Connection[Any]) -> bool:
             with conn.transaction():
-                row = conn.execute(q.run_owner, (run_id,)).fetchone()
+                row = conn.execute(q.run_owner_held, (run_id,)).fetchone()
                 if row is None:
                     return False
                 conn.execute(q.add_inbox, (run_id, "", event_id, record))
@@ -868,6 +892,11 @@ class _ClusterQueries:
             events="events",
         )
         self.run_owner = render("SELECT status, owner FROM {runs} WHERE run_id = %s", runs="runs")
+        # Held until the commit of a cancel's inbox row, so a prune cannot delete the run under
+        # it (the prune skips the run, or the cancel finds no run); appends are not held up.
+        self.run_owner_held = render(
+            "SELECT status, owner FROM {runs} WHERE run_id = %s FOR KEY SHARE", runs="runs"
+        )
         self.release_runs = render(
             f"UPDATE {{runs}} SET owner = NULL WHERE owner = %s AND status IN {live}",
             runs="runs",
@@ -886,10 +915,12 @@ class _ClusterQueries:
             "SET created = excluded.created, version = excluded.version",
             runs="runs",
         )
+        # A run ends once: the first end recorded is the one retention counts from.
         self.set_status = render(
             "UPDATE {runs} SET status = x.s, started = coalesce(x.st, {runs}.started), "
-            "ended = coalesce(x.en, {runs}.ended) "
-            "FROM unnest(%s::text[], %s::text[], %s::float8[], %s::float8[]) AS x(r, s, st, en) "
+            "ended = coalesce(x.en, {runs}.ended), ended_at = coalesce({runs}.ended_at, x.e) "
+            "FROM unnest(%s::text[], %s::text[], %s::float8[], %s::float8[], %s::float8[]) "
+            "AS x(r, s, st, en, e) "
             "WHERE {runs}.run_id = x.r",
             runs="runs",
         )
@@ -1021,9 +1052,12 @@ class _ClusterQueries:
             keys="delivery_keys",
             events="events",
         )
+        # An upsert, not an update: a prune may delete the old key (its run expired) between
+        # finding it and reusing it, and the delivery must still record its key.
         self.reuse_key = render(
-            "UPDATE {keys} SET hook_id = %s, digest = %s, event_id = %s "
-            "WHERE token = %s AND key = %s",
+            "INSERT INTO {keys} (hook_id, digest, event_id, token, key) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (token, key) DO UPDATE SET "
+            "hook_id = excluded.hook_id, digest = excluded.digest, event_id = excluded.event_id",
             keys="delivery_keys",
         )
         self.inbox_count = render("SELECT count(*) FROM {inbox} WHERE run_id = %s", inbox="inbox")
