@@ -10,6 +10,7 @@
     actorflow keys generate
     actorflow log verify DIR
     actorflow log dump DIR [--run ID]
+    actorflow log compact DIR [--retention 7d]                       (compact_cli.py)
     actorflow runs list|show|cancel, hooks list|resume, events RUN_ID   (inspect_cli.py)
     actorflow runs retry --url URL                                   (retry_cli.py)
 
@@ -35,6 +36,7 @@ from typing import Any
 
 import orjson
 
+from .compact_cli import add_compact_command
 from .errors import DecryptionError, WorkflowError
 from .inspect_cli import add_inspect_commands
 from .retry_cli import add_retry_command
@@ -91,6 +93,12 @@ def _parser() -> argparse.ArgumentParser:
         default=10.0,
         help="PostgreSQL: how long this process's runs stay its own without a renewal; another "
         "process takes them over after that (default %(default)s)",
+    )
+    serve.add_argument(
+        "--retention",
+        default="7d",
+        help="how long a finished run stays readable after it ends; then it leaves memory and "
+        "the log (e.g. 30d; 'none' keeps everything; default %(default)s)",
     )
     serve.add_argument(
         "--no-migrate",
@@ -169,6 +177,7 @@ def _parser() -> argparse.ArgumentParser:
     dump.add_argument("dir", metavar="DIR", help="the data directory (or its log/)")
     dump.add_argument("--run", help="only this run's events")
     dump.set_defaults(command=_log_dump)
+    add_compact_command(log)
 
     add_retry_command(add_inspect_commands(commands))
 
@@ -224,6 +233,7 @@ def _serve(args: argparse.Namespace) -> int:
             schema=args.schema,
             lease_seconds=args.lease_seconds,
             version=args.version,
+            retention=None if args.retention == "none" else args.retention,
         )
         app = create_app(
             runtime,

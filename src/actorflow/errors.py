@@ -18,6 +18,7 @@ caller can do about them::
     │   └── WebhookSignatureError   a webhook request failed its signature check (HTTP 401)
     ├── WorkflowRunError
     │   ├── WorkflowRunNotFoundError
+    │   │   └── RunExpiredError     the run ended longer ago than the retention period
     │   ├── WorkflowRunFailedError  ``run.result()`` of a failed run; ``cause`` says why
     │   └── WorkflowRunCancelledError
     ├── WorkflowDefinitionError     misuse of the programming model (bad decorator use, names)
@@ -58,6 +59,7 @@ __all__ = [
     "PayloadTooLargeError",
     "ReplayDivergenceError",
     "RetryableError",
+    "RunExpiredError",
     "SerializationError",
     "StorageError",
     "WebhookSignatureError",
@@ -188,6 +190,29 @@ class WorkflowRunNotFoundError(WorkflowRunError):
     def __init__(self, run_id: str) -> None:
         super().__init__(f"no workflow run has id {run_id!r}; check the id (it starts with wrun_)")
         self.run_id = run_id
+
+
+class RunExpiredError(WorkflowRunNotFoundError):
+    """The run ended longer ago than the runtime's retention period; nothing of it is kept.
+
+    A subclass of ``WorkflowRunNotFoundError``: code that handles "not found" handles this too.
+    """
+
+    def __init__(self, run_id: str, retention: float) -> None:
+        WorkflowRunError.__init__(
+            self,
+            f"workflow run {run_id!r} has expired: finished runs are kept for "
+            f"{_duration_text(retention)} after they end (the runtime's retention)",
+        )
+        self.run_id = run_id
+        self.retention = retention
+
+
+def _duration_text(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
 
 
 class WorkflowRunFailedError(WorkflowRunError):

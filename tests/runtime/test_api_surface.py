@@ -37,6 +37,7 @@ EXPECTED_ALL = {
     "PayloadTooLargeError",
     "ReplayDivergenceError",
     "RetryableError",
+    "RunExpiredError",
     "SerializationError",
     "StorageError",
     "WebhookSignatureError",

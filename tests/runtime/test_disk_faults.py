@@ -373,7 +373,7 @@ def records(log_dir: Path) -> list[tuple[Path, int, bytes]]:
     log = FileLog(log_dir, durability="none")
     try:
         return [
-            (log_dir / f"{position >> 40:020d}.log", position & OFFSET_MASK, record)
+            (log_dir / f"{position >> 52:020d}.log", position & OFFSET_MASK, record)
             for position, record in log.scan()
         ]
     finally:

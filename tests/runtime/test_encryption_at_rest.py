@@ -109,9 +109,10 @@ def rewrite_in_place(log: Path, position: int, payload: bytes) -> None:
     """Replace one record's payload by another of the same length, with a valid CRC.
 
     The frame is ``u32 crc | u32 length | payload`` (crc = CRC-32 of length and payload) at
-    ``position & (2**40 - 1)`` in segment ``position >> 40`` (see ``file_log.py``).
+    ``position & (2**40 - 1)`` in segment ``position >> 40``, whose sequence is its top bits
+    above 12 (the low 12 are the compaction generation, 0 here; see ``file_log.py``).
     """
-    segment, offset = position >> 40, position & ((1 << 40) - 1)
+    segment, offset = position >> 52, position & ((1 << 40) - 1)
     path = log / f"{segment:020d}.log"
     with path.open("r+b") as f:
         f.seek(offset)

@@ -103,6 +103,11 @@ def reopen(directory: Path, **options: object) -> tuple[list[bytes], ScanReport]
     return records, report
 
 
+def position_in(sequence: int, offset: int, generation: int = 0) -> int:
+    """The documented position of a frame: ``(sequence << 12 | generation) << 40 | offset``."""
+    return ((sequence << 12 | generation) << 40) | offset
+
+
 def offset_of(position: int) -> int:
     return position & OFFSET_MASK
 
@@ -123,7 +128,9 @@ def test_segment_layout_is_header_then_crc_length_payload(tmp_path: Path) -> Non
     positions = write_log(tmp_path, [[b"hello", b""]])
     data = (tmp_path / SEGMENT_1).read_bytes()
     assert data[:HEADER] == b"AFLOG\x00" + struct.pack("<H", 1)
-    assert positions == [(1 << 40) | HEADER, (1 << 40) | (HEADER + FRAME + 5)]
+    # A segment number is its sequence << 12 | its compaction generation (here 1 and 0).
+    segment = 1 << 12
+    assert positions == [(segment << 40) | HEADER, (segment << 40) | (HEADER + FRAME + 5)]
     crc, length = struct.unpack_from("<II", data, HEADER)
     assert length == 5
     assert crc == zlib.crc32(struct.pack("<I", 5) + b"hello")
@@ -136,7 +143,7 @@ def test_missing_directory_is_a_fresh_log(tmp_path: Path) -> None:
     log = FileLog(directory)
     assert list(log.scan()) == []
     assert log.last_scan == ScanReport(records=0)
-    assert log.append([b"x"]) == [(1 << 40) | HEADER]
+    assert log.append([b"x"]) == [position_in(1, HEADER)]
     log.sync()
     log.close()
     assert reopen(directory)[0] == [b"x"]
@@ -181,7 +188,7 @@ def test_zero_length_last_segment_is_fine(tmp_path: Path) -> None:
     log, records, report = open_log(tmp_path)
     assert records == [b"x" * 100]
     assert report.torn_tail_path is None
-    assert log.append([b"after"]) == [(2 << 40) | HEADER]
+    assert log.append([b"after"]) == [position_in(2, HEADER)]
     log.close()
     assert reopen(tmp_path)[0] == [b"x" * 100, b"after"]
 
@@ -198,7 +205,7 @@ def test_torn_header_of_last_segment_is_truncated(tmp_path: Path, content: bytes
     assert records == [b"x" * 100]
     assert report.torn_tail_offset == 0
     assert report.torn_tail_bytes == len(content)
-    assert log.append([b"after"]) == [(2 << 40) | HEADER]
+    assert log.append([b"after"]) == [position_in(2, HEADER)]
     log.close()
     assert reopen(tmp_path)[0] == [b"x" * 100, b"after"]
 
@@ -238,7 +245,7 @@ def test_torn_tail_at_every_byte_of_the_last_record(
             assert f"{cut - last} bytes dropped" in message
         assert (directory / SEGMENT_1).stat().st_size == last
         # The log goes on where the intact records end.
-        assert log.append([b"next"]) == [(1 << 40) | last]
+        assert log.append([b"next"]) == [position_in(1, last)]
         log.close()
         assert reopen(directory)[0] == [*RECORDS[:-1], b"next"]
 
@@ -339,7 +346,7 @@ def test_flipped_byte_in_a_non_last_segment_is_corruption(tmp_path: Path) -> Non
     positions = write_log(tmp_path, [[record] for record in RECORDS], segment_bytes=64)
     assert len(list(tmp_path.glob("*.log"))) > 3
     first = positions[0]
-    assert first >> 40 == 1
+    assert first >> 40 == 1 << 12  # sequence 1, generation 0
     path = tmp_path / SEGMENT_1
     flip_byte(path, path.stat().st_size - FRAME - 2)  # inside segment 1's last record
     with pytest.raises(LogCorruptedError) as caught:
@@ -351,7 +358,7 @@ def test_flipped_byte_in_a_non_last_segment_is_corruption(tmp_path: Path) -> Non
 def test_truncated_non_last_segment_is_corruption(tmp_path: Path, cut: str) -> None:
     positions = write_log(tmp_path, [[record] for record in RECORDS], segment_bytes=64)
     path = tmp_path / SEGMENT_2
-    in_segment_2 = [offset_of(p) for p in positions if p >> 40 == 2]
+    in_segment_2 = [offset_of(p) for p in positions if p >> 52 == 2]
     size = path.stat().st_size
     length = {"mid record": in_segment_2[-1] + 3, "seal": size - FRAME, "header": 5}[cut]
     os.truncate(path, length)
@@ -458,7 +465,7 @@ def test_sealed_last_segment_continues_in_a_new_one(tmp_path: Path) -> None:
     segments[-1].unlink()  # the crash came after sealing the previous one, before this one
     log, records, _ = open_log(tmp_path)
     assert records == RECORDS[:2]
-    assert log.append([b"x"])[0] >> 40 == int(segments[-1].stem)
+    assert log.append([b"x"])[0] >> 52 == int(segments[-1].stem)
     log.close()
 
 
@@ -466,7 +473,7 @@ def test_read_of_unknown_position_raises(tmp_path: Path) -> None:
     positions = write_log(tmp_path, [RECORDS])
     log, _, _ = open_log(tmp_path)
     with pytest.raises(ValueError):
-        log.read([(5 << 40) | HEADER])
+        log.read([position_in(5, HEADER)])
     with pytest.raises(ValueError):
         log.read([positions[-1] + 10_000])
     log.close()

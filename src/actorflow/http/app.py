@@ -333,7 +333,8 @@ class _Edge:
                 f"the event log failed and accepts nothing more: {health.failure}; restart the "
                 "server to recover from what is on disk",
             )
-        return json_response(200, {"status": "ok", "log_backlog": health.backlog})
+        return json_response(200, {"status": "ok", "log_backlog": health.backlog,
+                                   "retention": self.rt.retention_status().to_json()})  # fmt: skip
 
     async def openapi(self) -> QuartResponse:
         return QuartResponse(self._openapi, status=200, content_type="application/json")

@@ -25,6 +25,7 @@ from ..errors import (
     InvalidQueryError,
     OverloadedError,
     PayloadTooLargeError,
+    RunExpiredError,
     SerializationError,
     StorageError,
     WebhookSignatureError,
@@ -122,6 +123,10 @@ def _known(exc: WorkflowError, status: int) -> QuartResponse:
         logger.error("the event log stopped accepting writes: %s", exc)
     if isinstance(exc, HookPayloadError):
         extra["problems"] = list(exc.problems)
+    if isinstance(exc, RunExpiredError):
+        # 404, not 410: an expired run is indistinguishable from an id that never existed once
+        # nothing of it is kept; clients that handle 404 need nothing new. The name tells.
+        return problem(status, "run_expired", str(exc), headers, run_id=exc.run_id)
     return problem(status, type(exc).__name__, str(exc), headers, **extra)
 
 

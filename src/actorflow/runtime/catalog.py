@@ -131,7 +131,7 @@ class MemoryCatalog:
         run = self._state.runs.get(run_id)
         if run is None:
             raise WorkflowRunNotFoundError(run_id)
-        positions = run.positions[after : after + limit + 1]
+        positions = list(run.positions[after : after + limit + 1])
         records = await anyio.to_thread.run_sync(self._read, positions) if positions else []
         payloads = self._payloads
         items = [

@@ -8,12 +8,14 @@ this process or another.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from typing import Any
 
 from ..errors import (
     HookNotFoundError,
     IdempotencyKeyConflictError,
+    RunExpiredError,
     WorkflowDefinitionError,
     WorkflowRunNotFoundError,
 )
@@ -22,7 +24,7 @@ from .core import events as ev
 from .core.events import Event
 from .core.ops import HookHandle
 from .describe import run_info
-from .ids import new_id, new_token
+from .ids import id_time, new_id, new_token
 from .journal import Journal
 from .limits import Identity, Limits
 from .ownership import Ownership, StaleHookError
@@ -57,6 +59,7 @@ class Front:
         webhooks: Webhooks,
         clock: Callable[[], float],
         streams: Streams | None = None,
+        retention: float = math.inf,
     ) -> None:
         self._state = state
         self._journal = journal
@@ -68,6 +71,7 @@ class Front:
         self._webhooks = webhooks
         self._clock = clock
         self._streams = streams
+        self._retention = retention
 
     # -- starting runs -----------------------------------------------------------------------
 
@@ -238,8 +242,20 @@ class Front:
         found = await self._ownership.snapshot(run_id)
         run = None if found is None else found.runs.get(run_id)
         if run is None:
-            raise WorkflowRunNotFoundError(run_id)
+            raise self._not_found(run_id)
         return run, found
+
+    def _not_found(self, run_id: str) -> WorkflowRunNotFoundError:
+        """``RunExpiredError`` for a run id old enough to have ended and expired.
+
+        Nothing of an expired run is kept, so "expired" rests on the id itself: a run id this
+        runtime could have issued (ids carry their creation time) that is older than the
+        retention period. A newer unknown id cannot be an expired run: it is not found.
+        """
+        created = id_time(run_id, "wrun_")
+        if created is not None and created <= self._clock() - self._retention:
+            return RunExpiredError(run_id, self._retention)
+        return WorkflowRunNotFoundError(run_id)
 
     async def live_hooks(self, run_id: str) -> tuple[RunState, list[HookEntry]]:
         """A run's state and its live hooks, each durable (their webhook URLs may be shown).
@@ -290,7 +306,7 @@ class Front:
         if run is None:
             remote = await self._ownership.snapshot(run_id)
             if remote is None or run_id not in remote.runs:
-                raise WorkflowRunNotFoundError(run_id)
+                raise self._not_found(run_id)
             if not remote.runs[run_id].finished:
                 await self._ownership.cancel(run_id, reason)
             return

@@ -14,7 +14,7 @@ import random
 import secrets
 import time
 
-__all__ = ["derived_token", "new_id", "new_token"]
+__all__ = ["derived_token", "id_time", "new_id", "new_token"]
 
 _rng = random.Random(secrets.randbits(64))
 _last_ms = 0
@@ -49,3 +49,14 @@ def derived_token(seed: str, run_id: str, index: int) -> str:
 def new_token() -> str:
     """A new unguessable hook token (192 bits, URL-safe)."""
     return secrets.token_urlsafe(24)
+
+
+def id_time(value: str, prefix: str) -> float | None:
+    """When an id made by ``new_id(prefix)`` was made (seconds), or ``None`` if it is not one."""
+    digits = value[len(prefix) :]
+    if not value.startswith(prefix) or len(digits) != 32:
+        return None
+    try:
+        return (int(digits, 16) >> 80) / 1000
+    except ValueError:
+        return None

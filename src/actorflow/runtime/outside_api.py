@@ -13,6 +13,7 @@ from .core.ops import HookHandle
 from .front import Front
 from .metrics import RuntimeMetrics
 from .records import Hook, Run
+from .retention import CompactionReport, Retention, RetentionStatus
 from .webhook_request import Request, Response
 from .workflow import WorkflowFunction
 
@@ -24,6 +25,7 @@ class OutsideAPI:
 
     front: Front
     metrics: RuntimeMetrics
+    retention: Retention
 
     async def start(
         self, workflow: WorkflowFunction[..., Any] | str, *args: Any, **kwargs: Any
@@ -114,3 +116,14 @@ class OutsideAPI:
             LogWriteError: the log failed.
         """
         await self.front.cancel_run(run_id, reason)
+
+    # -- retention -----------------------------------------------------------------------------
+
+    async def compact(self) -> CompactionReport:
+        """Expire finished runs past retention and drop their records from the log, now, unpaced
+        (see ``retention.py``); on PostgreSQL, delete their rows in batches."""
+        return await self.retention.compact()
+
+    def retention_status(self) -> RetentionStatus:
+        """Runs kept (live, finished and retained), the log's size, and the last pass."""
+        return self.retention.status()

@@ -22,6 +22,7 @@ import os
 import socket
 from collections.abc import Iterable, Mapping, Sequence
 from contextvars import Token
+from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, cast
@@ -44,6 +45,7 @@ from .backend import (
 from .catalog import Catalog, MemoryCatalog, shared_catalog
 from .clock import Clock
 from .crypto import KeyRing
+from .durations import parse_duration
 from .failure import Failure
 from .front import Front
 from .ids import new_token
@@ -66,6 +68,7 @@ from .payloads import Payloads
 from .recovery import recover
 from .registry import Registry
 from .response_waiters import WebhookResponses
+from .retention import Retention
 from .scope_probe import cancel_scope_probe
 from .state import RunState, State
 from .steps import StepExecutor
@@ -78,6 +81,16 @@ from .workflow import WorkflowFunction
 __all__ = ["Runtime", "current_runtime"]
 
 logger = logging.getLogger("actorflow.runtime")
+
+
+def _retention_seconds(value: float | timedelta | str | None) -> float:
+    """``None`` keeps finished runs for ever; otherwise a duration such as ``"7d"``."""
+    if value is None:
+        return math.inf
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise WorkflowDefinitionError(f"retention must be positive, not {value!r}")
+    return seconds
 
 
 def current_runtime() -> Runtime:
@@ -128,6 +141,7 @@ class Runtime(OutsideAPI, Inspection):
         node_id: str | None = None,
         on_divergence: str = "park",
         version: str | None = None,
+        retention: float | timedelta | str | None = "7d",
     ) -> None:
         if durability not in ("fsync", "none"):
             raise WorkflowDefinitionError(
@@ -166,7 +180,6 @@ class Runtime(OutsideAPI, Inspection):
         self.steps = StepExecutor(
             self.journal, self.state, self.payloads, self.identity, max_concurrent_steps
         )
-        self.journal.on_run_ended = self.steps.cancel
         self.timers = TimerService(self.journal, self.state)
         self.streams = Streams(self.state, self.journal, self.payloads, self.limits, self._read)
         self.steps.streams = self.streams
@@ -195,6 +208,9 @@ class Runtime(OutsideAPI, Inspection):
             restart_budget=restart_budget,
             restart_window=restart_window,
         )
+        self.retention = Retention(_retention_seconds(retention), self.state, self.clock,
+                                   self.supervisor.reads)  # fmt: skip
+        self.journal.on_run_ended = self._run_ended
         self.front = self._make_front()
         self.metrics = RuntimeMetrics(self.state, self.journal, self.supervisor.mailbox_backlog)
         self.catalog: Catalog = MemoryCatalog(self.state, self._read, self.payloads)
@@ -213,7 +229,7 @@ class Runtime(OutsideAPI, Inspection):
         return Front(state=self.state, journal=self.journal, ownership=self.ownership,
                      payloads=self.payloads, registry=self.workflows, limits=self.limits,
                      identity=self.identity, webhooks=webhooks, clock=self.clock,
-                     streams=self.streams)  # fmt: skip
+                     streams=self.streams, retention=self.retention.seconds)  # fmt: skip
 
     # -- configuration -----------------------------------------------------------------------
 
@@ -260,6 +276,8 @@ class Runtime(OutsideAPI, Inspection):
             await anyio.to_thread.run_sync(self.store.close)
             self.ownership.close()
             raise
+        self.retention.store = self.store
+        self.retention.expire()  # runs that ended long ago leave before anything wakes
         self.journal.open(self.store, self.payloads.encode, self.supervisor, self._on_log_failure)
         self._outer = anyio.create_task_group()
         await self._outer.__aenter__()
@@ -304,7 +322,7 @@ class Runtime(OutsideAPI, Inspection):
                 await self._outer.__aexit__(None, None, None)
             finally:
                 with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(self.store.close)
+                    await anyio.to_thread.run_sync(self._close_store)
                 self.ownership.close()
                 self.catalog.close()
         return None
@@ -326,12 +344,17 @@ class Runtime(OutsideAPI, Inspection):
                     await tg.start(self.timers.run)
                     await tg.start(self.supervisor.run)
                     await tg.start(self.ownership.run)
+                    await tg.start(self.retention.run)
                     for run in self.state.runs.values():
                         if not run.finished:
                             self._arm(run)
                     task_status.started()
         finally:
             self._services_done.set()
+
+    def _run_ended(self, step_ids: list[str]) -> None:
+        self.steps.cancel(step_ids)
+        self.retention.noticed_end()
 
     def _arm(self, run: RunState) -> None:
         """Start an unfinished run's timers and steps and wake it (recovery, takeover)."""
@@ -346,6 +369,10 @@ class Runtime(OutsideAPI, Inspection):
                 self.steps.start(pending_id)
         self.supervisor.wake(run)
 
+    def _close_store(self) -> None:
+        self.retention.close()
+        self.store.close()
+
     def _open_store(self) -> EventStore:
         return open_store(self._store_config())
 
@@ -356,17 +383,10 @@ class Runtime(OutsideAPI, Inspection):
 
     def _choose_ownership(self) -> None:
         """Share run ownership over a shared PostgreSQL log; otherwise every run is ours."""
-        shared = share_ownership(
-            self.store,
-            self._local,
-            payloads=self.payloads,
-            responses=self.responses,
-            adopt_run=self._arm,
-            fail=self.fail,
-            failure=lambda: self.failure,
-            poll_interval=self.poll_interval,
-            version=self.identity.version,
-        )
+        shared = share_ownership(self.store, self._local, payloads=self.payloads,
+                                 responses=self.responses, adopt_run=self._arm, fail=self.fail,
+                                 failure=lambda: self.failure, poll_interval=self.poll_interval,
+                                 version=self.identity.version)  # fmt: skip
         if shared is None:
             return
         self.node_id = shared_log(self.store).node_id

@@ -10,6 +10,8 @@ decoded only when asked for.
 
 from __future__ import annotations
 
+from array import array
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +33,11 @@ RUN_TRANSITIONS: dict[str, frozenset[str]] = {
 }
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 
+# What a ``RunState.keys`` entry indexes.
+_START_KEY = 0
+_DELIVERY_KEY = 1
+_RESPONSE = 2
+
 _STATUS_OF = {
     ev.RUN_STARTED: "running",
     ev.RUN_COMPLETED: "completed",
@@ -45,6 +52,7 @@ class RunState:
     __slots__ = (
         "run_id", "workflow_name", "status", "created_at", "positions", "hooks", "terminal",
         "actor", "done", "external", "pending", "submitted", "started_at", "version", "parked",
+        "keys",
     )  # fmt: skip
 
     def __init__(self, run_id: str, workflow_name: str, created_at: float) -> None:
@@ -52,8 +60,9 @@ class RunState:
         self.workflow_name = workflow_name
         self.status = "pending"
         self.created_at = created_at
-        #: Where the run's events sit in the log, in order (filled in once written).
-        self.positions: list[int] = []
+        #: Where the run's events sit in the log, in order (filled in once written). Packed
+        #: into an ``array`` when the run ends: 8 bytes per event instead of an int object.
+        self.positions: list[int] | array[int] = []
         #: Events submitted for the run; more than ``len(positions)`` while some are unwritten.
         self.submitted = 0
         #: Tokens of the run's live hooks (released when the run ends).
@@ -73,10 +82,23 @@ class RunState:
         self.version: str | None = None
         #: The ``run_parked`` event while the run is parked (the code does not fit it).
         self.parked: Event | None = None
+        #: What indexes outside ``runs`` hold of this run (its start key, delivery keys, manual
+        #: webhook responses), so that retention can remove them without a scan.
+        self.keys: list[tuple[int, str, str]] | None = None
 
     @property
     def finished(self) -> bool:
         return self.status in TERMINAL_STATUSES
+
+    @property
+    def ended_at(self) -> float | None:
+        """When the run ended (its terminal event's time), or ``None`` while it has not."""
+        return None if self.terminal is None else self.terminal.created_at
+
+    def _keep(self, index: int, key: str, token: str = "") -> None:
+        if self.keys is None:
+            self.keys = []
+        self.keys.append((index, key, token))
 
 
 class HookEntry:
@@ -159,11 +181,10 @@ class State:
         self.events = 0
         #: Run ids sorted for listing (built on the first listing, see ``run_index.py``).
         self.index = RunIndex()
-
-    def forget(self, run_id: str) -> None:
-        """Remove a run from the state and from the listing index (retention)."""
-        self.runs.pop(run_id, None)
-        self.index.drop(run_id)
+        #: Ended runs in the order they ended, for retention (see ``expire``).
+        self.ended: deque[RunState] = deque()
+        #: Runs removed by retention since this state was built.
+        self.expired = 0
 
     def apply(self, event: Event) -> None:
         """Fold one event in. Events of unknown runs (other than ``run_created``) are ignored."""
@@ -181,6 +202,7 @@ class State:
             key = event.data.get("idempotency_key")
             if key is not None:
                 self.start_keys[str(key)] = event.run_id
+                self.runs[event.run_id]._keep(_START_KEY, str(key))
             return
         run = self.runs.get(event.run_id)
         if run is None:
@@ -196,6 +218,7 @@ class State:
                 if new in TERMINAL_STATUSES:
                     run.terminal = event
                     self._release(run)
+                    self.ended.append(run)
             return
         if run.status in TERMINAL_STATUSES:
             return  # late events of an ended run (a step that finished after a cancel)
@@ -233,6 +256,7 @@ class State:
             self.idempotency[(token, str(key))] = IdempotencyEntry(
                 str(data.get("digest")), corr, run.run_id, token, event.event_id, live
             )
+            run._keep(_DELIVERY_KEY, str(key), token)
 
     def _wait_created(self, run: RunState, event: Event, corr: str, data: dict[str, Any]) -> None:
         self.timers[corr] = Timer(
@@ -261,6 +285,7 @@ class State:
 
     def _responded(self, run: RunState, event: Event, corr: str, data: dict[str, Any]) -> None:
         self.responses[str(data["request_event_id"])] = event
+        run._keep(_RESPONSE, str(data["request_event_id"]))
 
     def _parked(self, run: RunState, event: Event, corr: str, data: dict[str, Any]) -> None:
         run.parked = event
@@ -302,6 +327,48 @@ class State:
             self.timers.pop(pending_id, None)
             self.steps.pop(pending_id, None)
         run.pending = None
+        if isinstance(run.positions, list):
+            run.positions = array("q", run.positions)
+
+    def expire(self, ended_before: float) -> list[RunState]:
+        """Remove the runs that ended before ``ended_before``, with everything kept for them.
+
+        Returns the removed runs. Their start keys, delivery keys and manual webhook responses
+        go with them: a retry after retention is a new request, as with any idempotency window.
+        """
+        gone: list[RunState] = []
+        ended = self.ended
+        while ended:
+            run = ended[0]
+            end = run.ended_at
+            if end is not None and end >= ended_before:
+                break
+            ended.popleft()
+            if self.runs.get(run.run_id) is run:
+                self.forget(run.run_id)
+                gone.append(run)
+        self.expired += len(gone)
+        return gone
+
+    def forget(self, run_id: str) -> None:
+        """Drop a run and what other indexes hold of it: its listing entry, streams, start key,
+        delivery keys and webhook responses (retention)."""
+        run = self.runs.pop(run_id, None)
+        self.index.drop(run_id)
+        self.streams.runs.pop(run_id, None)
+        if run is None:
+            return
+        for index, key, token in run.keys or ():
+            if index == _START_KEY:
+                if self.start_keys.get(key) == run.run_id:
+                    del self.start_keys[key]
+            elif index == _RESPONSE:
+                self.responses.pop(key, None)
+            else:
+                entry = self.idempotency.get((token, key))
+                if entry is not None and entry.run_id == run.run_id:
+                    del self.idempotency[(token, key)]
+        run.keys = None
 
     def _own(self, run: RunState, pending_id: str) -> None:
         if run.pending is None:

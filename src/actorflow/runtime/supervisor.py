@@ -30,6 +30,7 @@ from .actor import Actor, ActorServices
 from .core import events as ev
 from .core.events import Event
 from .journal import Journal
+from .read_marks import ReadMarks
 from .state import RunState
 
 __all__ = ["Supervisor"]
@@ -57,6 +58,8 @@ class Supervisor:
         self._journal: Journal = services.journal
         self._clock = services.journal.clock
         self._read = read
+        #: Reads by position in flight (compaction waits for those begun before a move).
+        self.reads = ReadMarks()
         self._decode = decode
         self._task_group: anyio.abc.TaskGroup | None = None
         self._ready: deque[Actor] = deque()
@@ -247,6 +250,7 @@ class Supervisor:
                     actor.rebuilding = False
                     self.crashed(actor, exc)
                 return
+        mark = self.reads.begin()
         wanted = [list(actor.run.positions) for actor, _ in batch]
         flat = [p for positions in wanted for p in positions]
         try:
@@ -256,6 +260,8 @@ class Supervisor:
                 actor.rebuilding = False
                 self.crashed(actor, exc)
             return
+        finally:
+            self.reads.end(mark)
         offset = 0
         for (actor, background), positions in zip(batch, wanted, strict=True):
             mine = records[offset : offset + len(positions)]

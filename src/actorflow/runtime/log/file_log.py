@@ -18,6 +18,17 @@ bytes is not zero. A full segment ends with a seal, a frame whose length is ``0x
 segment cut short exactly at a frame boundary is still noticed. A record's position is
 ``(segment number << 40) | offset of its frame``.
 
+Compaction (``compact_segment``) rewrites a sealed segment without the records of expired runs,
+copying the kept frames byte for byte into a new *generation* of the same segment,
+``00000000000000000001.0001.log``: a segment number is ``sequence << 12 | generation``, so a
+rewritten record gets a new position that never collides with its old one, and the old file can
+stay readable until no reader holds an old position (``retire``). The new generation is written
+to a ``.tmp`` file, fsynced, then renamed into place and the directory fsynced; an open keeps
+the highest generation of each sequence and deletes the others and any ``.tmp`` file, so a crash
+at any point leaves either the old file or the complete new one. Sequences are contiguous; a
+leading run of segments emptied by compaction is deleted, and the first segment left is then a
+rewritten one (a lost original first segment is still detected).
+
 Only the end of the last segment can be torn by a crash: such a tail (bad frames with nothing
 valid after them) is truncated at open, logged and reported. Damage anywhere else is corruption
 and stops the open, because the records after it were acknowledged and must not vanish silently.
@@ -27,16 +38,18 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import logging
 import os
 import re
 import struct
+import threading
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar, cast, overload
 
 from actorflow.errors import LogCorruptedError, LogFormatError, LogWriteError, StorageError
 from actorflow.runtime.log.store import Durability, Position, ScanReport
@@ -72,11 +85,28 @@ _SEAL = _FRAME.pack(_SEAL_CRC, _SEAL_LENGTH)
 _OFFSET_BITS = 40
 _OFFSET_MASK = (1 << _OFFSET_BITS) - 1
 _MAX_SEGMENT_BYTES = 1 << 32
-_SEGMENT_NAME = re.compile(r"^(\d{20})\.log$")
+_SEGMENT_NAME = re.compile(r"^(\d{20})(?:\.(\d{4}))?\.log$")
+_GENERATION_BITS = 12
+_GENERATION_MASK = (1 << _GENERATION_BITS) - 1
+_TMP_SUFFIX = ".tmp"
 _LOCK_NAME = "LOCK"
 # One pread fetches the frame header and, for most records, the whole payload.
 _READ_AHEAD = 4096
 _MAX_READ_FDS = 32
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _locked(method: _F) -> _F:
+    """Run under the log's mutex: appends and syncs (the writer's thread) against a seal."""
+
+    @functools.wraps(method)
+    def locked(self: FileLog, *args: Any, **kwargs: Any) -> Any:
+        with self._mutex:
+            return method(self, *args, **kwargs)
+
+    return cast(_F, locked)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,11 +176,12 @@ class FileLog:
         self._size = 0  # its size: where the next frame goes
         self._dirty = False  # appended since the last fsync
         self._ends: dict[int, int] = {}  # segment number -> end of its last record
-        self._read_fds: OrderedDict[int, int] = OrderedDict()
+        self._reader = _SegmentReader(self.directory, self._ends)
         self._scan_started = False
         self._report: ScanReport | None = None
         self._failure: OSError | None = None
         self._closed = False
+        self._mutex = threading.Lock()  # compaction seals the active segment from its thread
 
     @property
     def size_bytes(self) -> int:
@@ -195,8 +226,10 @@ class FileLog:
 
     def _scan(self) -> Generator[tuple[Position, bytes], None, None]:
         self._open_directory()
-        segments = _list_segments(self.directory)
+        segments, superseded = _list_segments(self.directory, with_superseded=True)
         _check_numbering(self.directory, segments)
+        if _remove_leftovers(self.directory, superseded):
+            self.sync_directory()
         count = 0
         torn: tuple[str, int, int] | None = None
         sealed = False
@@ -281,20 +314,15 @@ class FileLog:
             raise LogWriteError(
                 f"cannot truncate the torn tail of {path} at offset {offset}: {exc}"
             ) from exc
-        logger.warning(
-            "event log %s: torn tail at offset %d (%s): truncated, %d bytes dropped; "
-            "the last write before a crash was incomplete",
-            path,
-            offset,
-            detail,
-            dropped,
-        )
+        logger.warning("event log %s: torn tail at offset %d (%s): truncated, %d bytes dropped; "
+                       "the last write before a crash was incomplete",
+                       path, offset, detail, dropped)  # fmt: skip
         return str(path), offset, dropped
 
     def _open_for_append(self, segments: list[tuple[int, Path]], sealed: bool) -> None:
         try:
             if not segments or sealed:
-                number = segments[-1][0] + 1 if segments else 1
+                number = _next_sequence(segments[-1][0]) if segments else 1 << _GENERATION_BITS
                 self._create_segment(number)
                 return
             number, path = segments[-1]
@@ -314,6 +342,7 @@ class FileLog:
 
     # -- writing ---------------------------------------------------------------------------
 
+    @_locked
     def append(self, records: Sequence[bytes]) -> list[Position]:
         """Write records after the last one with one write call, without syncing.
 
@@ -355,6 +384,7 @@ class FileLog:
         self._dirty = True
         return positions
 
+    @_locked
     def sync(self) -> None:
         """Make every appended record durable with fsync; a no-op for ``durability="none"``.
 
@@ -381,7 +411,7 @@ class FileLog:
         os.close(self._fd)
         self._fd = None
         self._dirty = False
-        self._create_segment(self._segment + 1)
+        self._create_segment(_next_sequence(self._segment))
 
     def _create_segment(self, number: int) -> None:
         path = self.directory / _segment_name(number)
@@ -445,48 +475,41 @@ class FileLog:
         """
         if self._closed:
             raise RuntimeError("this FileLog is closed")
-        out: list[bytes] = []
-        for position in positions:
-            number = position >> _OFFSET_BITS
-            offset = position & _OFFSET_MASK
-            end = self._ends.get(number)
-            if end is None or offset < _HEADER_BYTES or offset + _FRAME_BYTES > end:
-                raise ValueError(f"no record at position {position} ({number}:{offset})")
-            path = self.directory / _segment_name(number)
+        return self._reader.read(positions)
+
+    # -- compaction (see compaction.py) ------------------------------------------------------
+
+    @property
+    def active_segment(self) -> int:
+        """The number of the segment appends go to (never compacted)."""
+        return self._segment
+
+    @_locked
+    def seal_active(self) -> None:
+        """Seal the segment appends go to, if it holds records, so that it can be compacted."""
+        self._check_writable()
+        if self._size > _HEADER_BYTES:
             try:
-                fd = self._read_fd(number)
-                frame = os.pread(fd, _READ_AHEAD, offset)
-                if len(frame) >= _FRAME_BYTES:
-                    length = _FRAME.unpack_from(frame)[1]
-                    if _FRAME_BYTES + length > len(frame) and offset + _FRAME_BYTES + length <= end:
-                        frame += os.pread(
-                            fd, _FRAME_BYTES + length - len(frame), offset + len(frame)
-                        )
+                self._roll()
             except OSError as exc:
-                raise StorageError(f"cannot read {path} at offset {offset}: {exc}") from exc
-            stop = _check_frame(frame, 0)
-            if stop is not None:
-                raise LogCorruptedError(
-                    str(path), offset, stop.detail or f"no record ({stop.kind})"
-                )
-            out.append(frame[_FRAME_BYTES : _FRAME_BYTES + _FRAME.unpack_from(frame)[1]])
-        return out
+                raise self._fail("rolling to a new segment", exc) from exc
 
-    def _read_fd(self, number: int) -> int:
-        fd = self._read_fds.get(number)
-        if fd is not None:
-            self._read_fds.move_to_end(number)
-            return fd
-        fd = os.open(self.directory / _segment_name(number), os.O_RDONLY | os.O_CLOEXEC)
-        self._read_fds[number] = fd
-        if len(self._read_fds) > _MAX_READ_FDS:
-            os.close(self._read_fds.popitem(last=False)[1])
-        return fd
+    def segment_ends(self) -> list[tuple[int, int]]:
+        """``(number, end of its last record)`` of every segment, in log order."""
+        return sorted(self._ends.items())
 
-    def _close_read_fd(self, number: int) -> None:
-        fd = self._read_fds.pop(number, None)
-        if fd is not None:
-            os.close(fd)
+    def adopt(self, number: int, end: int) -> None:
+        """Make a segment compaction wrote readable (its predecessor stays until retired)."""
+        self._ends[number] = end
+
+    def forget_segment(self, number: int) -> None:
+        """Stop reading a segment compaction replaced or emptied, before its file goes."""
+        self._ends.pop(number, None)
+        self._reader.close(number)
+
+    def sync_directory(self) -> None:
+        if self.durability == "fsync":
+            self._fsync_directory(self.directory)
 
     # -- closing ---------------------------------------------------------------------------
 
@@ -506,12 +529,68 @@ class FileLog:
             self._release_files()
 
     def _release_files(self) -> None:
-        for number in list(self._read_fds):
-            self._close_read_fd(number)
+        self._reader.close_all()
         for fd in (self._fd, self._lock_fd):
             if fd is not None:
                 os.close(fd)
         self._fd = self._lock_fd = None
+
+
+class _SegmentReader:
+    """Reads records by position, keeping a few segment files open (least recently used)."""
+
+    def __init__(self, directory: Path, ends: dict[int, int]) -> None:
+        self.directory = directory
+        self._ends = ends  # the log's: segment number -> end of its last record
+        self._fds: OrderedDict[int, int] = OrderedDict()
+
+    def read(self, positions: Sequence[Position]) -> list[bytes]:
+        out: list[bytes] = []
+        for position in positions:
+            number = position >> _OFFSET_BITS
+            offset = position & _OFFSET_MASK
+            end = self._ends.get(number)
+            if end is None or offset < _HEADER_BYTES or offset + _FRAME_BYTES > end:
+                raise ValueError(f"no record at position {position} ({number}:{offset})")
+            path = self.directory / _segment_name(number)
+            try:
+                fd = self._fd(number)
+                frame = os.pread(fd, _READ_AHEAD, offset)
+                if len(frame) >= _FRAME_BYTES:
+                    length = _FRAME.unpack_from(frame)[1]
+                    if _FRAME_BYTES + length > len(frame) and offset + _FRAME_BYTES + length <= end:
+                        frame += os.pread(
+                            fd, _FRAME_BYTES + length - len(frame), offset + len(frame)
+                        )
+            except OSError as exc:
+                raise StorageError(f"cannot read {path} at offset {offset}: {exc}") from exc
+            stop = _check_frame(frame, 0)
+            if stop is not None:
+                raise LogCorruptedError(
+                    str(path), offset, stop.detail or f"no record ({stop.kind})"
+                )
+            out.append(frame[_FRAME_BYTES : _FRAME_BYTES + _FRAME.unpack_from(frame)[1]])
+        return out
+
+    def _fd(self, number: int) -> int:
+        fd = self._fds.get(number)
+        if fd is not None:
+            self._fds.move_to_end(number)
+            return fd
+        fd = os.open(self.directory / _segment_name(number), os.O_RDONLY | os.O_CLOEXEC)
+        self._fds[number] = fd
+        if len(self._fds) > _MAX_READ_FDS:
+            os.close(self._fds.popitem(last=False)[1])
+        return fd
+
+    def close(self, number: int) -> None:
+        fd = self._fds.pop(number, None)
+        if fd is not None:
+            os.close(fd)
+
+    def close_all(self) -> None:
+        for number in list(self._fds):
+            self.close(number)
 
 
 def verify_log(directory: str | os.PathLike[str]) -> list[LogProblem]:
@@ -606,29 +685,88 @@ def _verify_segment(path: Path, data: bytes, last: bool) -> list[LogProblem]:
 # -- the segment format ---------------------------------------------------------------------
 
 
+def _remove_leftovers(directory: Path, paths: list[Path]) -> bool:
+    """Delete what a crash left of a compaction: replaced generations and ``.tmp`` files."""
+    for path in paths:
+        logger.info("event log %s: removing %s, left by an interrupted compaction",
+                    directory, path.name)  # fmt: skip
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise StorageError(f"cannot remove {path}: {exc}") from exc
+    return bool(paths)
+
+
 def _segment_name(number: int) -> str:
-    return f"{number:020d}.log"
+    sequence, generation = number >> _GENERATION_BITS, number & _GENERATION_MASK
+    if generation == 0:
+        return f"{sequence:020d}.log"
+    return f"{sequence:020d}.{generation:04d}.log"
 
 
-def _list_segments(directory: Path) -> list[tuple[int, Path]]:
+def _next_sequence(number: int) -> int:
+    return ((number >> _GENERATION_BITS) + 1) << _GENERATION_BITS
+
+
+@overload
+def _list_segments(directory: Path) -> list[tuple[int, Path]]: ...
+
+
+@overload
+def _list_segments(
+    directory: Path, *, with_superseded: Literal[True]
+) -> tuple[list[tuple[int, Path]], list[Path]]: ...
+
+
+def _list_segments(
+    directory: Path, *, with_superseded: bool = False
+) -> list[tuple[int, Path]] | tuple[list[tuple[int, Path]], list[Path]]:
+    """The segments in log order (the newest generation of each), and what an open deletes."""
     try:
         names = os.listdir(directory)
     except OSError as exc:
         raise StorageError(f"cannot list the event log directory {directory}: {exc}") from exc
-    found = []
+    newest: dict[int, tuple[int, Path]] = {}
+    leftovers: list[Path] = []
     for name in names:
+        if name.endswith(_TMP_SUFFIX) and _SEGMENT_NAME.match(name[: -len(_TMP_SUFFIX)]):
+            leftovers.append(directory / name)  # a rewrite a crash interrupted
+            continue
         match = _SEGMENT_NAME.match(name)
         if match:
-            found.append((int(match.group(1)), directory / name))
-    found.sort()
-    return found
+            sequence, generation = int(match.group(1)), int(match.group(2) or 0)
+            number = sequence << _GENERATION_BITS | generation
+            held = newest.get(sequence)
+            if held is None or held[0] < number:
+                if held is not None:
+                    leftovers.append(held[1])
+                newest[sequence] = (number, directory / name)
+            else:
+                leftovers.append(directory / name)
+    found = sorted(newest.values())
+    return (found, leftovers) if with_superseded else found
 
 
 def _check_numbering(directory: Path, segments: list[tuple[int, Path]]) -> None:
-    """Segments are numbered 1, 2, 3...: a gap is a lost file, not a fresh start."""
-    for expected, (number, _) in enumerate(segments, start=1):
-        if number != expected:
-            missing = directory / _segment_name(expected)
+    """Sequences are 1, 2, 3...: a gap is a lost file, not a fresh start.
+
+    Compaction may delete a leading run of emptied segments; the first one left is then a
+    rewritten generation, so an original first segment that is missing is still noticed.
+    """
+    if not segments:
+        return
+    first = segments[0][0]
+    start = first >> _GENERATION_BITS
+    if start != 1 and first & _GENERATION_MASK == 0:
+        missing = directory / _segment_name((start - 1) << _GENERATION_BITS)
+        raise LogCorruptedError(
+            str(missing), 0, f"segment file is missing, but {_segment_name(first)} exists"
+        )
+    for expected, (number, _) in enumerate(segments, start=start):
+        if number >> _GENERATION_BITS != expected:
+            missing = directory / _segment_name(expected << _GENERATION_BITS)
             raise LogCorruptedError(
                 str(missing), 0, f"segment file is missing, but {_segment_name(number)} exists"
             )
