@@ -215,18 +215,22 @@ async def test_a_version_2_schema_gets_its_listing_columns_filled(
         await wait_until(lambda: "pg:old" in rt.state.tokens)
         before = [(r.run_id, r.status, r.created_at, r.started_at, r.completed_at)
                   for r in (await rt.list_runs()).items]  # fmt: skip
-    # Back to what schema version 2 had: no listing columns, no listing indexes.
+    # Back to what schema version 2 had: no listing columns, no listing indexes, and none of
+    # version 4's retention column and indexes either (its indexes go with the column).
     runs = sql.Identifier(pg_schema, "runs")
     pg_database.run(
         sql.SQL(
             "ALTER TABLE {} DROP COLUMN created, DROP COLUMN started, DROP COLUMN ended, "
-            "DROP COLUMN version"
+            "DROP COLUMN version, DROP COLUMN ended_at"
         ).format(runs)
+    )
+    pg_database.run(
+        sql.SQL("DROP INDEX {}").format(sql.Identifier(pg_schema, "delivery_keys_event"))
     )
     for index in ("runs_status_listing", "runs_workflow_listing"):
         pg_database.run(sql.SQL("DROP INDEX {}").format(sql.Identifier(pg_schema, index)))
     pg_database.run(
-        sql.SQL("DELETE FROM {} WHERE version = 3").format(
+        sql.SQL("DELETE FROM {} WHERE version >= 3").format(
             sql.Identifier(pg_schema, "schema_version")
         )
     )

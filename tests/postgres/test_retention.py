@@ -10,7 +10,7 @@ prune is given the cutoff "seven days ago". What is checked, against the real se
 - N runs take ceil(N / batch_size) batches, each committed before the next starts;
 - a batch held open with all its locks blocks no append: resumes, starts and ends go through;
 - an error between batches, or a kill -9 in the middle of a batch, leaves every run whole;
-- the upgrade to schema version 3 dates the runs that had already ended.
+- the upgrade to schema version 4 dates the runs that had already ended.
 """
 
 from __future__ import annotations
@@ -583,7 +583,7 @@ def test_runs_ended_by_a_node_of_the_previous_version_are_dated_then_pruned(
     finally:
         log.close()
     runs = sql.Identifier(schema, "runs")
-    # What version 2's append leaves on a version 3 schema: the status, no ended_at.
+    # What version 3's append leaves on a version 4 schema: the status, no ended_at.
     db.run(sql.SQL("UPDATE {} SET ended_at = NULL").format(runs))
     report = prune_expired(db.dsn, schema, seven_days_ago(), batch_size=2)
     assert (report.dated, report.runs, report.batches) == (4, 3, 2)
@@ -603,13 +603,13 @@ def test_the_upgrade_to_version_3_dates_the_runs_already_ended(
         live = write_runs(log, 1, ended_at=None, start=ended_at)
     finally:
         log.close()
-    # Back to version 2 as it was: no ended_at, no index on delivery keys' events.
+    # Back to version 3 as it was: no ended_at, no index on delivery keys' events.
     t = {name: sql.Identifier(schema, name) for name in ("runs", "delivery_keys")}
     db.run(sql.SQL("ALTER TABLE {} DROP COLUMN ended_at").format(t["runs"]))
     db.run(sql.SQL("DROP INDEX {}").format(sql.Identifier(schema, "delivery_keys_event")))
-    db.run(sql.SQL("DELETE FROM {} WHERE version = 3").format(
+    db.run(sql.SQL("DELETE FROM {} WHERE version = 4").format(
         sql.Identifier(schema, "schema_version")))  # fmt: skip
-    assert postgres.migrate(db.dsn, schema=schema) == 3 == postgres.SCHEMA_VERSION
+    assert postgres.migrate(db.dsn, schema=schema) == 4 == postgres.SCHEMA_VERSION
     dated = dict(db.query(sql.SQL("SELECT run_id, ended_at FROM {}").format(t["runs"])))
     assert [dated[run_id] for run_id in ended] == pytest.approx(
         [ended_at + i for i in range(3)], abs=1e-3
