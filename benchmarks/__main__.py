@@ -34,7 +34,7 @@ __all__ = ["SCENARIOS", "main"]
 #: Scenario modules, in the order they run. Each has NAME, TITLE and run(Config) -> ScenarioResult.
 SCENARIOS = (
     "hook", "history", "steps", "scale", "encryption", "memory", "recovery", "webhook", "peer",
-    "listing", "metrics", "streams",
+    "listing", "metrics", "streams", "retention",
 )  # fmt: skip
 _MODULES = {"peer": "peer_dbos"}
 

@@ -6,6 +6,7 @@ counts: paging must hand out each run id once, none missing.
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -365,14 +366,15 @@ async def test_the_version_of_run_created_is_shown_and_filtered(tmp_path: Path) 
     assert list(log.scan()) == []
     payloads = Payloads(None)
     ids = []
+    now = time.time()  # recent: runs that ended in 2001 would have expired (retention, 7d)
     for version in ("v1", "v2", None, 3):
         run_id = new_id("wrun_")
         data: dict[str, Any] = {"workflow": "done", "input": {"args": [1], "kwargs": {}}}
         if version is not None:
             data["version"] = version
         ids.append(run_id)
-        event = Event(new_id("evnt_"), run_id, ev.RUN_CREATED, None, 1.0e9, data)
-        cancel = Event(new_id("evnt_"), run_id, ev.RUN_CANCELLED, None, 1.0e9 + 1, {})
+        event = Event(new_id("evnt_"), run_id, ev.RUN_CREATED, None, now, data)
+        cancel = Event(new_id("evnt_"), run_id, ev.RUN_CANCELLED, None, now + 1, {})
         log.append([payloads.encode(event), payloads.encode(cancel)])
     log.close()
     async with runtime(tmp_path) as rt:

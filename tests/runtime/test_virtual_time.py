@@ -345,7 +345,10 @@ async def test_a_cancel_scope_deadline_in_a_workflow_does_not_stop_the_runtime(
 ) -> None:
     rt: af.Runtime | None = None
     try:
-        async with af.Runtime(tmp_path, workflows=[scoped_wait, week_long]) as runtime:
+        # retention=None: the week-long run must not expire the failed one it is compared with.
+        async with af.Runtime(
+            tmp_path, workflows=[scoped_wait, week_long], retention=None
+        ) as runtime:
             rt = runtime
             run = await rt.start(scoped_wait, "s")
             state = rt.state.runs[run.run_id]

@@ -477,7 +477,9 @@ async def test_healthz_reports_a_failed_log_writer(data_dir: Path, served: Any) 
                 f"{PREFIX}/runs", headers=AUTH, json={"workflow": "approval", "args": ["o"]}
             )
     assert healthy.status_code == 200
-    assert healthy.json() == {"status": "ok", "log_backlog": 0}
+    body = healthy.json()
+    assert body.pop("retention")["retention_seconds"] == 7 * 86400  # the default window
+    assert body == {"status": "ok", "log_backlog": 0}
     assert start.status_code == 503
     assert start.json()["error"] == "LogWriteError"
     assert broken.status_code == 503

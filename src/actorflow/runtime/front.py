@@ -43,6 +43,10 @@ from .workflow import WorkflowFunction
 __all__ = ["Front"]
 
 
+#: No actorflow run id was made before 2024-01-01: an older one is made up, never expired.
+_FIRST_ID = 1_704_067_200.0
+
+
 class Front:
     """The public API front; also what a ``Run`` handle reads through."""
 
@@ -249,11 +253,12 @@ class Front:
         """``RunExpiredError`` for a run id old enough to have ended and expired.
 
         Nothing of an expired run is kept, so "expired" rests on the id itself: a run id this
-        runtime could have issued (ids carry their creation time) that is older than the
-        retention period. A newer unknown id cannot be an expired run: it is not found.
+        runtime could have issued (ids carry their creation time, and none was made before
+        2024) that is older than the retention period. A newer unknown id cannot be an expired
+        run: it is not found.
         """
         created = id_time(run_id, "wrun_")
-        if created is not None and created <= self._clock() - self._retention:
+        if created is not None and _FIRST_ID <= created <= self._clock() - self._retention:
             return RunExpiredError(run_id, self._retention)
         return WorkflowRunNotFoundError(run_id)
 
