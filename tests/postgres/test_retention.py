@@ -616,3 +616,30 @@ def test_the_upgrade_to_version_3_dates_the_runs_already_ended(
     )
     assert dated[live[0]] is None
     assert prune_expired(db.dsn, schema, seven_days_ago()).runs == 3
+
+
+# -- the runtime's retention pass drives the prune ---------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_the_runtimes_retention_pass_prunes_expired_runs(
+    tmp_path: Path, pg_database: Database, pg_schema: str
+) -> None:
+    """``Runtime.compact()`` on PostgreSQL expires finished runs from memory and prunes their
+    rows through the store; live runs keep everything."""
+    async with runtime(tmp_path / "a", store(pg_database, pg_schema, "a"), 0.0) as rt:
+        done = await rt.start(approval, "gone")
+        await hook_of(rt, "approval:gone")
+        await rt.resume_hook("approval:gone", "yes")
+        await done.result(timeout=10)
+        live = await rt.start(approval, "kept")
+        await hook_of(rt, "approval:kept")
+    async with runtime(tmp_path / "b", store(pg_database, pg_schema, "b"), 8 * DAY) as rt:
+        report = await rt.compact()
+        assert report.pruned is not None and report.pruned.runs == 1
+        with pytest.raises(af.WorkflowRunNotFoundError):
+            await rt.get_run(done.run_id).status()
+        await hook_of(rt, "approval:kept")
+        await rt.resume_hook("approval:kept", "yes")
+        result = await rt.get_run(live.run_id).result(timeout=10)
+        assert result == {"order": "kept", "decision": "yes"}

@@ -169,8 +169,9 @@ def test_a_bad_retention_is_refused(tmp_path: Path, bad: Any) -> None:
 async def test_compaction_drops_expired_runs_and_keeps_live_records_byte_for_byte(
     tmp_path: Path,
 ) -> None:
+    """Live runs 30 days old keep their whole history through compaction and restarts."""
     log_dir = tmp_path / "log"
-    async with runtime(tmp_path, retention="1h") as rt:
+    async with runtime(tmp_path, retention="7d") as rt:
         expired = await finish_runs(rt, 30, "gone")
         live = []
         for i in range(5):
@@ -181,7 +182,7 @@ async def test_compaction_drops_expired_runs_and_keeps_live_records_byte_for_byt
     before = records_by_run(log_dir)
     size_before = log_bytes(log_dir)
     assert len(list(log_dir.glob("*.log"))) > 10
-    async with runtime(tmp_path, retention="1h", offset=2 * HOUR) as rt:
+    async with runtime(tmp_path, retention="7d", offset=30 * DAY) as rt:
         report = await rt.compact()
         assert rt.retention_status().expired_runs == 60  # at open, before anything woke
         assert report.segments_rewritten > 0 and report.records_dropped > 0
@@ -203,7 +204,7 @@ async def test_compaction_drops_expired_runs_and_keeps_live_records_byte_for_byt
     assert not [n for n in names if n.endswith(".tmp")]
     sequences = [n.split(".")[0] for n in names if n.endswith(".log")]
     assert len(sequences) == len(set(sequences))
-    async with runtime(tmp_path, retention="1h", offset=2 * HOUR) as rt:
+    async with runtime(tmp_path, retention="7d", offset=30 * DAY) as rt:
         for i, run in enumerate(live):
             await wait_for_hook(rt, f"live-{i}")
             await rt.resume_hook(f"live-{i}", "stop")
