@@ -131,6 +131,7 @@ class Retention:
         #: Generations the last pass replaced: unlinked at the next pass (or at close), so
         #: that a reader that took old positions just before a move still finds its records.
         self._replaced: list[int] = []
+        self._unsealed = 0  # runs expired since the active segment was last sealed
 
     # -- the background task ------------------------------------------------------------------
 
@@ -180,7 +181,9 @@ class Retention:
         """Drop the finished runs past retention from memory; how many went."""
         if math.isinf(self.seconds):
             return 0
-        return len(self.state.expire(self.clock() - self.seconds))
+        gone = len(self.state.expire(self.clock() - self.seconds))
+        self._unsealed += gone
+        return gone
 
     async def compact(self, *, background: bool = False) -> CompactionReport:
         """Expire what is due, then drop expired runs' records from the log (see the module)."""
@@ -194,9 +197,11 @@ class Retention:
             pruned = None
             if isinstance(store, FileLog):
                 deleted = await self._retire(store)
-                if not background and self.state.expired:
-                    # On demand, the segment being appended to goes too: seal it first.
+                if not background and self._unsealed:
+                    # On demand, the segment being appended to goes too: seal it first (only
+                    # when runs expired since the last seal, or each call would add a segment).
                     await anyio.to_thread.run_sync(store.seal_active)
+                    self._unsealed = 0
                 rewrites = await self._rewrite(store, background)
                 self._replaced = [r.old for r in rewrites]
                 after = _size(store)
