@@ -45,23 +45,17 @@ from werkzeug.exceptions import (
 )
 from werkzeug.routing import PathConverter
 
-from ..errors import HookNotFoundError, WorkflowDefinitionError
+from ..errors import WorkflowDefinitionError
 from ..runtime import codec
 from ..runtime.runtime import Runtime
-from ..runtime.webhook_request import Request
 from . import run_streams
 from .deploy_routes import add_deploy_routes
 from .inspect_routes import add_inspect_routes
 from .inspector import add_inspector
 from .metrics import add_metrics_route
 from .openapi import openapi_document
-from .responses import (
-    error_response,
-    from_webhook_response,
-    json_response,
-    problem,
-    unknown_webhook,
-)
+from .responses import error_response, json_response, problem
+from .webhook_route import WEBHOOK_METHODS, WebhookEdge
 
 __all__ = [
     "EXTENSION",
@@ -77,9 +71,6 @@ logger = logging.getLogger("actorflow.http")
 
 MiB = 1024 * 1024
 PREFIX = "/.well-known/workflow/v1"
-#: Every method a webhook sender may use; the workflow sees which one it was.
-WEBHOOK_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE")
-
 Worker = Literal["asyncio", "trio"]
 #: ``app.extensions`` key listing the route sets :func:`~actorflow.http.serve.serve` drains.
 EXTENSION = "actorflow_edges"
@@ -112,14 +103,16 @@ def create_app(
     app: Quart = app_class("actorflow")
     # Quart buffers request bodies itself; stop it buffering past our own limit.
     app.config["MAX_CONTENT_LENGTH"] = _check_max_body(max_body)
-    app.register_blueprint(
-        create_blueprint(
-            runtime,
-            resume_secret=resume_secret,
-            max_body=max_body,
-            manage_runtime=manage_runtime,
-        )
+    blueprint, edge = _blueprint(
+        runtime,
+        resume_secret=resume_secret,
+        max_body=max_body,
+        manage_runtime=manage_runtime,
+        name="actorflow",
     )
+    app.register_blueprint(blueprint)
+    # The public webhook route, served ahead of Quart's request handling (``webhook_route``).
+    app.asgi_app = edge.webhooks.asgi(app, app.asgi_app)  # type: ignore[method-assign,assignment]
 
     async def http_error(exc: HTTPException) -> QuartResponse:
         out = error_response(exc, where="routing")
@@ -163,6 +156,24 @@ def create_blueprint(
     Raises:
         WorkflowDefinitionError: ``max_body`` is not positive or ``resume_secret`` is empty.
     """
+    blueprint, _ = _blueprint(
+        runtime,
+        resume_secret=resume_secret,
+        max_body=max_body,
+        manage_runtime=manage_runtime,
+        name=name,
+    )
+    return blueprint
+
+
+def _blueprint(
+    runtime: Runtime,
+    *,
+    resume_secret: str | None,
+    max_body: int,
+    manage_runtime: bool,
+    name: str,
+) -> tuple[Blueprint, _Edge]:
     if resume_secret is not None and not resume_secret:
         raise WorkflowDefinitionError(
             "resume_secret is empty; pass None to disable the resume routes, or a long random "
@@ -176,7 +187,7 @@ def create_blueprint(
     bp.add_url_rule(
         f"{PREFIX}/webhook/<token:token>",
         "webhook",
-        edge.webhook,
+        edge.webhooks.view,
         methods=list(WEBHOOK_METHODS),
         provide_automatic_options=False,
         # A token may start with or contain "//": merging slashes would redirect (308) the
@@ -188,7 +199,7 @@ def create_blueprint(
         bp.add_url_rule(
             bare,
             "webhook_without_token" + bare[-1],
-            edge.webhook,
+            edge.webhooks.view,
             defaults={"token": ""},
             methods=list(WEBHOOK_METHODS),
             provide_automatic_options=False,
@@ -229,7 +240,7 @@ def create_blueprint(
 
         bp.before_app_serving(start_runtime)
         bp.after_app_serving(stop_runtime)
-    return bp
+    return bp, edge
 
 
 def _app_class(worker: str) -> type[Quart]:
@@ -280,7 +291,8 @@ class _Edge:
         self._secret = resume_secret.encode("utf-8") if resume_secret is not None else None
         self.max_body = max_body
         self._openapi = orjson.dumps(openapi_document(resume_routes=resume_secret is not None))
-        # Webhook requests in flight, and when a shutdown cuts them off (see ``drain``).
+        self.webhooks = WebhookEdge(rt, PREFIX, max_body)
+        # Stream requests in flight (``run_streams``), and when a shutdown cuts them off.
         self._waiting: set[anyio.CancelScope] = set()
         self._drain_deadline: float | None = None
 
@@ -291,36 +303,9 @@ class _Edge:
         self._drain_deadline = deadline
         for scope in self._waiting:
             scope.deadline = min(scope.deadline, deadline)
+        self.webhooks.drain(deadline)
 
     # -- public ------------------------------------------------------------------------------
-
-    @_guarded("webhook")
-    async def webhook(self, token: str) -> QuartResponse:
-        body = await self._read_body()
-        headers = {k.lower(): ", ".join(request.headers.getlist(k)) for k in request.headers.keys()}
-        # Quart adds Remote-Addr itself; the workflow gets what the sender sent, nothing else.
-        headers.pop("remote-addr", None)
-        delivered = Request(method=request.method, url=str(request.url), headers=headers, body=body)
-        with anyio.CancelScope() as scope:
-            if self._drain_deadline is not None:
-                scope.deadline = self._drain_deadline
-            self._waiting.add(scope)
-            try:
-                response = await self.rt.resume_webhook(token, delivered)
-            except HookNotFoundError:
-                return unknown_webhook()
-            finally:
-                self._waiting.discard(scope)
-        if scope.cancelled_caught:
-            return problem(
-                503,
-                "ServiceUnavailable",
-                "the server is shutting down before the workflow answered; retry with the same "
-                "delivery id (Idempotency-Key, webhook-id or X-GitHub-Delivery) to get its "
-                "answer without delivering the request twice",
-                {"retry-after": "1"},
-            )
-        return from_webhook_response(response)
 
     async def healthz(self) -> QuartResponse:
         health = self.rt.health()

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 from quart import Response as QuartResponse
+from werkzeug.datastructures import Headers
 from werkzeug.exceptions import HTTPException
 
 from ..errors import (
@@ -37,10 +38,10 @@ from ..runtime.webhook_request import Response
 __all__ = [
     "UNKNOWN_WEBHOOK_BODY",
     "error_response",
-    "from_webhook_response",
     "json_response",
     "problem",
     "status_of",
+    "webhook_parts",
 ]
 
 logger = logging.getLogger("actorflow.http")
@@ -130,17 +131,23 @@ def _known(exc: WorkflowError, status: int) -> QuartResponse:
     return problem(status, type(exc).__name__, str(exc), headers, **extra)
 
 
-def from_webhook_response(response: Response) -> QuartResponse:
-    """The Quart response for a webhook's ``af.Response``."""
-    headers = {k: v for k, v in response.headers.items() if k.lower() not in _FRAMING}
-    out = QuartResponse(response.body_bytes, status=response.status, headers=headers)
-    if not any(k.lower() == "content-type" for k in headers):
+def webhook_parts(response: Response) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """The status, headers (without ``content-length``) and body sent for a webhook's
+    ``af.Response``: its headers as Quart would send them, less the framing the server sets.
+
+    Raises:
+        ValueError: a header value holds a newline (Werkzeug's check).
+    """
+    body = response.body_bytes
+    head = [
+        (name.lower().encode(), value.encode())
+        for name, value in Headers(response.headers).items()
+        if name.lower() not in _FRAMING
+    ]
+    if body and not any(name == b"content-type" for name, _ in head):
         # Quart would label the body text/html; an unlabelled body is just bytes.
-        if response.body_bytes:
-            out.headers["content-type"] = "application/octet-stream"
-        else:
-            del out.headers["content-type"]
-    return out
+        head.append((b"content-type", b"application/octet-stream"))
+    return response.status, head, body
 
 
 def _raw_json(status: int, body: bytes, headers: Mapping[str, str] | None = None) -> QuartResponse:
