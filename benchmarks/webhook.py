@@ -64,10 +64,16 @@ def _from_bench_server(module: Any, cfg: Config) -> ScenarioResult:
         )
         by_route = {r.route: r for r in results}
         bare, hook = by_route["bare Quart"], by_route["actorflow webhook"]
-        target = ">= 0.7" if durability == "fsync" else None
+        target = ">= 0.85" if durability == "fsync" else None
         res.add(f"bare Quart req/s (baseline), {durability}", bare.rps, "/s", durability=durability)
         res.add(f"actorflow webhook req/s, {durability}", hook.rps, "/s", hook.rps / bare.rps,
-                "bare Quart req/s", target, durability)  # fmt: skip
+                "bare Quart req/s", durability=durability)  # fmt: skip
+        if bare.server_cpu_us and hook.server_cpu_us:
+            # The target is judged on CPU: req/s on a shared 2-core machine moves with others'
+            # load, the server's CPU per request much less.
+            res.add(f"actorflow webhook server CPU/request, {durability}", hook.server_cpu_us,
+                    "us", bare.server_cpu_us / hook.server_cpu_us,
+                    "bare Quart requests per server CPU second", target, durability)  # fmt: skip
         res.add(f"actorflow webhook p50, {durability}", hook.p50_ms, "ms",
                 hook.p50_ms / bare.p50_ms, "bare Quart p50", durability=durability)  # fmt: skip
         res.add(f"actorflow webhook p99, {durability}", hook.p99_ms, "ms",

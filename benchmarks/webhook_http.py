@@ -6,14 +6,16 @@
 One server process (Hypercorn, asyncio worker) serves both routes on 127.0.0.1: actorflow's
 webhook route (``resume_webhook``: a webhook without signature check, ``hook_received`` appended
 and group-committed before the ``202``) and a bare Quart route that reads the same POST body
-and answers ``202`` without actorflow. The load generator is this process: N keep-alive
+and answers ``202`` without actorflow. The webhook route is the one ``create_app`` serves, at the
+ASGI layer ahead of Quart (``actorflow/http/webhook_route.py``). The load generator is this process: N keep-alive
 connections on raw asyncio streams (an HTTP client library would cost more than the server),
 each posting back to back; one webhook and one run per connection, as distinct senders would.
 Both routes are measured against the same server in the same run, interleaved over a few rounds
 (so drift in the machine's load hits both alike; req/s is over all rounds), once
 with ``durability="fsync"`` (the default: every 202 waits for its fsync) and once with
 ``durability="none"`` (labelled: no fsync, for comparison only). The ratio webhook / bare is the
-figure. Prints a table, then the results as JSON.
+figure, in req/s and, steadier on a shared machine, in requests per CPU second of the server
+process (its user + system time over the round, all threads, from Linux's /proc). Prints a table, then the results as JSON.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ BODY = json.dumps(
 PREFIX = "/.well-known/workflow/v1"
 ROUTES = ("bare Quart", "actorflow webhook")
 
-Round = tuple[int, float, list[float], list[int]]  # requests, seconds, latencies, bad statuses
+# requests, seconds, latencies, bad statuses, the server's CPU seconds (None: not on Linux)
+Round = tuple[int, float, list[float], list[int], float | None]
 
 
 # -- the server (a subprocess) ------------------------------------------------------------------
@@ -106,6 +109,8 @@ class Result:
     p99_ms: float
     errors: int
     round_rps: list[float]
+    #: The server process's CPU time per request (all its threads), or None off Linux.
+    server_cpu_us: float | None
 
 
 async def _client(
@@ -137,14 +142,28 @@ async def _client(
         await writer.wait_closed()
 
 
-async def _measure(url: str, paths: list[str], seconds: float) -> Round:
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of process ``pid`` so far (Linux's /proc; else None)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _measure(url: str, paths: list[str], seconds: float, server_pid: int = 0) -> Round:
     host, port = url.removeprefix("http://").rsplit(":", 1)
     latencies: list[float] = []
     errors: list[int] = []
+    cpu_before = _cpu_seconds(server_pid) if server_pid else None
     began = time.perf_counter()
     until = began + seconds
     await asyncio.gather(*(_client(host, int(port), p, until, latencies, errors) for p in paths))
-    return len(latencies), time.perf_counter() - began, latencies, errors
+    elapsed = time.perf_counter() - began
+    cpu_after = _cpu_seconds(server_pid) if server_pid else None
+    cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
+    return len(latencies), elapsed, latencies, errors, cpu
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -156,18 +175,24 @@ def _percentile(values: list[float], q: float) -> float:
 
 def _result(route: str, durability: str, clients: int, rounds: list[Round]) -> Result:
     """Throughput and latency percentiles over every round's requests."""
-    latencies = [x for _, _, lat, _ in rounds for x in lat]
+    latencies = [x for _, _, lat, _, _ in rounds for x in lat]
+    requests = sum(count for count, _, _, _, _ in rounds)
+    cpu = [c for _, _, _, _, c in rounds]
+    server_cpu_us = (
+        None if None in cpu or not requests else round(sum(cpu) / requests * 1e6, 1)  # type: ignore[arg-type]
+    )
     return Result(
         route=route,
         durability=durability,
         clients=clients,
-        requests=sum(count for count, _, _, _ in rounds),
-        seconds=round(sum(elapsed for _, elapsed, _, _ in rounds), 3),
-        rps=round(sum(c for c, _, _, _ in rounds) / sum(e for _, e, _, _ in rounds), 1),
-        round_rps=[round(count / elapsed, 1) for count, elapsed, _, _ in rounds],
+        requests=requests,
+        seconds=round(sum(elapsed for _, elapsed, _, _, _ in rounds), 3),
+        rps=round(requests / sum(e for _, e, _, _, _ in rounds), 1),
+        round_rps=[round(count / elapsed, 1) for count, elapsed, _, _, _ in rounds],
         p50_ms=round(_percentile(latencies, 0.50), 3),
         p99_ms=round(_percentile(latencies, 0.99), 3),
-        errors=sum(len(errors) for _, _, _, errors in rounds),
+        errors=sum(len(errors) for _, _, _, errors, _ in rounds),
+        server_cpu_us=server_cpu_us,
     )
 
 
@@ -211,7 +236,9 @@ def bench_server(
             measured: dict[str, list[Round]] = {route: [] for route in paths}
             for _ in range(rounds):
                 for route, route_paths in paths.items():
-                    measured[route].append(asyncio.run(_measure(url, route_paths, seconds)))
+                    measured[route].append(
+                        asyncio.run(_measure(url, route_paths, seconds, server.pid))
+                    )
             return [_result(route, durability, clients, measured[route]) for route in paths]
         finally:
             server.terminate()
@@ -257,14 +284,14 @@ def main() -> None:
     )
     header = (
         f"{'route':<19} {'durability':<11} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'requests':>9} {'errors':>6}"
+        f"{'requests':>9} {'errors':>6} {'server CPU us/req':>18}"
     )
     print(header)
     print("-" * len(header))
     for r in results:
         print(
             f"{r.route:<19} {r.durability:<11} {r.rps:>9.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} "
-            f"{r.requests:>9} {r.errors:>6}"
+            f"{r.requests:>9} {r.errors:>6} {r.server_cpu_us or float('nan'):>18.1f}"
         )
     ratios: dict[str, dict[str, Any]] = {}
     for durability in ("fsync", "none"):
@@ -277,12 +304,18 @@ def main() -> None:
             "p99_webhook_over_bare": round(webhook.p99_ms / bare.p99_ms, 2)
             if bare.p99_ms
             else None,
+            # Requests per CPU second of the server, webhook over bare: what throughput would
+            # be on a server with a core to itself, unmoved by other load on a shared machine.
+            "cpu_throughput_webhook_over_bare": round(bare.server_cpu_us / webhook.server_cpu_us, 3)
+            if bare.server_cpu_us and webhook.server_cpu_us
+            else None,
         }
         ratios[durability] = ratio
         print(
             f"ratio webhook/bare ({durability}): throughput {ratio['rps_webhook_over_bare']}x, "
             f"p50 latency {ratio['p50_webhook_over_bare']}x, "
-            f"p99 latency {ratio['p99_webhook_over_bare']}x"
+            f"p99 latency {ratio['p99_webhook_over_bare']}x, "
+            f"requests per server CPU second {ratio['cpu_throughput_webhook_over_bare']}x"
         )
     note = 'durability "none" skips fsync: a comparison figure only, never a production setting'
     print(f"({note})\n")
