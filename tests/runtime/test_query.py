@@ -316,6 +316,10 @@ async def test_list_events_is_the_timeline_in_pages(tmp_path: Path) -> None:
         received = next(e for e in page.items if e.type == "hook_received")
         assert received.data["payload"] == {"ok": True}
         assert received.correlation_id is not None
+        # The seed every webhook token of the run derives from stays out of the timeline.
+        assert page.items[0].data["token_seed"] == "hidden"
+        stored = rt.payloads.decode(rt.store.read([rt.state.runs[run.run_id].positions[0]])[0])
+        assert len(stored.data["token_seed"]) > 20
         # Two at a time, after= the last seq seen.
         walked: list[str] = []
         after: int | str = 0

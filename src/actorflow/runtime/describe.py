@@ -98,6 +98,10 @@ def hook_summary(entry: HookEntry, *, known: bool = True) -> HookSummary:
     )
 
 
+#: What a timeline shows in place of a secret the run keeps in its events.
+HIDDEN = "hidden"
+
+
 def event_record(seq: int, record: bytes, position: int, payloads: Payloads) -> EventRecord:
     """One stored event for a timeline, its user values decrypted where a key allows."""
     event = payloads.decode_plain(record, position)
@@ -115,6 +119,10 @@ def event_record(seq: int, record: bytes, position: int, payloads: Payloads) -> 
 def readable_data(event: Event, payloads: Payloads) -> dict[str, Any]:
     """``event.data`` with each user value decrypted, or ``"encrypted"`` without its key."""
     data = dict(event.data)
+    # run_created's seed derives every webhook token the run will ever hand out (ids.py): a
+    # timeline reader sees the tokens already handed out, never the ones to come.
+    if "token_seed" in data:
+        data["token_seed"] = HIDDEN
     for name in USER_VALUE_KEYS.intersection(data):
         try:
             data[name] = payloads.value(event, data[name])
