@@ -132,6 +132,11 @@ async def wait_parked(rt: Runtime, run_id: str) -> af.Parking:
     return parking
 
 
+def parked_gauge(rt: Runtime) -> float | None:
+    """``actorflow_parked_runs`` as ``GET /metrics`` would show it now."""
+    return rt.metrics.registry.get_sample_value("actorflow_parked_runs")
+
+
 def ids_delivered(directory: Path, run_id: str) -> list[str]:
     return [
         e.data["payload"]["id"]
@@ -288,9 +293,11 @@ async def test_retry_parked_resumes_runs_the_code_fits_again(tmp_path: Path) -> 
             await wait_parked(rt, run.run_id)
             await rt.resume_hook("fix:h", {"id": "x"})
             assert (await rt.retry_parked()).parked == [run.run_id]
+            assert parked_gauge(rt) == 1
             CODE["item"] = "book"  # fixed in place
             report = await rt.retry_parked()
             assert report.resumed == [run.run_id] and report.parked == []
+            assert parked_gauge(rt) == 0
             with anyio.fail_after(10):
                 assert await rt.get_run(run.run_id).result() == ["reserved book", {"id": "x"}]
             assert (await rt.retry_parked()).resumed == []  # nothing parked is left

@@ -4,7 +4,7 @@ What the hot path pays is kept to a few dictionary and lock operations:
 
 - run counters are counts of durable events by type, one dict update per event in the writer's
   callback, turned into counters only when scraped;
-- gauges (live runs, live hooks, mailbox and log backlog, log size) are read from the state when
+- gauges (live and parked runs, live hooks, mailbox and log backlog, log size) are read from the state when
   scraped, so nothing is kept up to date between scrapes;
 - a resume observes its latency and outcome once, after it returned or raised; the writer
   observes each sync's duration from its thread (``prometheus_client`` locks its values).
@@ -180,8 +180,19 @@ class _StateCollector(Collector):
             yield CounterMetricFamily(name, doc, value=self._durable.get(kind, 0))
         state = self._state
         # A scan of the runs: a scrape every few seconds over a million runs costs tens of ms.
-        live = sum(1 for run in state.runs.values() if not run.finished)
+        live = parked = 0
+        for run in state.runs.values():
+            if not run.finished:
+                live += 1
+                if run.actor is not None and run.actor.parked:
+                    parked += 1
         yield GaugeMetricFamily("actorflow_live_runs", "Runs not yet ended.", value=live)
+        yield GaugeMetricFamily(
+            "actorflow_parked_runs",
+            "Live runs parked: their history no longer replays against the code (see "
+            "'Deploying changes'); retried at start and by retry_parked.",
+            value=parked,
+        )
         yield GaugeMetricFamily(
             "actorflow_live_hooks", "Live hooks and webhooks (their tokens resolve).",
             value=len(state.tokens),
