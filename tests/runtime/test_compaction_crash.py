@@ -39,7 +39,7 @@ def crash(name):
 async def main():
     async with runtime(__import__("pathlib").Path({data!r}), retention="1h",
                        offset=2 * HOUR) as rt:
-        rt.retention.crash_point = crash
+        rt.retention.reclaim.crash_point = crash  # the file log's SegmentReclaim
         await rt.compact()
         await rt.compact()
         await rt.compact()

@@ -4,11 +4,9 @@ A pass has two halves:
 
 - **memory**: ``State.expire`` drops the runs that ended before ``now - retention`` with their
   start keys, delivery keys and webhook responses; nothing of them stays resident;
-- **disk**: on the file log, every sealed segment holding records of runs that are no longer in
-  the state is rewritten without them (``log/compaction.py``) and the kept records' new positions
-  are applied here, on the event loop, in one step. The replaced files are unlinked once every
-  read that might hold an old position has finished. On PostgreSQL the store deletes the expired
-  runs' rows in bounded batches (``prune_expired``), when it has that method.
+- **disk**: what the store's ``Reclaim`` does (``reclaim.py``, chosen once at open): on the
+  file log, sealed segments are rewritten without the records of runs that are gone; on
+  PostgreSQL the store deletes the expired runs' rows in bounded batches.
 
 Passes run in the background when the oldest finished run's retention runs out (no timer while
 nothing has ended), paced to a share of one core, and on demand (``Runtime.compact()``, which is
@@ -20,32 +18,19 @@ from __future__ import annotations
 import logging
 import math
 import time
-from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 import anyio.abc
-import anyio.to_thread
 
-from .log import compaction
-from .log.compaction import CrashPoint, Pacer, Rewrite
-from .log.file_log import FileLog
-from .log.store import EventStore
+from .reclaim import NoReclaim, Reclaim
 from .state import State
 
 __all__ = ["CompactionReport", "Retention", "RetentionStatus"]
 
 logger = logging.getLogger("actorflow.retention")
-
-
-class Readers(Protocol):
-    """Who reads the log by position: compaction waits for reads begun before a move."""
-
-    def reads_begun(self) -> int: ...
-
-    async def wait_before(self, mark: int) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,32 +90,20 @@ class Retention:
         seconds: float,
         state: State,
         clock: Callable[[], float],
-        readers: Readers,
         *,
-        share: float = 0.25,
-        min_garbage: float = 0.25,
         min_interval: float = 60.0,
     ) -> None:
         self.seconds = seconds
         self.state = state
         self.clock = clock
-        self.readers = readers
-        #: Share of one core (and of the disk's time) a background pass may take.
-        self.share = share
-        #: A background pass rewrites a segment only when this share of its bytes would go.
-        self.min_garbage = min_garbage
         #: Seconds between background passes, at least: expiries are batched.
         self.min_interval = min_interval
-        self.store: EventStore | None = None
+        #: The disk half, set when the store is open (``reclaim.reclaim_for``).
+        self.reclaim: Reclaim = NoReclaim()
         self.last_pass: CompactionReport | None = None
-        #: Called with the name of each compaction step (the crash tests stop there).
-        self.crash_point: CrashPoint | None = None
         self._lock = anyio.Lock()
         self._wake = anyio.Event()
         self._next_pass = -math.inf  # no background pass before this time (rate limit)
-        #: Generations the last pass replaced: unlinked at the next pass (or at close), so
-        #: that a reader that took old positions just before a move still finds its records.
-        self._replaced: list[int] = []
         self._unsealed = 0  # runs expired since the active segment was last sealed
 
     # -- the background task ------------------------------------------------------------------
@@ -186,114 +159,43 @@ class Retention:
         return gone
 
     async def compact(self, *, background: bool = False) -> CompactionReport:
-        """Expire what is due, then drop expired runs' records from the log (see the module)."""
+        """Expire what is due, then drop expired runs' records from disk (see the module)."""
         async with self._lock:
             started, wall = time.monotonic(), self.clock()
             expired = self.expire()
-            store = self.store
-            rewrites: list[Rewrite] = []
-            deleted = 0
-            before = after = _size(store)
-            pruned = None
-            if isinstance(store, FileLog):
-                deleted = await self._retire(store)
-                if not background and self._unsealed:
-                    # On demand, the segment being appended to goes too: seal it first (only
-                    # when runs expired since the last seal, or each call would add a segment).
-                    await anyio.to_thread.run_sync(store.seal_active)
-                    self._unsealed = 0
-                rewrites = await self._rewrite(store, background)
-                self._replaced = [r.old for r in rewrites]
-                after = _size(store)
-            elif (
-                store is not None
-                and hasattr(store, "prune_expired")
-                and math.isfinite(self.seconds)
-            ):
-                pruned = await anyio.to_thread.run_sync(store.prune_expired, wall - self.seconds)
+            # On demand, the segment being appended to goes too: sealed first, but only when
+            # runs expired since the last seal, or each call would add a segment.
+            done = await self.reclaim.reclaim(
+                wall - self.seconds,
+                background=background,
+                seal=not background and self._unsealed > 0,
+            )
+            if done.sealed:
+                self._unsealed = 0
             report = CompactionReport(
                 started_at=wall,
                 seconds=time.monotonic() - started,
                 runs_expired=expired,
-                segments_rewritten=len(rewrites),
-                segments_deleted=deleted,
-                records_dropped=sum(r.records_dropped for r in rewrites),
-                bytes_before=before or 0,
-                bytes_after=after or 0,
-                pruned=pruned,
+                segments_rewritten=done.segments_rewritten,
+                segments_deleted=done.segments_deleted,
+                records_dropped=done.records_dropped,
+                bytes_before=done.bytes_before,
+                bytes_after=done.bytes_after,
+                pruned=done.pruned,
             )
             self.last_pass = report
             self._next_pass = self.clock() + self.min_interval
-            if expired or rewrites:
+            if expired or done.segments_rewritten:
                 logger.info("retention: %d runs expired, %d segments rewritten (%d deleted), "
                             "%d records dropped, log %d -> %d bytes in %.3f s",
-                            expired, len(rewrites), deleted, report.records_dropped,
-                            report.bytes_before, report.bytes_after, report.seconds)  # fmt: skip
+                            expired, done.segments_rewritten, done.segments_deleted,
+                            report.records_dropped, report.bytes_before, report.bytes_after,
+                            report.seconds)  # fmt: skip
             return report
 
-    async def _rewrite(self, log: FileLog, background: bool) -> list[Rewrite]:
-        runs = self.state.runs
-
-        def keep(run_id: str) -> bool:
-            # Read from the worker thread; a dict lookup needs no lock. A run can only be
-            # removed meanwhile (never added to a sealed segment), which keeps more, not less.
-            return run_id in runs
-
-        pace = Pacer(self.share) if background else None
-        min_garbage = self.min_garbage if background else 0.0
-        done: list[Rewrite] = []
-        for number, _ in log.segment_ends():
-            if number == log.active_segment:
-                break
-            rewrite = await anyio.to_thread.run_sync(
-                lambda n=number: compaction.rewrite_segment(  # type: ignore[misc]
-                    log, n, keep, min_garbage=min_garbage, pace=pace, crash=self.crash_point
-                )
-            )
-            if rewrite is not None:
-                self._move(rewrite)
-                done.append(rewrite)
-        return done
-
-    def _move(self, rewrite: Rewrite) -> None:
-        """Point the kept runs at their records' new places (on the loop, in one step)."""
-        moves = rewrite.moves
-        runs = self.state.runs
-        for run_id in rewrite.kept_runs:
-            run = runs.get(run_id)
-            if run is None:
-                continue
-            # A new sequence object: a reader that took the old one keeps valid old positions.
-            positions = run.positions
-            moved = [moves.get(p, p) for p in positions]
-            run.positions = moved if isinstance(positions, list) else array("q", moved)
-            terminal = run.terminal
-            if terminal is not None and terminal.position in moves:
-                terminal.position = moves[terminal.position]
-        for run_id in rewrite.kept_runs:
-            streams = self.state.streams.runs.get(run_id)
-            for log in streams.streams.values() if streams is not None else ():
-                log.positions = array("q", [moves.get(p, p) for p in log.positions])
-
-    async def _retire(self, log: FileLog) -> int:
-        """Unlink what the previous pass replaced, once the reads begun before it have ended;
-        then delete the emptied segments at the head of the log."""
-        replaced, self._replaced = self._replaced, []
-        await self.readers.wait_before(self.readers.reads_begun())
-        crash = self.crash_point
-
-        def work() -> int:
-            compaction.retire(log, replaced, crash)
-            return compaction.drop_emptied_prefix(log, crash)
-
-        return await anyio.to_thread.run_sync(work)
-
     def close(self) -> None:
-        """At shutdown (no reader left): unlink what the last pass replaced."""
-        if isinstance(self.store, FileLog) and self._replaced:
-            compaction.retire(self.store, self._replaced)
-            compaction.drop_emptied_prefix(self.store)
-            self._replaced = []
+        """At shutdown (no reader left): finish what the last pass left for later."""
+        self.reclaim.close()
 
     # -- status -------------------------------------------------------------------------------
 
@@ -305,12 +207,6 @@ class Retention:
             live_runs=len(runs) - retained,
             retained_runs=retained,
             expired_runs=self.state.expired,
-            log_bytes=_size(self.store),
+            log_bytes=self.reclaim.size(),
             last_pass=self.last_pass,
         )
-
-
-def _size(store: EventStore | None) -> int | None:
-    if isinstance(store, FileLog):
-        return sum(end for _, end in store.segment_ends())
-    return None

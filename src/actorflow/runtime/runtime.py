@@ -65,6 +65,7 @@ from .parking import (
     runs_here,
 )
 from .payloads import Payloads
+from .reclaim import reclaim_for
 from .recovery import recover
 from .registry import Registry
 from .response_waiters import WebhookResponses
@@ -208,8 +209,7 @@ class Runtime(OutsideAPI, Inspection):
             restart_budget=restart_budget,
             restart_window=restart_window,
         )
-        self.retention = Retention(_retention_seconds(retention), self.state, self.clock,
-                                   self.supervisor.reads)  # fmt: skip
+        self.retention = Retention(_retention_seconds(retention), self.state, self.clock)
         self.journal.on_run_ended = self._run_ended
         self.front = self._make_front()
         self.metrics = RuntimeMetrics(self.state, self.journal, self.supervisor.mailbox_backlog)
@@ -276,7 +276,7 @@ class Runtime(OutsideAPI, Inspection):
             await anyio.to_thread.run_sync(self.store.close)
             self.ownership.close()
             raise
-        self.retention.store = self.store
+        self.retention.reclaim = reclaim_for(self.store, self.state, self.supervisor.reads)
         self.retention.expire()  # runs that ended long ago leave before anything wakes
         self.journal.open(self.store, self.payloads.encode, self.supervisor, self._on_log_failure)
         self._outer = anyio.create_task_group()
