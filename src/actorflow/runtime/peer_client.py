@@ -17,6 +17,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from .peer_link import (
     FrameReader,
@@ -159,6 +160,8 @@ class Peers:
     async def _write(stream: anyio.abc.ByteSendStream, link: _Link) -> None:
         while True:
             await link.wake.wait()
+            # Let the requests made in this turn of the event loop join the same write.
+            await anyio.lowlevel.checkpoint()
             link.wake = anyio.Event()
             data = b"".join(link.outbox)
             link.outbox.clear()

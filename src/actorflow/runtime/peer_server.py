@@ -88,20 +88,33 @@ class PeerServer:
         stream: anyio.abc.ByteSendStream,
         waiting: MemoryObjectReceiveStream[tuple[int, Ticket | None, dict[str, Any]]],
     ) -> None:
+        carried: tuple[int, Ticket | None, dict[str, Any]] | None = None
         async with waiting:
-            async for first in waiting:
-                ready = [first]
-                while True:
+            while True:
+                if carried is None:
                     try:
-                        ready.append(waiting.receive_nowait())
-                    except anyio.WouldBlock:
-                        break
+                        carried = await waiting.receive()
+                    except anyio.EndOfStream:
+                        return
+                ready, carried = [carried], None
                 out = []
-                for request_id, ticket, reply in ready:
+                while ready:
+                    request_id, ticket, reply = ready.pop()
                     if ticket is not None:
                         try:
                             await ticket.wait()
                         except WorkflowError as exc:  # the log failed: the outcome is unknown
                             reply = {"e": "failed", "m": str(exc)}
                     out.append(frame({"i": request_id, **reply}))
+                    # Every reply ready by now goes in the same write (a commit makes many
+                    # durable at once); the first not yet durable waits for the next one.
+                    try:
+                        queued = waiting.receive_nowait()
+                    except anyio.WouldBlock:
+                        break
+                    if queued[1] is None or queued[1].done:
+                        ready.append(queued)
+                    else:
+                        carried = queued
+                        break
                 await send_bytes(stream, b"".join(out))
