@@ -36,6 +36,7 @@ _DIAL_SECONDS = 5.0
 
 @dataclass(eq=False, slots=True)
 class _Waiter:
+    sent_at: float
     done: anyio.Event = field(default_factory=anyio.Event)
     reply: dict[str, Any] | None = None
 
@@ -101,15 +102,11 @@ class Peers:
         if link.closed_at is not None:
             raise PeerLinkError(f"no link to node {peer}: {link.error}")
         request_id = next(link.ids)
-        waiter = link.waiting[request_id] = _Waiter()
+        waiter = link.waiting[request_id] = _Waiter(anyio.current_time())
         link.outbox.append(frame({**header, "i": request_id}, body))
         link.wake.set()
         try:
-            with anyio.move_on_after(self.timeout) as scope:
-                await waiter.done.wait()
-            if scope.cancelled_caught:
-                # Silent for this long: a paused or stuck peer. Later requests dial afresh.
-                link.close(f"no reply within {self.timeout:g} s")
+            await waiter.done.wait()  # a reply, or the link closed (``_watch`` bounds the wait)
         finally:
             link.waiting.pop(request_id, None)
         if waiter.reply is None:
@@ -144,6 +141,7 @@ class Peers:
                     link.ready.set()
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(self._write, stream, link)
+                        tg.start_soon(self._watch, link)
                         while True:
                             header, _ = await reader.read()
                             waiter = link.waiting.get(header.get("i"))  # type: ignore[arg-type]
@@ -155,6 +153,15 @@ class Peers:
             logger.info("link to node %s (%s) failed: %s", peer, link.address, error)
         finally:
             link.close(error)
+
+    async def _watch(self, link: _Link) -> None:
+        """Close the link when a request waits past the timeout: a paused or stuck peer (later
+        requests dial afresh)."""
+        while True:
+            await anyio.sleep(self.timeout / 4)
+            oldest = next(iter(link.waiting.values()), None)  # requests wait in id order
+            if oldest is not None and anyio.current_time() - oldest.sent_at > self.timeout:
+                raise PeerLinkError(f"no reply within {self.timeout:g} s")
 
     @staticmethod
     async def _write(stream: anyio.abc.ByteSendStream, link: _Link) -> None:

@@ -22,12 +22,12 @@ import hashlib
 import hmac
 import secrets
 import struct
+from collections import deque
 from typing import Any
 
 import anyio
 import anyio.abc
 import orjson
-from anyio.streams.buffered import BufferedByteReceiveStream
 
 from ..errors import StorageError
 
@@ -38,6 +38,7 @@ __all__ = ["MAX_FRAME", "FrameReader", "PeerLinkError", "dial_handshake", "frame
 MAX_FRAME = 64 * 1024 * 1024
 _HANDSHAKE_SECONDS = 5.0
 _LENGTH = struct.Struct(">II")
+_READ_SIZE = 256 * 1024
 
 
 class PeerLinkError(StorageError):
@@ -52,10 +53,14 @@ def frame(header: dict[str, Any], body: bytes = b"") -> bytes:
 
 
 class FrameReader:
-    """Reads frames off a byte stream."""
+    """Reads frames off a byte stream: as many bytes as are there at each read, and every frame
+    they hold is then returned without waiting (one turn of the event loop per read, not per
+    frame)."""
 
     def __init__(self, stream: anyio.abc.ByteReceiveStream) -> None:
-        self._stream = BufferedByteReceiveStream(stream)
+        self._stream = stream
+        self._buffer = bytearray()
+        self._frames: deque[tuple[dict[str, Any], bytes]] = deque()
 
     async def read(self) -> tuple[dict[str, Any], bytes]:
         """The next frame's header and body.
@@ -63,20 +68,37 @@ class FrameReader:
         Raises:
             PeerLinkError: the stream ended or broke, or the frame is malformed or too large.
         """
-        try:
-            size, head = _LENGTH.unpack(await self._stream.receive_exactly(8))
+        frames = self._frames
+        while not frames:
+            try:
+                chunk = await self._stream.receive(_READ_SIZE)
+            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError,
+                    OSError) as exc:  # fmt: skip
+                raise PeerLinkError(f"the peer link closed: {exc!r}") from exc
+            self._buffer += chunk
+            self._split()
+        return frames.popleft()
+
+    def _split(self) -> None:
+        buffer = self._buffer
+        start = 0
+        while len(buffer) - start >= 8:
+            size, head = _LENGTH.unpack_from(buffer, start)
             if size > MAX_FRAME or not 4 <= 4 + head <= size:
                 raise PeerLinkError(f"a peer frame of {size} bytes (header {head}) was refused")
-            data = await self._stream.receive_exactly(size - 4)
-            header = orjson.loads(data[:head])
-        except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError,
-                anyio.ClosedResourceError, OSError) as exc:  # fmt: skip
-            raise PeerLinkError(f"the peer link closed: {exc!r}") from exc
-        except orjson.JSONDecodeError as exc:
-            raise PeerLinkError("a peer frame's header is not JSON") from exc
-        if type(header) is not dict:
-            raise PeerLinkError("a peer frame's header is not an object")
-        return header, bytes(data[head:])
+            end = start + 4 + size
+            if len(buffer) < end:
+                break
+            try:
+                header = orjson.loads(bytes(buffer[start + 8 : start + 8 + head]))
+            except orjson.JSONDecodeError as exc:
+                raise PeerLinkError("a peer frame's header is not JSON") from exc
+            if type(header) is not dict:
+                raise PeerLinkError("a peer frame's header is not an object")
+            self._frames.append((header, bytes(buffer[start + 8 + head : end])))
+            start = end
+        if start:
+            del buffer[:start]
 
 
 def _mac(key: bytes, role: bytes, *parts: str) -> str:

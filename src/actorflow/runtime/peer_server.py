@@ -77,7 +77,10 @@ class PeerServer:
                             ticket, reply = self._take(header, body)
                         except WorkflowError as exc:
                             ticket, reply = None, {"e": "failed", "m": str(exc)}
-                        await sender.send((request_id, ticket, reply))
+                        try:
+                            sender.send_nowait((request_id, ticket, reply))
+                        except anyio.WouldBlock:
+                            await sender.send((request_id, ticket, reply))
             except* PeerLinkError as group:
                 logger.debug("peer link from %s closed: %s", peer, group.exceptions[0])
             except* Exception as group:  # one link's fault must not stop the listener
