@@ -469,4 +469,8 @@ class SharedOwnership:
         return await anyio.to_thread.run_sync(self._stream_reads.namespaces, run_id)
 
     def close(self) -> None:
+        if self.forwarder is not None:
+            logger.info("node %s forwarded %d deliveries to their owners; %d went by the inbox "
+                        "after a failed forward", self.node_id, self.forwarder.forwarded,
+                        self.forwarder.fell_back)  # fmt: skip
         self.directory.close()

@@ -120,6 +120,9 @@ class Peers:
             and anyio.current_time() - link.closed_at < self.retry_after
         )):  # fmt: skip
             return link
+        now = anyio.current_time()
+        for gone in [p for p, k in self._links.items() if k.closed_at and now - k.closed_at > 60]:
+            del self._links[gone]  # nodes that left (a restarted process is a new node)
         link = self._links[peer] = _Link(address)
         if self._tg is None:
             link.close("this node is not running")
