@@ -3,7 +3,8 @@
 ::
 
     actorflow serve MODULE[:ATTR] [--bind 127.0.0.1:8000] [--data-dir .actorflow]
-                    [--store postgresql://...] [--base-url URL] [--worker asyncio|trio]
+                    [--store postgresql://...] [--peer-port N] [--base-url URL]
+                    [--worker asyncio|trio]
                     [--resume-secret S] [--read-timeout S] [--keep-alive-timeout S]
                     [--max-connections N]
     actorflow db migrate --store postgresql://... [--schema actorflow]

@@ -7,6 +7,7 @@ listener and links, exactly as in separate processes), on a real PostgreSQL.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import struct
 from collections.abc import AsyncIterator
@@ -281,3 +282,31 @@ async def test_http_answers_are_the_same_through_a_forward(nodes: Nodes) -> None
     assert local.value.retry_after == routed.value.retry_after
     assert forwarded(b)[1] == 0
     assert nodes.count_events(full.run_id, "hook_received") == 1
+
+
+async def test_a_forward_to_a_node_that_does_not_own_the_run_goes_by_the_inbox(
+    nodes: Nodes,
+) -> None:
+    """A sender whose view of the owner is out of date (it remembered another node) is told
+    so by that node, and delivers through the inbox instead, once."""
+    a = await nodes.node()
+    b = await nodes.node()
+    c = await nodes.node()
+    run = await a.start(collect, "moved", 2)
+    await hook_of(b, "collect:moved")
+    entry = await shared(b).lookup("collect:moved")
+    assert entry is not None and entry.remote is not None
+    c_peer = nodes.db.query(
+        sql.SQL("SELECT peer FROM {} WHERE node_id = 'node3'").format(
+            sql.Identifier(nodes.schema, "nodes")
+        )
+    )[0][0]
+    entry.remote = dataclasses.replace(entry.remote, owner="node3", peer=c_peer)
+    await b.resume_hook("collect:moved", "first")
+    assert forwarded(b) == (0, 1)
+    assert shared(b)._hook_cache.get("collect:moved") is None  # looked up afresh next time
+    await b.resume_hook("collect:moved", "second")
+    assert forwarded(b) == (1, 1)
+    assert await run.result(timeout=10) == ["first", "second"]
+    assert nodes.count_events(run.run_id, "hook_received") == 2
+    assert forwarded(c) == (0, 0)

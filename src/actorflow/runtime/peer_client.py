@@ -151,9 +151,13 @@ class Peers:
                             if waiter is not None:
                                 waiter.reply = header
                                 waiter.done.set()
-        except* (PeerLinkError, OSError, TimeoutError, ValueError) as group:
+        except* (PeerLinkError, OSError, TimeoutError) as group:
             error = str(group.exceptions[0])
             logger.info("link to node %s (%s) failed: %s", peer, link.address, error)
+        except* Exception as group:  # a bad address or reply: this link fails, not the node
+            error = repr(group.exceptions[0])
+            logger.error("link to node %s (%s) failed", peer, link.address,
+                         exc_info=group.exceptions[0])  # fmt: skip
         finally:
             link.close(error)
 
