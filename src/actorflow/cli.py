@@ -3,7 +3,8 @@
 ::
 
     actorflow serve MODULE[:ATTR] [--bind 127.0.0.1:8000] [--data-dir .actorflow]
-                    [--store postgresql://...] [--base-url URL] [--worker asyncio|trio]
+                    [--store postgresql://...] [--peer-port N] [--base-url URL]
+                    [--worker asyncio|trio]
                     [--resume-secret S] [--read-timeout S] [--keep-alive-timeout S]
                     [--max-connections N]
     actorflow db migrate --store postgresql://... [--schema actorflow]
@@ -69,6 +70,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return status
 
 
+def _bind_host(bind: str) -> str:
+    """The host of ``--bind HOST:PORT`` (``[::1]:8000`` gives ``::1``)."""
+    host = bind.rpartition(":")[0] if ":" in bind else bind
+    return host.strip("[]") or "127.0.0.1"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="actorflow", description="Durable workflows: serve them, inspect their log."
@@ -93,6 +100,14 @@ def _parser() -> argparse.ArgumentParser:
         default=10.0,
         help="PostgreSQL: how long this process's runs stay its own without a renewal; another "
         "process takes them over after that (default %(default)s)",
+    )
+    serve.add_argument(
+        "--peer-port",
+        type=int,
+        default=0,
+        help="PostgreSQL: the port, on the --bind host, where this process takes resumes the "
+        "other processes forward to the runs it owns (default 0: any free port; each process "
+        "publishes its address in the schema)",
     )
     serve.add_argument(
         "--retention",
@@ -232,6 +247,8 @@ def _serve(args: argparse.Namespace) -> int:
             migrate=not args.no_migrate,
             schema=args.schema,
             lease_seconds=args.lease_seconds,
+            peer_host=_bind_host(args.bind),
+            peer_port=args.peer_port,
             version=args.version,
             retention=None if args.retention == "none" else args.retention,
         )

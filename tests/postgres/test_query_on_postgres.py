@@ -216,7 +216,8 @@ async def test_a_version_2_schema_gets_its_listing_columns_filled(
         before = [(r.run_id, r.status, r.created_at, r.started_at, r.completed_at)
                   for r in (await rt.list_runs()).items]  # fmt: skip
     # Back to what schema version 2 had: no listing columns, no listing indexes, and none of
-    # version 4's retention column and indexes either (its indexes go with the column).
+    # version 4's retention column and indexes either (its indexes go with the column), nor
+    # version 5's peer columns and secret.
     runs = sql.Identifier(pg_schema, "runs")
     pg_database.run(
         sql.SQL(
@@ -229,6 +230,13 @@ async def test_a_version_2_schema_gets_its_listing_columns_filled(
     )
     for index in ("runs_status_listing", "runs_workflow_listing"):
         pg_database.run(sql.SQL("DROP INDEX {}").format(sql.Identifier(pg_schema, index)))
+    for table, column in (("nodes", "peer"), ("inbox", "forwarded")):
+        pg_database.run(
+            sql.SQL("ALTER TABLE {} DROP COLUMN {}").format(
+                sql.Identifier(pg_schema, table), sql.Identifier(column)
+            )
+        )
+    pg_database.run(sql.SQL("DROP TABLE {}").format(sql.Identifier(pg_schema, "peer_secret")))
     pg_database.run(
         sql.SQL("DELETE FROM {} WHERE version >= 3").format(
             sql.Identifier(pg_schema, "schema_version")

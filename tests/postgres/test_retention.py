@@ -603,13 +603,17 @@ def test_the_upgrade_to_version_3_dates_the_runs_already_ended(
         live = write_runs(log, 1, ended_at=None, start=ended_at)
     finally:
         log.close()
-    # Back to version 3 as it was: no ended_at, no index on delivery keys' events.
+    # Back to version 3 as it was: no ended_at, no index on delivery keys' events (and none of
+    # version 5's peer columns, which come after).
     t = {name: sql.Identifier(schema, name) for name in ("runs", "delivery_keys")}
     db.run(sql.SQL("ALTER TABLE {} DROP COLUMN ended_at").format(t["runs"]))
     db.run(sql.SQL("DROP INDEX {}").format(sql.Identifier(schema, "delivery_keys_event")))
-    db.run(sql.SQL("DELETE FROM {} WHERE version = 4").format(
+    db.run(sql.SQL("ALTER TABLE {} DROP COLUMN peer").format(sql.Identifier(schema, "nodes")))
+    db.run(sql.SQL("ALTER TABLE {} DROP COLUMN forwarded").format(sql.Identifier(schema, "inbox")))
+    db.run(sql.SQL("DROP TABLE {}").format(sql.Identifier(schema, "peer_secret")))
+    db.run(sql.SQL("DELETE FROM {} WHERE version >= 4").format(
         sql.Identifier(schema, "schema_version")))  # fmt: skip
-    assert postgres.migrate(db.dsn, schema=schema) == 4 == postgres.SCHEMA_VERSION
+    assert postgres.migrate(db.dsn, schema=schema) == postgres.SCHEMA_VERSION
     dated = dict(db.query(sql.SQL("SELECT run_id, ended_at FROM {}").format(t["runs"])))
     assert [dated[run_id] for run_id in ended] == pytest.approx(
         [ended_at + i for i in range(3)], abs=1e-3

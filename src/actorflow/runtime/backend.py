@@ -135,11 +135,13 @@ def share_ownership(
     failure: Callable[[], BaseException | None],
     poll_interval: float,
     version: str | None = None,
+    peer_bind: tuple[str, int] | None = ("127.0.0.1", 0),
 ) -> Ownership | None:
     """Shared ownership over ``store`` if it is a shared PostgreSQL log, else ``None``.
 
     A node claims only runs of the runtime's ``version`` (given to a store object made by the
-    caller too, before its first claim).
+    caller too, before its first claim). It listens for its peers' links at ``peer_bind``
+    (``None``: it takes deliveries by the inbox only).
 
     Raises:
         WorkflowDefinitionError: the store was made for another version than the runtime's.
@@ -165,6 +167,7 @@ def share_ownership(
         fail=fail,
         failure=failure,
         poll_interval=poll_interval_or(poll_interval),
+        peer_bind=peer_bind,
     )
 
 

@@ -13,8 +13,11 @@ this module is what the running runtime does with it:
 - **Takeover.** After each renewal the node claims runs whose owner's lease ran out, reads their
   events, folds them into its state, arms their timers, restarts their steps, and wakes them:
   what recovery does at start, for a few runs.
-- **Inbox** (``inbox.py``). A resume for a run owned elsewhere goes through a table of the
-  schema; this module listens for the notifications that wake its two sides.
+- **Forwarding** (``forwarding.py``). A resume for a run owned elsewhere goes straight to its
+  owner over a peer link (this node listens for the others' links and publishes its address);
+  keyed ones, and any whose link fails, go through the inbox.
+- **Inbox** (``inbox.py``). A table of the schema; this module listens for the notifications
+  that wake its two sides.
 - **Remote reads.** A run or hook owned by another node is read from the database: the live-hook
   index for tokens, the run's events (folded here) for ``Run.status``/``result``, and the
   ``webhook_responded`` event for a manual webhook response, woken by ``NOTIFY`` and polled.
@@ -23,6 +26,7 @@ this module is what the running runtime does with it:
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -38,6 +42,7 @@ from ..errors import (
 )
 from .core import events as ev
 from .core.events import Event
+from .forwarding import Forwarder
 from .inbox import Inbox
 from .journal import Journal
 from .log.postgres_cluster import ClusterLog, Directory
@@ -45,6 +50,8 @@ from .log.postgres_streams import StreamReads
 from .mailbox import Admission
 from .ownership import LocalOwnership, PriorDelivery, StaleHookError
 from .payloads import Payloads
+from .peer_client import Peers
+from .peer_server import PeerServer
 from .response_waiters import WebhookResponses
 from .state import HookEntry, RunState, State
 
@@ -73,6 +80,7 @@ class SharedOwnership:
         fail: Callable[[BaseException], None],
         failure: Callable[[], BaseException | None],
         poll_interval: float,
+        peer_bind: tuple[str, int] | None = ("127.0.0.1", 0),
     ) -> None:
         self.local = local
         self.state: State = local.state
@@ -104,6 +112,10 @@ class SharedOwnership:
             poll_interval=poll_interval,
             hook_cache=self._hook_cache,
         )
+        #: Where this node listens for its peers (``None``: deliveries go by the inbox only).
+        self.peer_bind = peer_bind
+        self.forwarder: Forwarder | None = None
+        self.peer_server: PeerServer | None = None
 
     # -- the services -------------------------------------------------------------------------
 
@@ -112,7 +124,29 @@ class SharedOwnership:
             tg.start_soon(self._keep_lease)
             tg.start_soon(self._listen)
             tg.start_soon(self.inbox.run)
+            if self.peer_bind is not None:
+                await self._link_peers(tg, *self.peer_bind)
             task_status.started()
+
+    async def _link_peers(self, tg: anyio.abc.TaskGroup, host: str, port: int) -> None:
+        """Listen for the other nodes' links, publish the address, and forward from now on."""
+        try:
+            key = await anyio.to_thread.run_sync(self.inbox.peers.secret)
+        except StorageError as exc:
+            logger.warning("no peer links (deliveries go by the inbox): %s", exc)
+            return
+        peers = Peers(self.node_id, key, timeout=max(1.0, self.lease_seconds / 2))
+        forwarder = Forwarder(self.inbox, peers, self.journal, self.payloads, self._hook_cache)
+        self.peer_server = PeerServer(host, port, self.node_id, key, forwarder.take)
+        address: str = await tg.start(self.peer_server.run)
+        await tg.start(peers.run)
+        self.forwarder = forwarder
+        if host in ("", "0.0.0.0", "::"):  # reachable by the host's name, not the wildcard
+            address = f"{socket.gethostname()}:{address.rpartition(':')[2]}"
+        try:
+            await anyio.to_thread.run_sync(self.inbox.peers.publish, address)
+        except StorageError as exc:
+            logger.warning("peer address not published (others use the inbox): %s", exc)
 
     async def _keep_lease(self) -> None:
         interval = self.lease_seconds / 3
@@ -356,9 +390,15 @@ class SharedOwnership:
 
         Raises: see ``Ownership.deliver``.
         """
-        if entry.remote is None and data.get("idempotency_key") is None:
+        keyed = data.get("idempotency_key") is not None
+        if entry.remote is None and not keyed:
             return await self.local.deliver(entry, kind, data, key)
         self.journal.check()
+        # A keyed delivery is checked against the shared key index, by the inbox.
+        if not keyed and self.forwarder is not None and entry.remote is not None and (
+            entry.remote.peer is not None
+        ):  # fmt: skip
+            return await self.forwarder.deliver(entry, kind, data, key)
         event_id, _ = await self.inbox.deliver(entry, kind, data, key)
         return event_id
 
@@ -429,4 +469,8 @@ class SharedOwnership:
         return await anyio.to_thread.run_sync(self._stream_reads.namespaces, run_id)
 
     def close(self) -> None:
+        if self.forwarder is not None:
+            logger.info("node %s forwarded %d deliveries to their owners; %d went by the inbox "
+                        "after a failed forward", self.node_id, self.forwarder.forwarded,
+                        self.forwarder.fell_back)  # fmt: skip
         self.directory.close()

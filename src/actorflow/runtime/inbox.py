@@ -9,12 +9,20 @@ is), or gives it up when no owner claims it within a lease.
 Owner side: each record is claimed as it is read, then appended unchanged (same event id, same
 encrypted bytes) if its hook is live here, or refused; the mailbox bound is the one a delivery
 made here meets (``mailbox.Admission``).
+
+Deliveries forwarded straight to the owner over a peer link (``forwarding.py``) are taken here
+too (``take_forwarded``), with the same checks. One whose link failed before its answer came back
+is committed to the inbox under the same event id, flagged ``forwarded``: the owner may have
+appended it already. So an owner never appends an event id twice: a flagged row whose event is
+in the log (or on its way there from a forward) is only removed, and its sender told ``took``;
+a forward whose inbox copy was taken first is answered from that copy.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 import anyio
@@ -31,17 +39,26 @@ from .core import events as ev
 from .core.events import Event
 from .journal import Journal
 from .log.postgres_cluster import Directory, ForeignHook
+from .log.postgres_peers import PeerDirectory
 from .log.writer import Ticket
 from .mailbox import Admission
 from .ownership import StaleHookError
 from .payloads import Payloads
 from .state import HookEntry, State
 
-__all__ = ["Inbox"]
+__all__ = ["Inbox", "NotOwnedHereError"]
 
 logger = logging.getLogger("actorflow.cluster")
 
 _INBOX_BATCH = 1000
+# How long an owner remembers the event ids of forwarded deliveries it took from the inbox, so a
+# forward of the same delivery that arrives after them is answered, not appended again. A
+# forward older than ``forwarding.STALE_SECONDS`` is refused anyway; this is well past it.
+_REMEMBER_FALLBACKS = 600.0
+
+
+class NotOwnedHereError(StorageError):
+    """A forwarded delivery's run is not owned here (never leaves the runtime)."""
 
 
 def _retry_of(event: Event, first_event_id: str) -> Event:
@@ -86,6 +103,12 @@ class Inbox:
         #: and the outcomes the owners announced (``took``, ``drop``, ``full``).
         self._outcomes: dict[str, anyio.Event] = {}
         self._announced: dict[str, str] = {}
+        self.peers = PeerDirectory(directory)
+        #: Deliveries forwarded here and submitted, by event id, until an inbox read that
+        #: began after they were durable (which then finds them in the log).
+        self._forwarded: dict[str, Ticket] = {}
+        #: Forwarded deliveries taken from the inbox here: event id -> when (monotonic).
+        self._fallen_back: dict[str, float] = {}
 
     def wake(self) -> None:
         """Read the inbox now (a notification, or runs just taken over)."""
@@ -130,24 +153,90 @@ class Inbox:
         for event_id, ticket in list(self._inflight.items()):
             if ticket.done:
                 del self._inflight[event_id]
+        # Durable before this read began: the read below finds them in the log.
+        durable = [event_id for event_id, ticket in self._forwarded.items() if ticket.done]
         rows = await anyio.to_thread.run_sync(self.directory.fetch_inbox, _INBOX_BATCH)
+        decode = self.payloads.decode_plain
+        read = [
+            (run_id, decode(record), record, forwarded) for _, run_id, record, forwarded in rows
+        ]
+        flagged = [event.event_id for _, event, _, forwarded in read if forwarded]
+        in_log = await anyio.to_thread.run_sync(self.peers.in_history, flagged) if flagged else ()
         refused: dict[str, list[str]] = {"drop": [], "full": []}
         later: list[str] = []
+        settled: list[str] = []
         # Claimed by the fetch; no await from the checks to the appends.
-        for _, run_id, record in rows:
-            event = self.payloads.decode_plain(record)
-            if run_id not in self.state.runs:
-                later.append(event.event_id)  # claimed a moment ago and not adopted yet
+        for run_id, event, record, forwarded in read:
+            if forwarded and event.event_id in in_log:
+                settled.append(event.event_id)  # its forward was appended: never twice
+                continue
+            if run_id not in self.state.runs or event.event_id in self._forwarded:
+                # Claimed a moment ago and not adopted yet, or its forward is on its way to
+                # the log here: the next read takes it, or finds it there.
+                later.append(event.event_id)
                 continue
             verdict = self._verdict(event)
             if verdict == "take":
                 self._submit(event, record)
+                if forwarded:
+                    self._fallen_back[event.event_id] = time.monotonic()
             else:
                 refused[verdict].append(event.event_id)
+        for event_id in durable:
+            self._forwarded.pop(event_id, None)
+        self._forget_fallbacks()
         await self._refuse(refused)
+        if settled:
+            await anyio.to_thread.run_sync(self.peers.settle_inbox, settled)
         if later:
             await anyio.to_thread.run_sync(self.directory.unclaim_inbox, later)
         return len(rows)
+
+    def _forget_fallbacks(self) -> None:
+        horizon = time.monotonic() - _REMEMBER_FALLBACKS
+        fallen_back = self._fallen_back
+        while fallen_back:
+            event_id, seen = next(iter(fallen_back.items()))
+            if seen >= horizon:
+                break
+            del fallen_back[event_id]
+
+    def take_forwarded(self, event: Event, record: bytes) -> Ticket | None:
+        """Take a delivery another node forwarded here, as a local one is taken; the ticket to
+        wait for (``None``: it is durable already, taken from the inbox first).
+
+        Raises:
+            NotOwnedHereError: the run is not owned here (the sender uses the inbox).
+            HookNotFoundError: the hook is gone (nothing delivered).
+            OverloadedError: the run's mailbox, or the log's backlog, is full.
+            LogWriteError: the log has failed.
+        """
+        run = self.state.runs.get(event.run_id)
+        if run is None or event.data.get("via") is not None:
+            raise NotOwnedHereError(f"run {event.run_id} is not owned by node {self.node_id}")
+        taken = self._inflight.get(event.event_id) or self._forwarded.get(event.event_id)
+        if taken is not None:
+            return taken  # its inbox copy (or a repeat of this forward) was taken first
+        if event.event_id in self._fallen_back:
+            return None
+        token = str(event.data.get("token"))
+        entry = self.state.tokens.get(token)
+        if (
+            run.finished
+            or event.type != ev.HOOK_RECEIVED
+            or entry is None
+            or entry.hook_id != event.correlation_id
+            or entry.run_id != event.run_id
+        ):
+            raise HookNotFoundError(token)
+        journal = self.journal
+        journal.admit()
+        self.admission.admit(run, entry)
+        ticket: Ticket = journal.record(event, record=record)
+        if event.data.get("external"):
+            self.admission.accepted(run)
+        self._forwarded[event.event_id] = ticket
+        return ticket
 
     async def _take(self, candidates: list[tuple[Event, bytes]]) -> None:
         ids = [event.event_id for event, _ in candidates]
@@ -199,12 +288,20 @@ class Inbox:
         return ticket
 
     async def deliver(
-        self, entry: HookEntry, kind: str, data: dict[str, Any], key: bytes | str | None = None
+        self,
+        entry: HookEntry,
+        kind: str,
+        data: dict[str, Any],
+        key: bytes | str | None = None,
+        *,
+        forwarded: Event | None = None,
     ) -> tuple[str, bool]:
         """Commit a delivery to the inbox of the hook's run.
 
         Returns the event id that holds it and whether it is new (``False``: a retry with the
-        same idempotency key and payload, answered by the first delivery).
+        same idempotency key and payload, answered by the first delivery). ``forwarded``: the
+        event a forward to the owner carried, whose answer never came: the inbox copy keeps
+        its id (and is flagged), so the owner appends it at most once.
 
         Raises:
             HookNotFoundError: the hook is gone (disposed, or its run ended) by now.
@@ -220,13 +317,18 @@ class Inbox:
             await self.journal.flush()
             remote = ForeignHook(entry.token, entry.run_id, entry.hook_id, self.node_id, b"")
         data = {**data, "via": "inbox"}
-        event = self.journal.event(entry.run_id, kind, entry.hook_id, data)
+        if forwarded is None:
+            event = self.journal.event(entry.run_id, kind, entry.hook_id, data)
+        else:
+            event = Event(forwarded.event_id, forwarded.run_id, forwarded.type,
+                          forwarded.correlation_id, forwarded.created_at, data)  # fmt: skip
         record = self.payloads.encode(event, key)
         idempotency_key = data.get("idempotency_key")
         # Listen for the owner's answer before it can be sent.
         self._outcomes.setdefault(event.event_id, anyio.Event())
         try:
-            return await self._deliver(entry, event, record, remote, data, idempotency_key)
+            return await self._deliver(entry, event, record, remote, data, idempotency_key,
+                                       forwarded is not None)  # fmt: skip
         finally:
             self._outcomes.pop(event.event_id, None)
             self._announced.pop(event.event_id, None)
@@ -239,6 +341,7 @@ class Inbox:
         remote: ForeignHook,
         data: dict[str, Any],
         idempotency_key: Any,
+        forwarded: bool,
     ) -> tuple[str, bool]:
         size = self.admission.size
         outcome = await anyio.to_thread.run_sync(
@@ -249,8 +352,15 @@ class Inbox:
                 key=None if idempotency_key is None else str(idempotency_key),
                 digest=None if idempotency_key is None else str(data.get("digest")),
                 mailbox_size=size,
+                forwarded=forwarded,
             )
         )
+        if forwarded and outcome.status in ("gone", "full"):
+            # Refused now, maybe because the forward got in first (the workflow took it and
+            # disposed the hook, or it fills the mailbox): then it was delivered.
+            found = await anyio.to_thread.run_sync(self.peers.in_history, [event.event_id])
+            if found:
+                return event.event_id, True
         if outcome.status == "gone":
             if self._hook_cache.get(entry.token) is entry:
                 del self._hook_cache[entry.token]

@@ -140,6 +140,8 @@ class Runtime(OutsideAPI, Inspection):
         lease_seconds: float = 10.0,
         poll_interval: float = 1.0,
         node_id: str | None = None,
+        peer_host: str | None = "127.0.0.1",
+        peer_port: int = 0,
         on_divergence: str = "park",
         version: str | None = None,
         retention: float | timedelta | str | None = "7d",
@@ -160,6 +162,8 @@ class Runtime(OutsideAPI, Inspection):
         self.schema = schema
         self.lease_seconds = lease_seconds
         self.poll_interval = poll_interval
+        # Where a node of a shared schema listens for the others' forwarded deliveries.
+        self.peer_bind = None if peer_host is None else (peer_host, peer_port)
         self.node_id = node_id or f"{socket.gethostname()}-{os.getpid()}-{new_token()[:8]}"
         self.payloads = Payloads(KeyRing.from_config(encryption_key))
         self.secrets: Mapping[str, str | bytes] = dict(secrets or {})
@@ -386,7 +390,8 @@ class Runtime(OutsideAPI, Inspection):
         shared = share_ownership(self.store, self._local, payloads=self.payloads,
                                  responses=self.responses, adopt_run=self._arm, fail=self.fail,
                                  failure=lambda: self.failure, poll_interval=self.poll_interval,
-                                 version=self.identity.version)  # fmt: skip
+                                 version=self.identity.version,
+                                 peer_bind=self.peer_bind)  # fmt: skip
         if shared is None:
             return
         self.node_id = shared_log(self.store).node_id

@@ -247,6 +247,23 @@ _MIGRATIONS: tuple[_Migration, ...] = (
             "CREATE INDEX delivery_keys_event ON {schema}.delivery_keys (event_id)",
         ),
     ),
+    _Migration(
+        5,
+        "routing between nodes: each node's peer address, the link secret, forwarded deliveries",
+        (
+            # host:port of the node's peer listener (NULL: it takes deliveries by the inbox only).
+            "ALTER TABLE {schema}.nodes ADD COLUMN peer text",
+            # A delivery first forwarded to the owner, then committed here when the link failed:
+            # the owner may have appended it already (same event id), so it checks before.
+            "ALTER TABLE {schema}.inbox ADD COLUMN forwarded boolean NOT NULL DEFAULT false",
+            # One row: the key the nodes of this schema authenticate their links with. Whoever
+            # can read it can already write the inbox, so the link trusts no more than that.
+            """CREATE TABLE {schema}.peer_secret (
+                one boolean PRIMARY KEY DEFAULT true CHECK (one),
+                secret bytea NOT NULL
+            )""",
+        ),
+    ),
 )
 
 #: The schema version this code creates, reads and writes.

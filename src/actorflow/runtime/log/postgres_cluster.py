@@ -41,7 +41,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import orjson
 import psycopg
@@ -384,6 +384,8 @@ class ForeignHook:
     hook_id: str
     owner: str | None
     created: bytes
+    #: The owner's peer listener (``host:port``), if it has one: deliveries go there directly.
+    peer: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -560,10 +562,9 @@ class Directory:
             row = conn.execute(self.q.lookup, (token,)).fetchone()
             if row is None or row[3] is None:
                 return None
-            return ForeignHook(token, row[0], row[1], row[2], bytes(row[3]))
+            return ForeignHook(token, row[0], row[1], row[2], bytes(row[3]), row[4])
 
-        result: ForeignHook | None = self._call("hook lookup", run)
-        return result
+        return cast(ForeignHook | None, self._call("hook lookup", run))
 
     # -- the inbox ------------------------------------------------------------------------------
 
@@ -576,15 +577,17 @@ class Directory:
         key: str | None,
         digest: str | None,
         mailbox_size: int,
+        forwarded: bool = False,
     ) -> Delivery:
         """Commit a ``hook_received`` record to the inbox of the hook's run, and wake its owner.
 
         Checked in the same transaction: the hook is still live (its row is locked, so it cannot
         be disposed before the commit), the idempotency key, and the run's inbox bound.
+        ``forwarded``: sent to the owner first (unkeyed only; see ``postgres_peers``).
         """
         q = self.q
         if key is None:
-            return self._deliver_unkeyed(hook, event_id, record, mailbox_size)
+            return self._deliver_unkeyed(hook, event_id, record, mailbox_size, forwarded)
 
         def run(conn: psycopg.Connection[Any]) -> Delivery:
             with conn.transaction():
@@ -623,7 +626,7 @@ class Directory:
         return result
 
     def _deliver_unkeyed(
-        self, hook: ForeignHook, event_id: str, record: bytes, mailbox_size: int
+        self, hook: ForeignHook, event_id: str, record: bytes, mailbox_size: int, forwarded: bool
     ) -> Delivery:
         # The same checks as the keyed path, in one statement: one round trip, not six.
         params = {
@@ -635,6 +638,7 @@ class Directory:
             "bound": mailbox_size,
             "channel": self.q.channel,
             "me": self.node_id,
+            "forwarded": forwarded,
         }
 
         def run(conn: psycopg.Connection[Any]) -> Delivery:
@@ -647,8 +651,7 @@ class Directory:
                 return Delivery("full")
             return Delivery("accepted", event_id, owner)
 
-        result: Delivery = self._call("delivery", run)
-        return result
+        return cast(Delivery, self._call("delivery", run))
 
     def find_delivery(self, token: str, key: str) -> tuple[str, str, bytes] | None:
         """A delivery accepted with ``key`` on ``token``: its digest, its event id, and the
@@ -727,17 +730,16 @@ class Directory:
         if not self._call("delivery", run):
             raise WorkflowRunNotFoundError(run_id)
 
-    def fetch_inbox(self, limit: int) -> list[tuple[int, str, bytes]]:
+    def fetch_inbox(self, limit: int) -> list[tuple[int, str, bytes, bool]]:
         """Claim the unclaimed inbox rows of runs this node owns, oldest first:
-        ``(id, run_id, record)``. Their senders can no longer give them up."""
+        ``(id, run_id, record, forwarded)``. Their senders can no longer give them up."""
 
-        def run(conn: psycopg.Connection[Any]) -> list[tuple[int, str, bytes]]:
+        def run(conn: psycopg.Connection[Any]) -> list[tuple[int, str, bytes, bool]]:
             params = {"me": self.node_id, "limit": limit}
             rows = conn.execute(self.q.fetch_inbox, params).fetchall()
-            return sorted((int(i), str(r), bytes(rec)) for i, r, rec in rows)
+            return sorted((int(i), str(r), bytes(rec), bool(f)) for i, r, rec, f in rows)
 
-        result: list[tuple[int, str, bytes]] = self._call("inbox read", run)
-        return result
+        return cast(list[tuple[int, str, bytes, bool]], self._call("inbox read", run))
 
     def unclaim_inbox(self, event_ids: list[str]) -> None:
         """Put claimed rows back (their run is not adopted here yet: the next poll takes them)."""
@@ -1002,11 +1004,13 @@ class _ClusterQueries:
             hooks="hooks",
         )
         self.lookup = render(
-            "SELECT h.run_id, h.hook_id, r.owner, e.record FROM {hooks} h "
+            "SELECT h.run_id, h.hook_id, r.owner, e.record, n.peer FROM {hooks} h "
             "JOIN {runs} r ON r.run_id = h.run_id "
+            "LEFT JOIN {nodes} n ON n.node_id = r.owner "
             "LEFT JOIN {events} e ON e.event_id = h.event_id WHERE h.token = %s",
             hooks="hooks",
             runs="runs",
+            nodes="nodes",
             events="events",
         )
         self.lock_hook = render(
@@ -1022,8 +1026,8 @@ class _ClusterQueries:
             " WHERE h.token = %(token)s AND h.hook_id = %(hook)s AND h.event_id IS NOT NULL"
             f" AND r.status IN {live} FOR SHARE OF h),"
             " added AS ("
-            " INSERT INTO {inbox} (run_id, token, event_id, record)"
-            " SELECT %(run)s, %(token)s, %(event)s, %(record)s FROM live"
+            " INSERT INTO {inbox} (run_id, token, event_id, record, forwarded)"
+            " SELECT %(run)s, %(token)s, %(event)s, %(record)s, %(forwarded)s FROM live"
             " WHERE (SELECT count(*) FROM {inbox} WHERE run_id = %(run)s) < %(bound)s"
             " RETURNING 1)"
             " SELECT (SELECT owner FROM live), EXISTS (SELECT 1 FROM live),"
@@ -1070,7 +1074,7 @@ class _ClusterQueries:
             " SELECT i.id FROM {inbox} i JOIN {runs} r ON r.run_id = i.run_id"
             " WHERE r.owner = %(me)s AND i.taken_by IS NULL ORDER BY i.id LIMIT %(limit)s"
             " FOR UPDATE OF i SKIP LOCKED)"
-            " RETURNING id, run_id, record",
+            " RETURNING id, run_id, record, forwarded",
             inbox="inbox",
             runs="runs",
         )
