@@ -137,7 +137,7 @@ class Retention:
 
     def noticed_end(self) -> None:
         """A run ended: if the oldest finished run is past retention, a pass is due."""
-        if self._due():
+        if self.seconds != math.inf and self._due():  # called at every run's end
             self._wake.set()
 
     def _due(self) -> bool:
