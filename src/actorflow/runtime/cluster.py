@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -348,7 +348,12 @@ class SharedOwnership:
         return entry
 
     async def deliver(
-        self, entry: HookEntry, kind: str, data: dict[str, Any], key: bytes | str | None
+        self,
+        entry: HookEntry,
+        kind: str,
+        data: dict[str, Any],
+        key: bytes | str | None,
+        encoded: Mapping[str, bytes] | None = None,
     ) -> str:
         """Deliver to ``entry``'s run: here for a run this node owns (unless a key must be
         checked across nodes), else through the inbox of its owner. The id of the event that
@@ -357,9 +362,9 @@ class SharedOwnership:
         Raises: see ``Ownership.deliver``.
         """
         if entry.remote is None and data.get("idempotency_key") is None:
-            return await self.local.deliver(entry, kind, data, key)
+            return await self.local.deliver(entry, kind, data, key, encoded)
         self.journal.check()
-        event_id, _ = await self.inbox.deliver(entry, kind, data, key)
+        event_id, _ = await self.inbox.deliver(entry, kind, data, key, encoded)
         return event_id
 
     async def response(self, run_id: str, request_event_id: str) -> Event | None:

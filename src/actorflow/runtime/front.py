@@ -107,7 +107,7 @@ class Front:
                 f"{exc}"
             ) from exc
         tree = codec.to_tree({"args": list(args), "kwargs": kwargs}, root="args")
-        self._limits.check_size("the run's arguments", tree)
+        encoded = {"input": self._limits.check_size("the run's arguments", tree)}
         self._journal.admit()
         run_id = new_id("wrun_")
         if key is not None:
@@ -131,7 +131,7 @@ class Front:
         if self._identity.version is not None:
             data["version"] = self._identity.version  # which runtimes may run it
         event = Event(new_id("evnt_"), run_id, ev.RUN_CREATED, None, self._clock(), data)
-        await self._journal.record(event).wait()
+        await self._journal.record(event, encoded=encoded).wait()
         return Run(self, run_id)
 
     # -- hooks -------------------------------------------------------------------------------
@@ -215,7 +215,8 @@ class Front:
             if target.schema is not None:
                 value = validate_payload(load_schema(target.schema), payload, token)
             tree = codec.to_tree(value, root="payload")
-            self._limits.check_size("the payload", tree)
+            # Serialized once: the size check's bytes are what is encrypted or stored.
+            encoded = {"payload": self._limits.check_size("the payload", tree)}
             data: dict[str, Any] = {"payload": tree, "token": token, "external": True}
             if idempotency_key is not None:
                 digest = codec.digest(tree)
@@ -233,7 +234,7 @@ class Front:
                     "Runtime(encryption_key=...) with that key among the keys"
                 )
             try:
-                await ownership.deliver(entry, ev.HOOK_RECEIVED, data, encryption_key)
+                await ownership.deliver(entry, ev.HOOK_RECEIVED, data, encryption_key, encoded)
             except StaleHookError:
                 if fresh:
                     raise

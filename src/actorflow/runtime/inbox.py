@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 import anyio
@@ -199,9 +200,15 @@ class Inbox:
         return ticket
 
     async def deliver(
-        self, entry: HookEntry, kind: str, data: dict[str, Any], key: bytes | str | None = None
+        self,
+        entry: HookEntry,
+        kind: str,
+        data: dict[str, Any],
+        key: bytes | str | None = None,
+        encoded: Mapping[str, bytes] | None = None,
     ) -> tuple[str, bool]:
-        """Commit a delivery to the inbox of the hook's run.
+        """Commit a delivery to the inbox of the hook's run (``encoded``: its user values
+        already serialized, see ``Payloads.encode``).
 
         Returns the event id that holds it and whether it is new (``False``: a retry with the
         same idempotency key and payload, answered by the first delivery).
@@ -221,7 +228,7 @@ class Inbox:
             remote = ForeignHook(entry.token, entry.run_id, entry.hook_id, self.node_id, b"")
         data = {**data, "via": "inbox"}
         event = self.journal.event(entry.run_id, kind, entry.hook_id, data)
-        record = self.payloads.encode(event, key)
+        record = self.payloads.encode(event, key, encoded)
         idempotency_key = data.get("idempotency_key")
         # Listen for the owner's answer before it can be sent.
         self._outcomes.setdefault(event.event_id, anyio.Event())

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import anyio
 import anyio.abc
@@ -80,7 +80,7 @@ class LogWriter:
     def __init__(
         self,
         store: EventStore,
-        encode: Callable[[Event, bytes | str | None], bytes],
+        encode: Callable[[Event, bytes | str | None, Mapping[str, bytes] | None], bytes],
         on_durable: Callable[[Sequence[Event]], None],
         *,
         max_batch: int = 4096,
@@ -130,12 +130,18 @@ class LogWriter:
             raise LogWriteError("the event log is closed")
 
     def submit(
-        self, event: Event, key: bytes | str | None = None, *, record: bytes | None = None
+        self,
+        event: Event,
+        key: bytes | str | None = None,
+        *,
+        record: bytes | None = None,
+        encoded: Mapping[str, bytes] | None = None,
     ) -> Ticket:
         """Encode ``event`` (its payload under ``key`` if given) and add it to the open batch.
 
         ``record``, if given, is ``event`` already encoded (a record made by another process,
-        appended byte for byte). Never blocks.
+        appended byte for byte). ``encoded``: user values already serialized (see
+        ``Payloads.encode``). Never blocks.
 
         Raises:
             LogWriteError: the writer has failed or is closed.
@@ -143,7 +149,7 @@ class LogWriter:
         """
         self.check()
         if record is None:
-            record = self._encode(event, key)
+            record = self._encode(event, key, encoded)
         batch = self._open
         batch.events.append(event)
         batch.records.append(record)
