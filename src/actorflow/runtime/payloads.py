@@ -54,12 +54,14 @@ class Payloads:
                     if stored is data:
                         stored = dict(data)
                     plain = None if encoded is None else encoded.get(name)
-                    stored[name] = keys.encrypt(
-                        orjson.dumps(value) if plain is None else plain,
-                        run_id=event.run_id,
-                        event_type=event.type,
-                        correlation_id=event.correlation_id,
-                        key=key if name == "payload" else None,
+                    stored[name] = orjson.Fragment(
+                        keys.seal(
+                            orjson.dumps(value) if plain is None else plain,
+                            event.run_id,
+                            event.type,
+                            event.correlation_id,
+                            key if name == "payload" else None,
+                        )
                     )
             data = stored
         elif encoded:
