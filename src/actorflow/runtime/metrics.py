@@ -120,7 +120,7 @@ class _Deliveries:
 
 
 class _Timed:
-    """Times one delivery and counts its outcome (``with metrics.resume(): ...``)."""
+    """Times one delivery and counts its outcome (``with metrics.webhook(): ...``)."""
 
     __slots__ = ("_deliveries", "_timed", "_webhook", "_began")
 
@@ -167,9 +167,16 @@ class RuntimeMetrics:
         journal.on_durable_batch = self._count_durable
         journal.on_sync = self._sync_latency.observe
 
-    def resume(self) -> _Timed:
-        """Context manager around one ``resume_hook``: its latency and outcome."""
-        return _Timed(self._resumes, timed=True, webhook=False)
+    def resumed(self, seconds: float) -> None:
+        """A ``resume_hook`` was acknowledged after ``seconds`` (called, not a context manager
+        like ``webhook()``: no object per call on the hot path)."""
+        resumes = self._resumes
+        resumes.observe(seconds)
+        resumes.counts["delivered"] += 1
+
+    def resume_failed(self, exc: Exception) -> None:
+        """A ``resume_hook`` raised ``exc``: count its outcome."""
+        self._resumes.counts[_outcome(exc, webhook=False)] += 1
 
     def webhook(self) -> _Timed:
         """Context manager around one ``resume_webhook``: its outcome (its latency includes
