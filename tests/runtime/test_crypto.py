@@ -8,6 +8,7 @@ import os
 import traceback
 from types import SimpleNamespace
 
+import orjson
 import pytest
 
 from actorflow.errors import DecryptionError, WorkflowDefinitionError
@@ -425,3 +426,21 @@ def test_run_keys_are_hkdf_sha256(run_id: str) -> None:
         info=b"actorflow run key\x00" + run_id.encode("utf-8", "surrogatepass"),
     ).derive(master)
     assert KeyRing([KEY1])._run_key(key_id(master), run_id) == expected
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_values_serialized_once_give_the_same_record(
+    monkeypatch: pytest.MonkeyPatch, encrypted: bool
+) -> None:
+    # A caller that already serialized a value (the size check's bytes) hands them on; the
+    # record is byte for byte the one made by serializing the tree again.
+    nonce = bytes(range(12))
+    monkeypatch.setattr(crypto, "_nonces", SimpleNamespace(take=lambda: nonce))
+    payloads = Payloads(KeyRing([bytes(range(32))]) if encrypted else None)
+    tree = {"amount": 12.5, "items": ["a", "é", None], "nested": {"z": 1, "a": [True]}}
+    data = {"payload": tree, "token": "order:1", "external": True}
+    event = Event("evnt_1", "wrun_1", "hook_received", "hook_1", 1764806400.5, data)
+    expected = payloads.encode(event)
+    assert payloads.encode(event, None, {"payload": orjson.dumps(tree)}) == expected
+    assert event.data == {"payload": tree, "token": "order:1", "external": True}
+    assert payloads.decode(expected).data == event.data

@@ -422,6 +422,27 @@ async def test_hook_record_fields(tmp_path: Path) -> None:
         assert await run.result() == 1
 
 
+@af.workflow
+async def twice_with_metadata(tag: str) -> Any:
+    hook = af.create_hook(token=f"meta:{tag}", metadata={"amount": 120})
+    return [await hook, await hook]
+
+
+async def test_hook_records_never_share_mutable_metadata(tmp_path: Path) -> None:
+    # The record is kept on the hook's entry (its metadata decoded once), yet each caller gets
+    # metadata of its own: changing one caller's copy changes no other answer.
+    async with af.Runtime(tmp_path, workflows=[twice_with_metadata]) as rt:
+        run = await rt.start(twice_with_metadata, "s")
+        await wait_for_hook(rt, "meta:s")
+        first = await rt.resume_hook("meta:s", 1)
+        first.metadata["amount"] = 0
+        assert (await rt.get_hook_by_token("meta:s")).metadata == {"amount": 120}
+        second = await rt.resume_hook("meta:s", 2)
+        assert second.metadata == {"amount": 120}
+        assert second.metadata is not first.metadata
+        assert await run.result() == [1, 2]
+
+
 # -- cancel -------------------------------------------------------------------------------------
 
 

@@ -227,3 +227,17 @@ def test_the_mailbox_backlog_counts_messages_no_actor_has_taken(data_dir: Path) 
         rt.supervisor.deliver(run, Event(f"evnt_{n}", "wrun_m", ev.HOOK_RECEIVED, "h", 0.0, {}))
     samples = parse(generate_latest(rt.metrics.registry).decode())
     assert value(samples, "actorflow_mailbox_backlog") == 3
+
+
+def test_the_resume_histogram_counts_a_value_on_a_bound_in_that_bucket() -> None:
+    # The counts are plain numbers turned into a histogram when scraped; "le" is inclusive,
+    # as prometheus_client's own Histogram has it.
+    from actorflow.runtime.metrics import _Deliveries
+
+    deliveries = _Deliveries(("delivered",), (0.001, 0.01))
+    for seconds in (0.0005, 0.001, 0.002, 0.01, 3.0):
+        deliveries.observe(seconds)
+    family = deliveries.histogram("h", "doc")
+    buckets = {s.labels["le"]: s.value for s in family.samples if s.name == "h_bucket"}
+    assert buckets == {"0.001": 2, "0.01": 4, "+Inf": 5}
+    assert [s.value for s in family.samples if s.name == "h_count"] == [5]

@@ -156,15 +156,16 @@ class Actor:
         taken = self.svc.admission.taken
         while mailbox and self.claiming is None:
             event = mailbox.popleft()
+            kind = event.type
             taken(run, event)
             position = event.position
             if position <= self.replayed_upto:
                 continue
-            if event.type == ev.RUN_CANCELLED:
+            if kind == ev.RUN_CANCELLED:
                 self.drop()
                 return
             self.replayed_upto = position
-            if event.type in _FEEDABLE and not machine.done:
+            if kind in _FEEDABLE and not machine.done:
                 commands = machine.feed(event)
                 if commands:
                     self._carry_out(machine, deque(commands))

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -382,7 +382,12 @@ class SharedOwnership:
         return entry
 
     async def deliver(
-        self, entry: HookEntry, kind: str, data: dict[str, Any], key: bytes | str | None
+        self,
+        entry: HookEntry,
+        kind: str,
+        data: dict[str, Any],
+        key: bytes | str | None,
+        encoded: Mapping[str, bytes] | None = None,
     ) -> str:
         """Deliver to ``entry``'s run: here for a run this node owns (unless a key must be
         checked across nodes), else through the inbox of its owner. The id of the event that
@@ -392,14 +397,14 @@ class SharedOwnership:
         """
         keyed = data.get("idempotency_key") is not None
         if entry.remote is None and not keyed:
-            return await self.local.deliver(entry, kind, data, key)
+            return await self.local.deliver(entry, kind, data, key, encoded)
         self.journal.check()
         # A keyed delivery is checked against the shared key index, by the inbox.
         if not keyed and self.forwarder is not None and entry.remote is not None and (
             entry.remote.peer is not None
         ):  # fmt: skip
-            return await self.forwarder.deliver(entry, kind, data, key)
-        event_id, _ = await self.inbox.deliver(entry, kind, data, key)
+            return await self.forwarder.deliver(entry, kind, data, key, encoded)
+        event_id, _ = await self.inbox.deliver(entry, kind, data, key, encoded)
         return event_id
 
     async def response(self, run_id: str, request_event_id: str) -> Event | None:

@@ -191,17 +191,28 @@ class KeyRing:
             SerializationError: the plaintext is too large for AES-GCM.
         """
         cipher = self._cipher(self._primary if key is None else self._key_id_in_ring(key), run_id)
-        nonce = _nonces.take()
-        aad = cipher.aad_prefix + _event_part(event_type, correlation_id)
-        try:
-            sealed = cipher.aead.encrypt(nonce, plaintext, aad)
-        except OverflowError as exc:
-            raise SerializationError(
-                f"a {event_type} payload of {len(plaintext)} bytes is too large to encrypt"
-            ) from exc
-        data = binascii.b2a_base64(nonce + sealed, newline=False)
-        data = data.translate(_TO_URLSAFE).rstrip(b"=")
+        data = _seal(cipher, plaintext, event_type, correlation_id)
         return {_ENVELOPE_FIELD: cipher.envelope_prefix + data.decode("ascii")}
+
+    def seal(
+        self,
+        plaintext: bytes,
+        run_id: str,
+        event_type: str,
+        correlation_id: str | None,
+        key: str | bytes | None = None,
+    ) -> bytes:
+        """The envelope :meth:`encrypt` returns, as the JSON a record holds: ``{"$enc": ...}``.
+
+        One call seals and encodes: a record splices these bytes in as they are (the same
+        bytes as serializing the envelope, without building it).
+
+        Raises:
+            WorkflowDefinitionError: ``key`` is malformed or not in the ring.
+            SerializationError: the plaintext is too large for AES-GCM.
+        """
+        cipher = self._cipher(self._primary if key is None else self._key_id_in_ring(key), run_id)
+        return cipher.json_prefix + _seal(cipher, plaintext, event_type, correlation_id) + b'"}'
 
     def decrypt(
         self,
@@ -292,12 +303,30 @@ class KeyRing:
 class _RunCipher:
     """What encrypting for one run under one master key needs, computed once per (key, run)."""
 
-    __slots__ = ("aad_prefix", "aead", "envelope_prefix")
+    __slots__ = ("aad_prefix", "aead", "envelope_prefix", "json_prefix")
 
     def __init__(self, aead: AESGCM, kid: str, run_id: str) -> None:
         self.aead = aead
         self.aad_prefix = _associated_data_prefix(kid, run_id)
         self.envelope_prefix = f"{_VERSION}.{kid}."
+        # The key id is hex and the data base64url: nothing in the envelope needs escaping.
+        self.json_prefix = f'{{"{_ENVELOPE_FIELD}":"{self.envelope_prefix}'.encode("ascii")
+
+
+def _seal(
+    cipher: _RunCipher, plaintext: bytes, event_type: str, correlation_id: str | None
+) -> bytes:
+    """The ``<data>`` part of an envelope: base64url of nonce, ciphertext and tag."""
+    nonce = _nonces.take()
+    aad = cipher.aad_prefix + _event_part(event_type, correlation_id)
+    try:
+        sealed = cipher.aead.encrypt(nonce, plaintext, aad)
+    except OverflowError as exc:
+        raise SerializationError(
+            f"a {event_type} payload of {len(plaintext)} bytes is too large to encrypt"
+        ) from exc
+    data = binascii.b2a_base64(nonce + sealed, newline=False)
+    return data.translate(_TO_URLSAFE).rstrip(b"=")
 
 
 class _Nonces:
@@ -415,8 +444,14 @@ def _associated_data_prefix(kid: str, run_id: str) -> bytes:
 
 
 def _event_part(event_type: str, correlation_id: str | None) -> bytes:
+    head = _TYPE_PARTS.get(event_type)
+    if head is None:
+        head = f"{len(event_type)}:{event_type}|".encode("utf-8", "surrogatepass")
+        if len(_TYPE_PARTS) < 256:  # event types are a small fixed set; keep them
+            _TYPE_PARTS[event_type] = head
     if correlation_id is None:
-        return f"{len(event_type)}:{event_type}|-".encode("utf-8", "surrogatepass")
-    return f"{len(event_type)}:{event_type}|{len(correlation_id)}:{correlation_id}".encode(
-        "utf-8", "surrogatepass"
-    )
+        return head + b"-"
+    return head + f"{len(correlation_id)}:{correlation_id}".encode("utf-8", "surrogatepass")
+
+
+_TYPE_PARTS: dict[str, bytes] = {}

@@ -18,6 +18,7 @@ delivered them, and submits it to the journal (``Inbox.take_forwarded``).
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from ..errors import HookNotFoundError, OverloadedError, WorkflowError
@@ -62,16 +63,22 @@ class Forwarder:
     # -- sender ------------------------------------------------------------------------------
 
     async def deliver(
-        self, entry: HookEntry, kind: str, data: dict[str, Any], key: bytes | str | None
+        self,
+        entry: HookEntry,
+        kind: str,
+        data: dict[str, Any],
+        key: bytes | str | None,
+        encoded: Mapping[str, bytes] | None = None,
     ) -> str:
-        """Deliver to ``entry``'s run on another node; the event id that holds it.
+        """Deliver to ``entry``'s run on another node; the event id that holds it
+        (``encoded``: its user values already serialized, see ``Payloads.encode``).
 
         Raises: see ``Ownership.deliver``.
         """
         remote = entry.remote
         assert remote is not None and remote.peer is not None and remote.owner is not None
         event = self.journal.event(entry.run_id, kind, entry.hook_id, data)
-        record = self.payloads.encode(event, key)
+        record = self.payloads.encode(event, key, encoded)
         try:
             reply = await self.peers.request(
                 remote.owner, remote.peer, {"sent": time.time()}, record
@@ -96,7 +103,7 @@ class Forwarder:
         if error == "elsewhere" and self._hook_cache.get(entry.token) is entry:
             del self._hook_cache[entry.token]  # the run moved: look its owner up next time
         self.fell_back += 1
-        event_id, _ = await self.inbox.deliver(entry, kind, data, key, forwarded=event)
+        event_id, _ = await self.inbox.deliver(entry, kind, data, key, encoded, forwarded=event)
         return event_id
 
     # -- owner -------------------------------------------------------------------------------

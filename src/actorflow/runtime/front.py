@@ -7,6 +7,7 @@ this process or another.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 from collections.abc import Callable
@@ -42,6 +43,9 @@ from .workflow import WorkflowFunction
 
 __all__ = ["Front"]
 
+
+#: Trees that decode to an immutable value, which every caller may share.
+_SHARED_TREES = frozenset({type(None), str, int, float, bool})
 
 #: No actorflow run id was made before 2024-01-01: an older one is made up, never expired.
 _FIRST_ID = 1_704_067_200.0
@@ -103,7 +107,7 @@ class Front:
                 f"{exc}"
             ) from exc
         tree = codec.to_tree({"args": list(args), "kwargs": kwargs}, root="args")
-        self._limits.check_size("the run's arguments", tree)
+        encoded = {"input": self._limits.check_size("the run's arguments", tree)}
         self._journal.admit()
         run_id = new_id("wrun_")
         if key is not None:
@@ -127,28 +131,40 @@ class Front:
         if self._identity.version is not None:
             data["version"] = self._identity.version  # which runtimes may run it
         event = Event(new_id("evnt_"), run_id, ev.RUN_CREATED, None, self._clock(), data)
-        await self._journal.record(event).wait()
+        await self._journal.record(event, encoded=encoded).wait()
         return Run(self, run_id)
 
     # -- hooks -------------------------------------------------------------------------------
 
     def hook_record(self, entry: HookEntry) -> Hook:
-        """The outside's record of a live (or just-used) hook."""
-        stub = Event(entry.hook_id, entry.run_id, ev.HOOK_CREATED, entry.hook_id,
-                     entry.created_at, {})  # fmt: skip
-        identity = self._identity
-        return Hook(
-            run_id=entry.run_id,
-            hook_id=entry.hook_id,
-            token=entry.token,
-            owner_id=identity.owner_id,
-            project_id=identity.project_id,
-            environment=identity.environment,
-            created_at=hook_created_at(entry.created_at),
-            metadata=codec.from_tree(self._payloads.value(stub, entry.metadata)),
-            spec_version=SPEC_VERSION,
-            is_webhook=entry.webhook is not None,
-        )
+        """The outside's record of a live (or just-used) hook.
+
+        Every resume answers with it, so it is made once per hook and kept on the entry: the
+        metadata is decrypted once, not at every reply. Metadata that holds containers is
+        decoded afresh from the kept tree for each caller, so no caller can change what
+        another one is handed.
+        """
+        kept: tuple[Hook, Any] | None = entry.record
+        if kept is None:
+            stub = Event(entry.hook_id, entry.run_id, ev.HOOK_CREATED, entry.hook_id,
+                         entry.created_at, {})  # fmt: skip
+            tree = self._payloads.value(stub, entry.metadata)
+            identity = self._identity
+            hook = Hook(
+                run_id=entry.run_id,
+                hook_id=entry.hook_id,
+                token=entry.token,
+                owner_id=identity.owner_id,
+                project_id=identity.project_id,
+                environment=identity.environment,
+                created_at=hook_created_at(entry.created_at),
+                metadata=codec.from_tree(tree),
+                spec_version=SPEC_VERSION,
+                is_webhook=entry.webhook is not None,
+            )
+            kept = entry.record = (hook, None if type(tree) in _SHARED_TREES else tree)
+        hook, tree = kept
+        return hook if tree is None else dataclasses.replace(hook, metadata=codec.from_tree(tree))
 
     async def get_hook_by_token(self, token: str) -> Hook:
         """The live hook that owns ``token``.
@@ -199,7 +215,8 @@ class Front:
             if target.schema is not None:
                 value = validate_payload(load_schema(target.schema), payload, token)
             tree = codec.to_tree(value, root="payload")
-            self._limits.check_size("the payload", tree)
+            # Serialized once: the size check's bytes are what is encrypted or stored.
+            encoded = {"payload": self._limits.check_size("the payload", tree)}
             data: dict[str, Any] = {"payload": tree, "token": token, "external": True}
             if idempotency_key is not None:
                 digest = codec.digest(tree)
@@ -217,7 +234,7 @@ class Front:
                     "Runtime(encryption_key=...) with that key among the keys"
                 )
             try:
-                await ownership.deliver(entry, ev.HOOK_RECEIVED, data, encryption_key)
+                await ownership.deliver(entry, ev.HOOK_RECEIVED, data, encryption_key, encoded)
             except StaleHookError:
                 if fresh:
                     raise

@@ -18,24 +18,26 @@ __all__ = ["derived_token", "id_time", "new_id", "new_token"]
 
 _rng = random.Random(secrets.randbits(64))
 _last_ms = 0
+_last_ms_hex = "0" * 12
 _counter = 0
 _LOW = (1 << 80) - 1
 
 
 def new_id(prefix: str) -> str:
     """A new time-ordered unique id such as ``wrun_01J...``."""
-    global _last_ms, _counter
+    global _last_ms, _last_ms_hex, _counter
     ms = time.time_ns() // 1_000_000
     if ms <= _last_ms:
-        ms = _last_ms
         _counter = (_counter + 1) & _LOW
     else:
         _last_ms = ms
+        _last_ms_hex = f"{ms:012x}"  # 48 bits of milliseconds: until the year 10889
         # The low bits start random so ids of two processes in the same ms rarely share a prefix.
         _counter = _rng.getrandbits(79)
     # Hex, not base32: CPython's base32 encoder is pure Python and 20x slower, and ids are made
-    # for every event on the hot path. Fixed width keeps them sorting by time.
-    return f"{prefix}{(ms << 80) | _counter:032x}"
+    # for every event on the hot path. Fixed width keeps them sorting by time: the 32 digits
+    # of (ms << 80) | counter, the milliseconds' 12 formatted once per millisecond.
+    return f"{prefix}{_last_ms_hex}{_counter:020x}"
 
 
 def derived_token(seed: str, run_id: str, index: int) -> str:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import anyio
@@ -293,10 +294,12 @@ class Inbox:
         kind: str,
         data: dict[str, Any],
         key: bytes | str | None = None,
+        encoded: Mapping[str, bytes] | None = None,
         *,
         forwarded: Event | None = None,
     ) -> tuple[str, bool]:
-        """Commit a delivery to the inbox of the hook's run.
+        """Commit a delivery to the inbox of the hook's run (``encoded``: its user values
+        already serialized, see ``Payloads.encode``).
 
         Returns the event id that holds it and whether it is new (``False``: a retry with the
         same idempotency key and payload, answered by the first delivery). ``forwarded``: the
@@ -322,7 +325,7 @@ class Inbox:
         else:
             event = Event(forwarded.event_id, forwarded.run_id, forwarded.type,
                           forwarded.correlation_id, forwarded.created_at, data)  # fmt: skip
-        record = self.payloads.encode(event, key)
+        record = self.payloads.encode(event, key, encoded)
         idempotency_key = data.get("idempotency_key")
         # Listen for the owner's answer before it can be sent.
         self._outcomes.setdefault(event.event_id, anyio.Event())

@@ -12,7 +12,7 @@ of them sees the runtime that owns it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -72,7 +72,7 @@ class Journal:
     def open(
         self,
         store: EventStore,
-        encode: Callable[..., bytes],
+        encode: Callable[[Event, bytes | str | None, Mapping[str, bytes] | None], bytes],
         router: Router,
         on_failure: Callable[[BaseException], None],
     ) -> LogWriter:
@@ -98,12 +98,18 @@ class Journal:
         return Event(new_id("evnt_"), run_id, kind, correlation_id, self.clock(), data)
 
     def record(
-        self, event: Event, key: bytes | str | None = None, *, record: bytes | None = None
+        self,
+        event: Event,
+        key: bytes | str | None = None,
+        *,
+        record: bytes | None = None,
+        encoded: Mapping[str, bytes] | None = None,
     ) -> Ticket:
         """Submit ``event`` and fold it into the state; its ``Ticket`` tells when it is durable.
 
         ``key``: encrypt its user values with this key instead of the run's. ``record``: the
-        event already encoded (an inbox record another node made).
+        event already encoded (an inbox record another node made). ``encoded``: user values
+        of its data already serialized, by name (stored as they are).
 
         Raises:
             LogWriteError: the log has failed.
@@ -111,7 +117,7 @@ class Journal:
         """
         writer = self._writer
         assert writer is not None, "the journal is not open"
-        ticket = writer.submit(event, key, record=record)
+        ticket = writer.submit(event, key, record=record, encoded=encoded)
         state = self.state
         run = state.runs.get(event.run_id)
         if event.type in ev.TERMINAL_EVENTS and run is not None and not run.finished:

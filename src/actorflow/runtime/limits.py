@@ -20,15 +20,19 @@ class Limits:
     max_hooks_per_run: int = 10_000
     max_calls_per_run: int = 1_000_000
 
-    def check_size(self, what: str, tree: Any) -> None:
+    def check_size(self, what: str, tree: Any) -> bytes:
         """Refuse a user value over ``max_payload_bytes`` (before anything is written).
+
+        Returns the tree's JSON: the bytes that were measured are the bytes to store, so the
+        caller hands them on (``encoded=``) and the value is serialized once.
 
         Raises:
             PayloadTooLargeError: it is larger.
         """
-        size = len(orjson.dumps(tree))
-        if size > self.max_payload_bytes:
-            raise PayloadTooLargeError(what, size, self.max_payload_bytes)
+        encoded = orjson.dumps(tree)
+        if len(encoded) > self.max_payload_bytes:
+            raise PayloadTooLargeError(what, len(encoded), self.max_payload_bytes)
+        return encoded
 
 
 @dataclass(slots=True)

@@ -57,7 +57,7 @@ class Admission:
         Raises:
             OverloadedError: the mailbox is full.
         """
-        if not self.has_room(run, entry):
+        if run.external + entry.untaken >= self._limits.mailbox_size:  # not has_room()
             raise OverloadedError(
                 f"the mailbox of run {run.run_id} is full ({self.size} payloads waiting "
                 "for the workflow to take them); retry shortly",

@@ -6,6 +6,7 @@ shutting down) and the API users call each stay a size a reader takes in at once
 
 from __future__ import annotations
 
+from time import perf_counter
 from typing import Any
 
 from ..errors import WorkflowDefinitionError
@@ -90,11 +91,17 @@ class OutsideAPI:
             LogWriteError: the log failed.
             (Nothing is committed when any of these is raised.)
         """
-        with self.metrics.resume():
-            return await self.front.resume_hook(
+        began = perf_counter()
+        try:
+            hook = await self.front.resume_hook(
                 token_or_hook, payload, encryption_key=encryption_key,
                 idempotency_key=idempotency_key,
             )  # fmt: skip
+        except Exception as exc:  # cancellation is nobody's outcome
+            self.metrics.resume_failed(exc)
+            raise
+        self.metrics.resumed(perf_counter() - began)
+        return hook
 
     async def resume_webhook(self, token: str, request: Request | Any) -> Response:
         """Deliver an HTTP request to the webhook owning ``token``; the response to send back.

@@ -9,6 +9,7 @@ path whatever the deployment.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -61,10 +62,16 @@ class Ownership(Protocol):
         answer can be given here (``None``: deliver, and ``deliver`` settles repeats)."""
 
     async def deliver(
-        self, entry: HookEntry, kind: str, data: dict[str, Any], key: bytes | str | None
+        self,
+        entry: HookEntry,
+        kind: str,
+        data: dict[str, Any],
+        key: bytes | str | None,
+        encoded: Mapping[str, bytes] | None = None,
     ) -> str:
         """Deliver to ``entry``'s run; return once in the run's history, with the id of the
-        event that holds it (an earlier one for a repeat of a keyed delivery).
+        event that holds it (an earlier one for a repeat of a keyed delivery). ``encoded``:
+        the user values of ``data`` already serialized (see ``Payloads.encode``).
 
         Raises:
             HookNotFoundError: the hook is gone (nothing committed).
@@ -152,14 +159,19 @@ class LocalOwnership:
         return PriorDelivery(prior.digest, prior.event_id, prior.hook)
 
     async def deliver(
-        self, entry: HookEntry, kind: str, data: dict[str, Any], key: bytes | str | None
+        self,
+        entry: HookEntry,
+        kind: str,
+        data: dict[str, Any],
+        key: bytes | str | None,
+        encoded: Mapping[str, bytes] | None = None,
     ) -> str:
         journal = self.journal
         run = self.state.runs[entry.run_id]
         journal.admit()
         self.admission.admit(run, entry)
         event = journal.event(entry.run_id, kind, entry.hook_id, data)
-        ticket = journal.record(event, key)
+        ticket = journal.record(event, key, encoded=encoded)
         self.admission.accepted(run)
         await ticket.wait()
         return event.event_id

@@ -8,6 +8,7 @@ stay readable without keys.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -27,8 +28,17 @@ class Payloads:
     def __init__(self, keys: KeyRing | None) -> None:
         self.keys = keys
 
-    def encode(self, event: Event, key: bytes | str | None = None) -> bytes:
+    def encode(
+        self,
+        event: Event,
+        key: bytes | str | None = None,
+        encoded: Mapping[str, bytes] | None = None,
+    ) -> bytes:
         """The record bytes of ``event``.
+
+        ``encoded``: user values of ``event.data`` already serialized, by name (the JSON of
+        their trees, as the size check made it). Those bytes are encrypted, or spliced into the
+        record as they are, instead of serializing the value again.
 
         Raises:
             SerializationError: the data is not JSON (a bug in the caller: values are trees).
@@ -43,14 +53,23 @@ class Payloads:
                 if name in USER_VALUE_KEYS:
                     if stored is data:
                         stored = dict(data)
-                    stored[name] = keys.encrypt(
-                        orjson.dumps(value),
-                        run_id=event.run_id,
-                        event_type=event.type,
-                        correlation_id=event.correlation_id,
-                        key=key if name == "payload" else None,
+                    plain = None if encoded is None else encoded.get(name)
+                    stored[name] = orjson.Fragment(
+                        keys.seal(
+                            orjson.dumps(value) if plain is None else plain,
+                            event.run_id,
+                            event.type,
+                            event.correlation_id,
+                            key if name == "payload" else None,
+                        )
                     )
             data = stored
+        elif encoded:
+            # orjson copies a Fragment's bytes verbatim: the same record as serializing the
+            # tree again, without doing it.
+            data = dict(data)
+            for name, value in encoded.items():
+                data[name] = orjson.Fragment(value)
         try:
             record = orjson.dumps(
                 [

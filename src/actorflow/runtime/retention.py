@@ -104,19 +104,31 @@ class Retention:
         self._lock = anyio.Lock()
         self._wake = anyio.Event()
         self._next_pass = -math.inf  # no background pass before this time (rate limit)
+        #: No pass can come due before this time (see ``noticed_end``).
+        self._quiet_until = -math.inf
         self._unsealed = 0  # runs expired since the active segment was last sealed
 
     # -- the background task ------------------------------------------------------------------
 
     def noticed_end(self) -> None:
-        """A run ended: if the oldest finished run is past retention, a pass is due."""
-        if self._due():
-            self._wake.set()
+        """A run ended: if the oldest finished run is past retention, a pass is due.
 
-    def _due(self) -> bool:
-        deadline = self._next_deadline()
+        Called at every run's end, so the answer "not before T" is kept: the oldest finished
+        run only gives way to runs that ended later, and the rate limit only moves forward, so
+        nothing is due before the later of its deadline and the rate limit.
+        """
+        if self.seconds == math.inf:
+            return
         now = self.clock()
-        return deadline is not None and deadline <= now and now >= self._next_pass
+        if now < self._quiet_until:
+            return
+        deadline = self._next_deadline()
+        if deadline is not None and deadline <= now and now >= self._next_pass:
+            self._wake.set()
+            return
+        # No finished run at all: the next one ends now at the earliest.
+        self._quiet_until = max(now + self.seconds if deadline is None else deadline,
+                                self._next_pass)  # fmt: skip
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED

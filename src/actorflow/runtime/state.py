@@ -106,7 +106,7 @@ class HookEntry:
 
     __slots__ = (
         "hook_id", "run_id", "token", "created_at", "metadata", "webhook", "verifier", "schema",
-        "received", "untaken", "remote",
+        "received", "untaken", "remote", "record",
     )  # fmt: skip
 
     def __init__(
@@ -130,6 +130,8 @@ class HookEntry:
         self.untaken = 0  # fed to the workflow's hook, not yet taken (kept when passivated)
         #: Set on an entry read from the shared PostgreSQL index: the hook of another node's run.
         self.remote: Any = None
+        #: The outside's record of this hook, made on first use (``Front.hook_record``).
+        self.record: Any = None
 
 
 @dataclass(slots=True)

@@ -108,11 +108,12 @@ class Streams:
             raise WorkflowDefinitionError(
                 f"stream {namespace!r} of run {run_id} is closed; it takes no more chunks"
             )
-        self.limits.check_size("a stream chunk", tree)
+        encoded = {"chunk": self.limits.check_size("a stream chunk", tree)}
         journal = self.journal
         data = {"index": log.submitted, "writer": writer, "attempt": attempt, "seq": seq,
                 "chunk": tree}  # fmt: skip
-        return journal.record(journal.event(run_id, ev.STREAM_CHUNK, namespace, data))
+        return journal.record(journal.event(run_id, ev.STREAM_CHUNK, namespace, data),
+                              encoded=encoded)  # fmt: skip
 
     def submit_close(self, run_id: str, writer: str, namespace: str) -> Ticket | None:
         """Submit the close of a stream; ``None`` if it is closed already."""

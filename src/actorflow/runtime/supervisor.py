@@ -110,8 +110,13 @@ class Supervisor:
     def schedule(self, actor: Actor) -> None:
         if not actor.scheduled:
             actor.scheduled = True
-            self._ready.append(actor)
-            self._wake.set()
+            ready = self._ready
+            if not ready:
+                # The dispatcher waits only while nothing is ready, and looks again after each
+                # turn: the first ready actor is the one to wake it for (one set per wait, not
+                # one per durable message).
+                self._wake.set()
+            ready.append(actor)
 
     def spawn(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run ``fn`` as a task of the supervisor's group (an actor's claim in a database)."""

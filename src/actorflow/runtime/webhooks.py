@@ -127,13 +127,14 @@ class Webhooks:
                 return _immediate(options)
             assert live is not None
             tree = codec.to_tree(request.to_data(), root="request")
-            self._limits.check_size("the webhook request", tree)
+            encoded = {"request": self._limits.check_size("the webhook request", tree)}
             data: dict[str, Any] = {"request": tree, "token": token, "external": True}
             if key is not None:
                 data["idempotency_key"] = key
                 data["digest"] = _request_digest(request)
             try:
-                event_id = await self._ownership.deliver(live, ev.HOOK_RECEIVED, data, None)
+                event_id = await self._ownership.deliver(live, ev.HOOK_RECEIVED, data, None,
+                                                         encoded)  # fmt: skip
             except StaleHookError:
                 if fresh:
                     raise

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import anyio
 import anyio.abc
@@ -31,13 +31,15 @@ logger = logging.getLogger("actorflow.log")
 
 
 class _Batch:
-    __slots__ = ("events", "records", "done", "error")
+    __slots__ = ("events", "records", "done", "error", "ticket")
 
     def __init__(self) -> None:
         self.events: list[Event] = []
         self.records: list[bytes] = []
         self.done = anyio.Event()
         self.error: BaseException | None = None
+        #: The one ticket every event of the batch gets (a ticket is its batch's outcome).
+        self.ticket = Ticket(self)
 
 
 class Ticket:
@@ -80,7 +82,7 @@ class LogWriter:
     def __init__(
         self,
         store: EventStore,
-        encode: Callable[[Event, bytes | str | None], bytes],
+        encode: Callable[[Event, bytes | str | None, Mapping[str, bytes] | None], bytes],
         on_durable: Callable[[Sequence[Event]], None],
         *,
         max_batch: int = 4096,
@@ -110,7 +112,9 @@ class LogWriter:
     @property
     def backlog(self) -> int:
         """Events submitted and not yet durable."""
-        pending = len(self._open.events) + sum(len(b.events) for b in self._queue)
+        pending = len(self._open.events)  # read at every resume: the queue is mostly empty
+        if self._queue:
+            pending += sum(len(b.events) for b in self._queue)
         if self._in_flight is not None:
             pending += len(self._in_flight.events)
         return pending
@@ -130,37 +134,48 @@ class LogWriter:
             raise LogWriteError("the event log is closed")
 
     def submit(
-        self, event: Event, key: bytes | str | None = None, *, record: bytes | None = None
+        self,
+        event: Event,
+        key: bytes | str | None = None,
+        *,
+        record: bytes | None = None,
+        encoded: Mapping[str, bytes] | None = None,
     ) -> Ticket:
         """Encode ``event`` (its payload under ``key`` if given) and add it to the open batch.
 
         ``record``, if given, is ``event`` already encoded (a record made by another process,
-        appended byte for byte). Never blocks.
+        appended byte for byte). ``encoded``: user values already serialized (see
+        ``Payloads.encode``). Never blocks.
 
         Raises:
             LogWriteError: the writer has failed or is closed.
             SerializationError: the event cannot be encoded (nothing was added).
         """
-        self.check()
+        if self.failure is not None or self._closing:
+            self.check()
         if record is None:
-            record = self._encode(event, key)
+            record = self._encode(event, key, encoded)
         batch = self._open
-        batch.events.append(event)
+        events = batch.events
+        events.append(event)
         batch.records.append(record)
-        if len(batch.events) >= self._max_batch:
+        if len(events) == 1:
+            # The writer waits only while the open batch is empty, and looks at the batches
+            # again after every write: the first event of a batch is the one to wake it for.
+            self._wakeup.set()
+        if len(events) >= self._max_batch:
             self._queue.append(batch)
             self._open = _Batch()
-        self._wakeup.set()
-        return Ticket(batch)
+        return batch.ticket
 
     def ticket_for_all(self) -> Ticket | None:
         """A ticket that is durable once everything submitted so far is."""
         if self._open.events:
-            return Ticket(self._open)
+            return self._open.ticket
         if self._queue:
-            return Ticket(self._queue[-1])
+            return self._queue[-1].ticket
         if self._in_flight is not None:
-            return Ticket(self._in_flight)
+            return self._in_flight.ticket
         return None
 
     async def flush(self) -> None:
