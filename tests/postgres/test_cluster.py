@@ -366,6 +366,26 @@ async def test_the_owners_mailbox_bound_holds_for_deliveries_from_other_nodes(
     assert nodes.count_events(run.run_id, "hook_received") == 2
 
 
+async def test_a_full_mailbox_is_answered_503_when_its_announcement_is_lost(
+    nodes: Nodes,
+) -> None:
+    """The owner's NOTIFY of a refusal never reaches the sender, which reads the outcome by
+    polling: a refusal of a live hook's delivery is a full mailbox, never "no such hook"."""
+    a = await nodes.node(mailbox_size=2)
+    b = await nodes.node()
+    lost: list[str] = []
+    b.ownership.inbox.announce = lambda event_id, outcome: lost.append(outcome)  # type: ignore[attr-defined, method-assign]
+    run = await a.start(hoarder)
+    await hook_of(b, "hoard")
+    # Keyed deliveries go through the inbox (the key is checked against the shared index).
+    await b.resume_hook("hoard", {"id": "p1"}, idempotency_key="one")
+    await b.resume_hook("hoard", {"id": "p2"}, idempotency_key="two")
+    with pytest.raises(af.OverloadedError, match="mailbox of run .* is full"):
+        await b.resume_hook("hoard", {"id": "p3"}, idempotency_key="three")
+    assert "full" in lost  # the owner did announce it; the sender never heard
+    assert nodes.count_events(run.run_id, "hook_received") == 2
+
+
 async def test_a_cancel_at_another_node_reaches_the_owner(nodes: Nodes) -> None:
     a = await nodes.node()
     b = await nodes.node()

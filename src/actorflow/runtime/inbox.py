@@ -412,7 +412,10 @@ class Inbox:
                 (nothing delivered, in both cases); retry shortly.
             StorageError: see ``_outcome``.
         """
-        outcome = await self._outcome(event.event_id, check_first=check_first)
+        token = str(event.data.get("token"))
+        outcome = await self._outcome(
+            event.event_id, check_first=check_first, hook=(token, event.run_id)
+        )
         if outcome == "drop":
             raise HookNotFoundError(str(event.data.get("token")))
         if outcome == "full":
@@ -422,10 +425,28 @@ class Inbox:
                 retry_after=1.0,
             )
 
-    async def _outcome(self, event_id: str, *, check_first: bool = False) -> str:
+    async def _polled_refusal(self, hook: tuple[str, str] | None) -> str:
+        """``full`` or ``drop`` for a refusal whose announcement never came (see ``_outcome``).
+
+        Answering ``drop`` ("no such hook") for a live hook would make its sender give up on
+        it; a hook disposed since its ``full`` refusal reads as ``drop``, which is true by then.
+        """
+        if hook is None:
+            return "drop"
+        token, run_id = hook
+        live = await anyio.to_thread.run_sync(self.directory.lookup, token)
+        return "full" if live is not None and live.run_id == run_id else "drop"
+
+    async def _outcome(
+        self, event_id: str, *, check_first: bool = False, hook: tuple[str, str] | None = None
+    ) -> str:
         """Wait until the owner has taken a delivery into the run's history (``took``) or
-        refused it (``drop``, ``full``). Woken by the owner's ``NOTIFY``, and polled (a refusal
-        seen only by polling reads as ``drop``).
+        refused it (``drop``, ``full``). Woken by the owner's ``NOTIFY``, and polled.
+
+        A refusal seen only by polling carries no reason. Given the delivery's ``hook`` (token,
+        run id), it reads as ``full`` while that hook is still live for that run (a live hook's
+        delivery is refused only when the mailbox is full), and as ``drop`` otherwise; without
+        it, as ``drop``.
 
         Raises:
             OverloadedError: no owner took it within a lease; it was given up (nothing
@@ -452,7 +473,7 @@ class Inbox:
                 if in_history:
                     return "took"
                 if not pending:
-                    return "drop"
+                    return await self._polled_refusal(hook)
                 now = anyio.current_time()
                 if now >= gave_up_at:
                     cancelled = await anyio.to_thread.run_sync(
