@@ -111,7 +111,10 @@ class WebhookEdge:
             return error_response(exc, where="webhook")
         if isinstance(answer, QuartResponse):
             return answer
-        status, head, content = webhook_parts(answer)
+        try:
+            status, head, content = webhook_parts(answer)
+        except ValueError as exc:  # a header value Werkzeug refuses: the workflow's, a 500
+            return error_response(exc, where="webhook")
         out = QuartResponse(content, status=status)
         del out.headers["content-type"]  # Quart's default; ``head`` has the real one, if any
         for name, value in head:
@@ -185,6 +188,11 @@ class WebhookEdge:
             answer = await self.answer(token, delivered)
         except Exception as exc:
             answer = error_response(exc, where="webhook")
+        if not isinstance(answer, QuartResponse):
+            try:
+                status, head, content = webhook_parts(answer)
+            except ValueError as exc:  # a header value Werkzeug refuses: the workflow's, a 500
+                answer = error_response(exc, where="webhook")
         if isinstance(answer, QuartResponse):
             status = answer.status_code
             content = await answer.get_data(as_text=False)
@@ -193,8 +201,6 @@ class WebhookEdge:
                 for name, value in answer.headers.items()
                 if name.lower() != "content-length"
             ]
-        else:
-            status, head, content = webhook_parts(answer)
         head.append((b"content-length", str(len(content)).encode()))
         start: HTTPResponseStartEvent = {
             "type": "http.response.start",
