@@ -319,7 +319,7 @@ async def test_a_delivery_that_lost_the_race_with_a_dispose_is_refused_not_dropp
         (run.run_id, "collect:race", late.event_id, b.payloads.encode(late)),
     )
     with anyio.fail_after(10):
-        assert await b.ownership.inbox._outcome(late.event_id) == "drop"
+        assert await b.ownership.inbox.verdicts.outcome(late.event_id) == "drop"
     assert nodes.count_events(run.run_id, "hook_received") == 1
     assert nodes.db.query(
         sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(nodes.schema, "inbox"))

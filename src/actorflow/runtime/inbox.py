@@ -46,6 +46,7 @@ from .mailbox import Admission
 from .ownership import StaleHookError
 from .payloads import Payloads
 from .state import HookEntry, State
+from .verdicts import Verdicts
 
 __all__ = ["Inbox", "NotOwnedHereError"]
 
@@ -100,10 +101,10 @@ class Inbox:
         # this node waits on their tickets.
         self._inflight: dict[str, Ticket] = {}
         self.ingested = 0
-        #: Deliveries this node committed for another node's runs, awaiting their outcome,
-        #: and the outcomes the owners announced (``took``, ``drop``, ``full``).
-        self._outcomes: dict[str, anyio.Event] = {}
-        self._announced: dict[str, str] = {}
+        #: Deliveries this node committed for another node's runs, awaiting their verdict.
+        self.verdicts = Verdicts(
+            directory, lease_seconds=lease_seconds, poll_interval=poll_interval
+        )
         self.peers = PeerDirectory(directory)
         #: Deliveries forwarded here and submitted, by event id, until an inbox read that
         #: began after they were durable (which then finds them in the log).
@@ -117,15 +118,11 @@ class Inbox:
 
     def awaits(self, event_id: str) -> bool:
         """Whether a sender here waits on this delivery (a read of a dict: any thread)."""
-        return event_id in self._outcomes
+        return self.verdicts.awaits(event_id)
 
     def announce(self, event_id: str, outcome: str) -> None:
         """The owner's announced outcome of a delivery sent from here."""
-        waiter = self._outcomes.get(event_id)
-        if waiter is not None:
-            # Sent by the owner's commit: as good as reading the outcome back.
-            self._announced[event_id] = outcome
-            waiter.set()
+        self.verdicts.announce(event_id, outcome)
 
     async def run(self) -> None:
         while True:
@@ -328,13 +325,12 @@ class Inbox:
         record = self.payloads.encode(event, key, encoded)
         idempotency_key = data.get("idempotency_key")
         # Listen for the owner's answer before it can be sent.
-        self._outcomes.setdefault(event.event_id, anyio.Event())
+        self.verdicts.listen(event.event_id)
         try:
             return await self._deliver(entry, event, record, remote, data, idempotency_key,
                                        forwarded is not None)  # fmt: skip
         finally:
-            self._outcomes.pop(event.event_id, None)
-            self._announced.pop(event.event_id, None)
+            self.verdicts.forget(event.event_id)
 
     async def _deliver(
         self,
@@ -386,7 +382,9 @@ class Inbox:
         if outcome.owner == self.node_id:
             self._wake.set()  # a retry of a delivery still in this node's inbox
         settled = event if outcome.status == "accepted" else _retry_of(event, outcome.event_id)
-        await self._settle(settled, check_first=outcome.status != "accepted")
+        await self.verdicts.settle(
+            settled, check_first=outcome.status != "accepted", mailbox_size=size
+        )
         return outcome.event_id, outcome.status == "accepted"
 
     async def _append_now(self, event: Event, record: bytes) -> None:
@@ -401,97 +399,4 @@ class Inbox:
         if ticket is not None:
             await ticket.wait()
         else:  # refused by _take (announced to us), or taken by the inbox poll first
-            await self._settle(event, check_first=True)
-
-    async def _settle(self, event: Event, *, check_first: bool) -> None:
-        """Wait for the owner's verdict on a delivery; raise if it was refused.
-
-        Raises:
-            HookNotFoundError: refused: the hook went away first (nothing delivered).
-            OverloadedError: refused: the run's mailbox is full, or no owner took it in time
-                (nothing delivered, in both cases); retry shortly.
-            StorageError: see ``_outcome``.
-        """
-        token = str(event.data.get("token"))
-        outcome = await self._outcome(
-            event.event_id, check_first=check_first, hook=(token, event.run_id)
-        )
-        if outcome == "drop":
-            raise HookNotFoundError(str(event.data.get("token")))
-        if outcome == "full":
-            raise OverloadedError(
-                f"the mailbox of run {event.run_id} is full ({self.admission.size} payloads "
-                "waiting for the workflow to take them); retry shortly",
-                retry_after=1.0,
-            )
-
-    async def _polled_refusal(self, hook: tuple[str, str] | None) -> str:
-        """``full`` or ``drop`` for a refusal whose announcement never came (see ``_outcome``).
-
-        Answering ``drop`` ("no such hook") for a live hook would make its sender give up on
-        it; a hook disposed since its ``full`` refusal reads as ``drop``, which is true by then.
-        """
-        if hook is None:
-            return "drop"
-        token, run_id = hook
-        live = await anyio.to_thread.run_sync(self.directory.lookup, token)
-        return "full" if live is not None and live.run_id == run_id else "drop"
-
-    async def _outcome(
-        self, event_id: str, *, check_first: bool = False, hook: tuple[str, str] | None = None
-    ) -> str:
-        """Wait until the owner has taken a delivery into the run's history (``took``) or
-        refused it (``drop``, ``full``). Woken by the owner's ``NOTIFY``, and polled.
-
-        A refusal seen only by polling carries no reason. Given the delivery's ``hook`` (token,
-        run id), it reads as ``full`` while that hook is still live for that run (a live hook's
-        delivery is refused only when the mailbox is full), and as ``drop`` otherwise; without
-        it, as ``drop``.
-
-        Raises:
-            OverloadedError: no owner took it within a lease; it was given up (nothing
-                committed), so the sender may retry.
-            StorageError: an owner claimed it and then said nothing for three leases: its
-                outcome is unknown.
-        """
-        waiter = self._outcomes.setdefault(event_id, anyio.Event())
-        start = anyio.current_time()
-        gave_up_at = start + self.lease_seconds
-        try:
-            if not check_first:
-                with anyio.move_on_after(self.poll_interval):
-                    await waiter.wait()
-            while True:
-                announced = self._announced.pop(event_id, None)
-                if announced is not None:
-                    return announced
-                if waiter.is_set():
-                    waiter = self._outcomes[event_id] = anyio.Event()
-                in_history, pending = await anyio.to_thread.run_sync(
-                    self.directory.delivery_state, event_id
-                )
-                if in_history:
-                    return "took"
-                if not pending:
-                    return await self._polled_refusal(hook)
-                now = anyio.current_time()
-                if now >= gave_up_at:
-                    cancelled = await anyio.to_thread.run_sync(
-                        self.directory.cancel_delivery, event_id
-                    )
-                    if cancelled:
-                        raise OverloadedError(
-                            "the run's owner did not take the delivery in time (it may be "
-                            "restarting); nothing was delivered: retry shortly",
-                            retry_after=1.0,
-                        )
-                    if now >= start + 3 * self.lease_seconds:
-                        raise StorageError(
-                            f"delivery {event_id} was claimed by the run's owner, which has not "
-                            "finished it: its outcome is unknown; retry with an idempotency key"
-                        )
-                with anyio.move_on_after(self.poll_interval):
-                    await waiter.wait()
-        finally:
-            self._outcomes.pop(event_id, None)
-            self._announced.pop(event_id, None)
+            await self.verdicts.settle(event, check_first=True, mailbox_size=self.admission.size)
