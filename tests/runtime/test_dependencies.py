@@ -73,8 +73,14 @@ def test_the_demo_and_the_app_need_nothing_beyond_a_plain_install(tmp_path: Path
     )
     assert "trio" in refused and "psycopg" in refused, refused  # the extras really are refused
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, json.dumps(refused),
-         str(ROOT / "examples" / "approval_demo.py"), str(tmp_path / "app")],  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            json.dumps(refused),
+            str(ROOT / "examples" / "approval_demo.py"),
+            str(tmp_path / "app"),
+        ],  # fmt: skip
         capture_output=True,
         text=True,
         timeout=120,
