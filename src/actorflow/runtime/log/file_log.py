@@ -149,6 +149,9 @@ class FileLog:
         ValueError: ``durability`` or ``segment_bytes`` is out of range.
     """
 
+    #: Appends and syncs are local file calls: the writer may make small ones on the loop thread.
+    writes_locally = True
+
     def __init__(
         self,
         directory: str | os.PathLike[str],

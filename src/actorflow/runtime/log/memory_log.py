@@ -18,6 +18,9 @@ class MemoryLog:
     code under test takes its default path.
     """
 
+    #: Appends cost a list append: the writer may make small ones on the loop thread.
+    writes_locally = True
+
     def __init__(self, *, durability: Durability = "fsync") -> None:
         if durability not in ("fsync", "none"):
             raise ValueError(f"durability must be 'fsync' or 'none', not {durability!r}")

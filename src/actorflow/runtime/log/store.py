@@ -3,7 +3,9 @@
 A store holds opaque records (bytes, one event each) in one total order. It knows nothing of
 events: framing, checksums, segments and durability are its business; meaning is the runtime's.
 Calls are blocking; the group-commit writer (``writer.py``) runs them in a worker thread, one
-call at a time, so a store needs no locking of its own.
+call at a time, so a store needs no locking of its own. A store whose class sets
+``writes_locally = True`` (local files, memory) also lets the writer make a small batch's append
+and sync on the event loop's thread while its syncs are fast.
 
 Life cycle: ``scan()`` once at open (it verifies every record, truncates a torn tail, and raises
 :class:`~actorflow.errors.LogCorruptedError` for damage before the tail), then any number of

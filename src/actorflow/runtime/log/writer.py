@@ -6,6 +6,13 @@ is being written and fsynced in a worker thread, new submissions gather in the n
 concurrent appends share one fsync. A batch's waiters are woken, and its events handed to
 ``on_durable`` (which routes them to mailboxes, in log order), only after its fsync returned.
 
+A small batch on a local store is written and fsynced on the event loop's own thread instead.
+Few events in a batch means few callers waiting on the loop, so it has little to overlap with the
+fsync, while the hop to a worker thread and back costs two wake-ups and two hand-overs of the GIL:
+about as much again as one fsync on a fast disk. The loop is blocked for the length of the fsync,
+so this is only done while fsyncs are fast (a decaying maximum below ``inline_sync_limit``): one
+slow or stalled fsync sends every batch back to the thread until a run of fast ones follows.
+
 A failed write or fsync fails the writer for good: the batch's waiters and every later submit get
 ``LogWriteError``. A failed fsync is never retried: the kernel may have dropped the dirty pages,
 so a later success would prove nothing.
@@ -19,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import anyio.to_thread
 
 from ...errors import LeaseLostError, LogWriteError
@@ -88,8 +96,18 @@ class LogWriter:
         max_batch: int = 4096,
         on_failure: Callable[[BaseException], None] | None = None,
         on_sync: Callable[[float], None] | None = None,
+        inline_events: int = 2,
+        inline_sync_limit: float = 0.001,
     ) -> None:
         self._store = store
+        # Only a store that writes to local files (or memory) may block the loop: a networked
+        # one (PostgreSQL) has round trips of unbounded length.
+        self._inline_events = inline_events if getattr(store, "writes_locally", False) else 0
+        self._inline_sync_limit = inline_sync_limit
+        #: Write-and-sync time of recent batches, seconds: the slowest, decaying by 1/8 a batch.
+        self.sync_estimate = 0.0
+        #: Batches written on the event loop's thread (the rest went to a worker thread).
+        self.inline_batches = 0
         #: Called from the writing thread with each sync's duration in seconds (metrics).
         self._on_sync = on_sync
         self._encode = encode
@@ -212,8 +230,16 @@ class LogWriter:
             else:
                 batch, self._open = self._open, _Batch()
             self._in_flight = batch
+            inline = (
+                len(batch.records) <= self._inline_events
+                and self.sync_estimate <= self._inline_sync_limit
+            )
             try:
-                positions = await anyio.to_thread.run_sync(self._write, batch.records)
+                if inline:
+                    positions = self._write(batch.records)
+                    self.inline_batches += 1
+                else:
+                    positions = await anyio.to_thread.run_sync(self._write, batch.records)
             except BaseException as exc:
                 self._fail(batch, exc)
                 if not isinstance(exc, Exception):
@@ -231,15 +257,23 @@ class LogWriter:
                 self._on_durable(batch.events)
             except Exception:  # a routing bug must not stop the log; the events are safe
                 logger.exception("routing durable events failed")
+            if inline:
+                # The write did not yield: let the tasks just woken run before the next batch.
+                await anyio.lowlevel.checkpoint()
 
     def _write(self, records: list[bytes]) -> list[Position]:
+        began = time.perf_counter()
         positions = self._store.append(records)
-        if self._on_sync is None:
-            self._store.sync()
-        else:
-            began = time.perf_counter()
-            self._store.sync()
-            self._on_sync(time.perf_counter() - began)
+        synced = time.perf_counter()
+        self._store.sync()
+        ended = time.perf_counter()
+        if self._on_sync is not None:
+            self._on_sync(ended - synced)
+        # Up at once, down slowly: one stall sends the next batches to the thread, and only a
+        # run of fast syncs brings them back. A plain float store, read by the loop thread.
+        took = ended - began
+        estimate = self.sync_estimate
+        self.sync_estimate = took if took > estimate else estimate + (took - estimate) * 0.125
         return positions
 
     def _fail(self, batch: _Batch, exc: BaseException) -> None:

@@ -1,0 +1,179 @@
+"""Where the group-commit writer writes a batch: on the event loop's thread, or in a worker.
+
+A batch of one or two events on a local store is appended and fsynced on the loop's own thread
+(a hop to a worker thread and back costs about as much again as a fast fsync); a larger batch, a
+store that is not local, or a disk whose fsyncs have become slow goes to a worker thread, so the
+loop keeps running while the disk works. Real files and real fsyncs throughout; the ``fsync``
+seam only records the calling thread and, where the test needs a slow disk, sleeps first.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from actorflow.errors import LogWriteError
+from actorflow.runtime.core.events import Event
+from actorflow.runtime.log.file_log import FileLog
+from actorflow.runtime.log.store import Position
+from actorflow.runtime.log.writer import LogWriter
+
+pytestmark = pytest.mark.anyio
+
+
+class Disk:
+    """Real fsyncs that note which thread made each one, optionally after a delay."""
+
+    def __init__(self) -> None:
+        self.threads: list[int] = []
+        self.delay = 0.0
+
+    def fsync(self, fd: int) -> None:
+        self.threads.append(threading.get_ident())
+        if self.delay:
+            time.sleep(self.delay)
+        os.fsync(fd)
+
+
+def event(n: int) -> Event:
+    return Event(f"evnt_{n}", "run_1", "hook_received", None, 0.0, {"n": n})
+
+
+def encode(event: Event, key: Any, encoded: Any) -> bytes:
+    return event.event_id.encode()
+
+
+def open_log(path: Path, disk: Disk) -> FileLog:
+    log = FileLog(path, fsync=disk.fsync)
+    for _ in log.scan():
+        pass
+    return log
+
+
+async def write_batches(writer: LogWriter, sizes: Sequence[int]) -> list[Event]:
+    """Submit batches of these sizes one after another, each waited for before the next."""
+    written: list[Event] = []
+    async with anyio.create_task_group() as tg:
+        await tg.start(writer.run)
+        for size in sizes:
+            batch = [event(len(written) + i) for i in range(size)]
+            tickets = [writer.submit(e) for e in batch]
+            for ticket in tickets:
+                await ticket.wait()
+            written += batch
+        writer.close()
+    return written
+
+
+def read_back(path: Path) -> list[bytes]:
+    log = FileLog(path)
+    try:
+        return [record for _, record in log.scan()]
+    finally:
+        log.close()
+
+
+async def test_small_batches_are_synced_on_the_loop_thread_large_ones_in_a_worker(
+    tmp_path: Path,
+) -> None:
+    disk = Disk()
+    log = open_log(tmp_path / "log", disk)
+    durable: list[str] = []
+    writer = LogWriter(log, encode, lambda events: durable.extend(e.event_id for e in events))
+    loop_thread = threading.get_ident()
+    disk.threads.clear()  # the fsyncs of opening the directory
+    written = await write_batches(writer, [1, 2, 3, 1, 50])
+    log.close()
+    assert [t == loop_thread for t in disk.threads] == [True, True, False, True, False]
+    assert writer.inline_batches == 3
+    ids = [e.event_id for e in written]
+    assert durable == ids
+    assert read_back(tmp_path / "log") == [i.encode() for i in ids]
+    assert all(e.position >= 0 for e in written)
+
+
+async def test_slow_fsyncs_send_even_small_batches_to_a_worker_until_they_are_fast_again(
+    tmp_path: Path,
+) -> None:
+    disk = Disk()
+    log = open_log(tmp_path / "log", disk)
+    writer = LogWriter(log, encode, lambda events: None, inline_sync_limit=0.02)
+    loop_thread = threading.get_ident()
+    disk.threads.clear()
+    async with anyio.create_task_group() as tg:
+        await tg.start(writer.run)
+        disk.delay = 0.2  # one slow fsync lifts the estimate over the limit at once ...
+        await writer.submit(event(0)).wait()
+        disk.delay = 0.0
+        # ... and only a run of fast ones brings it down: 200 ms * (7/8)^k <= 20 ms at k = 18.
+        for n in range(1, 31):
+            await writer.submit(event(n)).wait()
+        writer.close()
+    log.close()
+    on_loop = [t == loop_thread for t in disk.threads]
+    assert on_loop[0] is True  # the first was made before anything was known of the disk
+    assert on_loop[1] is False
+    first_back = on_loop.index(True, 1)
+    assert 17 <= first_back <= 21, on_loop
+    assert all(on_loop[first_back:])
+
+
+class RemoteStore:
+    """A store that does not say it writes locally (as PostgreSQL's): never written on the loop."""
+
+    durability = "fsync"
+
+    def __init__(self, inner: FileLog) -> None:
+        self._inner = inner
+        self.threads: list[int] = []
+
+    def append(self, records: Sequence[bytes]) -> list[Position]:
+        self.threads.append(threading.get_ident())
+        return self._inner.append(records)
+
+    def sync(self) -> None:
+        self._inner.sync()
+
+
+async def test_a_store_that_is_not_local_is_always_written_in_a_worker(tmp_path: Path) -> None:
+    store = RemoteStore(open_log(tmp_path / "log", Disk()))
+    writer = LogWriter(store, encode, lambda events: None)  # type: ignore[arg-type]
+    await write_batches(writer, [1, 1, 2])
+    store._inner.close()
+    assert len(store.threads) == 3
+    assert threading.get_ident() not in store.threads
+
+
+async def test_a_failed_fsync_on_the_loop_thread_fails_the_batch_and_every_later_submit(
+    tmp_path: Path,
+) -> None:
+    failing = {"on": False}
+
+    def fsync(fd: int) -> None:
+        if failing["on"]:
+            raise OSError(5, "Input/output error")
+        os.fsync(fd)
+
+    log = FileLog(tmp_path / "log", fsync=fsync)
+    for _ in log.scan():
+        pass
+    writer = LogWriter(log, encode, lambda events: None)
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(writer.run)
+        await writer.submit(event(1)).wait()
+        failing["on"] = True
+        with pytest.raises(LogWriteError, match="Input/output error"):
+            await writer.submit(event(2)).wait()
+        with pytest.raises(LogWriteError, match="failed earlier"):
+            writer.submit(event(3))
+    log.close()
+    assert writer.inline_batches == 1
+    assert read_back(tmp_path / "log")[:1] == [b"evnt_1"]
