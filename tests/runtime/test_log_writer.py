@@ -1,10 +1,11 @@
-"""Where the group-commit writer writes a batch: on the event loop's thread, or in a worker.
+"""How the group-commit writer waits for a batch: blocked for a moment, or awaiting.
 
-A batch of one or two events on a local store is appended and fsynced on the loop's own thread
-(a hop to a worker thread and back costs about as much again as a fast fsync); a larger batch, a
-store that is not local, or a disk whose fsyncs have become slow goes to a worker thread, so the
-loop keeps running while the disk works. Real files and real fsyncs throughout; the ``fsync``
-seam only records the calling thread and, where the test needs a slow disk, sleeps first.
+A batch of one or two events on a local store goes to the writer's own thread while the event
+loop waits for it blocked, for a bounded time (the round trip through ``anyio.to_thread`` costs
+about as much again as a fast fsync); a larger batch, a store that is not local, or a disk whose
+fsyncs have become slow is awaited, so the loop keeps running while the disk works. Real files
+and real fsyncs throughout; the ``fsync`` seam only records the calling thread's name and, where
+the test needs a slow or hung disk, sleeps or waits first.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import anyio
 import pytest
+from tests.conftest import wait_until
 
 from actorflow.errors import LogWriteError
 from actorflow.runtime.core.events import Event
@@ -32,11 +34,11 @@ class Disk:
     """Real fsyncs that note which thread made each one, optionally after a delay."""
 
     def __init__(self) -> None:
-        self.threads: list[int] = []
+        self.threads: list[str] = []
         self.delay = 0.0
 
     def fsync(self, fd: int) -> None:
-        self.threads.append(threading.get_ident())
+        self.threads.append(threading.current_thread().name)
         if self.delay:
             time.sleep(self.delay)
         os.fsync(fd)
@@ -80,18 +82,21 @@ def read_back(path: Path) -> list[bytes]:
         log.close()
 
 
-async def test_small_batches_are_synced_on_the_loop_thread_large_ones_in_a_worker(
+def waited_blocked(threads: list[str]) -> list[bool]:
+    return [name.startswith("actorflow-log-writer") for name in threads]
+
+
+async def test_small_batches_are_waited_for_blocked_large_ones_awaited(
     tmp_path: Path,
 ) -> None:
     disk = Disk()
     log = open_log(tmp_path / "log", disk)
     durable: list[str] = []
     writer = LogWriter(log, encode, lambda events: durable.extend(e.event_id for e in events))
-    loop_thread = threading.get_ident()
     disk.threads.clear()  # the fsyncs of opening the directory
     written = await write_batches(writer, [1, 2, 3, 1, 50])
     log.close()
-    assert [t == loop_thread for t in disk.threads] == [True, True, False, True, False]
+    assert waited_blocked(disk.threads) == [True, True, False, True, False]
     assert writer.inline_batches == 3
     ids = [e.event_id for e in written]
     assert durable == ids
@@ -105,7 +110,6 @@ async def test_slow_fsyncs_send_even_small_batches_to_a_worker_until_they_are_fa
     disk = Disk()
     log = open_log(tmp_path / "log", disk)
     writer = LogWriter(log, encode, lambda events: None, inline_sync_limit=0.02)
-    loop_thread = threading.get_ident()
     disk.threads.clear()
     async with anyio.create_task_group() as tg:
         await tg.start(writer.run)
@@ -117,7 +121,7 @@ async def test_slow_fsyncs_send_even_small_batches_to_a_worker_until_they_are_fa
             await writer.submit(event(n)).wait()
         writer.close()
     log.close()
-    on_loop = [t == loop_thread for t in disk.threads]
+    on_loop = waited_blocked(disk.threads)
     assert on_loop[0] is True  # the first was made before anything was known of the disk
     assert on_loop[1] is False
     first_back = on_loop.index(True, 1)
@@ -132,10 +136,10 @@ class RemoteStore:
 
     def __init__(self, inner: FileLog) -> None:
         self._inner = inner
-        self.threads: list[int] = []
+        self.threads: list[str] = []
 
     def append(self, records: Sequence[bytes]) -> list[Position]:
-        self.threads.append(threading.get_ident())
+        self.threads.append(threading.current_thread().name)
         return self._inner.append(records)
 
     def sync(self) -> None:
@@ -148,10 +152,11 @@ async def test_a_store_that_is_not_local_is_always_written_in_a_worker(tmp_path:
     await write_batches(writer, [1, 1, 2])
     store._inner.close()
     assert len(store.threads) == 3
-    assert threading.get_ident() not in store.threads
+    assert not any(waited_blocked(store.threads))
+    assert threading.current_thread().name not in store.threads
 
 
-async def test_a_failed_fsync_on_the_loop_thread_fails_the_batch_and_every_later_submit(
+async def test_a_failed_fsync_waited_for_blocked_fails_the_batch_and_every_later_submit(
     tmp_path: Path,
 ) -> None:
     failing = {"on": False}
@@ -175,5 +180,50 @@ async def test_a_failed_fsync_on_the_loop_thread_fails_the_batch_and_every_later
         with pytest.raises(LogWriteError, match="failed earlier"):
             writer.submit(event(3))
     log.close()
-    assert writer.inline_batches == 1
+    assert writer.inline_batches == 2  # the failure came back through the blocked wait
     assert read_back(tmp_path / "log")[:1] == [b"evnt_1"]
+
+
+async def test_a_hung_fsync_stalls_the_loop_for_the_limit_then_is_awaited(tmp_path: Path) -> None:
+    release = threading.Event()
+    syncing = threading.Event()
+    hang = False
+
+    def fsync(fd: int) -> None:
+        if hang:
+            syncing.set()
+            release.wait(30)
+        os.fsync(fd)
+
+    log = FileLog(tmp_path / "log", fsync=fsync)
+    for _ in log.scan():
+        pass
+    hang = True
+    durable: list[str] = []
+    writer = LogWriter(log, encode, lambda events: durable.extend(e.event_id for e in events))
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await anyio.sleep(0.001)
+            ticks += 1
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(writer.run)
+        tg.start_soon(tick)
+        ticket = writer.submit(event(1))
+        await wait_until(syncing.is_set)
+        # The fsync hangs, and the loop runs on: other tasks keep ticking meanwhile.
+        seen = ticks
+        await wait_until(lambda: ticks >= seen + 20)
+        assert not ticket.done and durable == []
+        assert writer.inline_overruns == 1
+        release.set()
+        with anyio.fail_after(10):
+            await ticket.wait()
+        assert durable == ["evnt_1"]
+        writer.close()
+        tg.cancel_scope.cancel()
+    log.close()
+    assert read_back(tmp_path / "log") == [b"evnt_1"]

@@ -6,21 +6,20 @@ is being written and fsynced in a worker thread, new submissions gather in the n
 concurrent appends share one fsync. A batch's waiters are woken, and its events handed to
 ``on_durable`` (which routes them to mailboxes, in log order), only after its fsync returned.
 
-A small batch on a local store is written and fsynced on the event loop's own thread instead.
-Few events in a batch means few callers waiting on the loop, so it has little to overlap with the
-fsync, while the hop to a worker thread and back costs two wake-ups and two hand-overs of the GIL:
-about as much again as one fsync on a fast disk. The loop is blocked for the length of the fsync,
-so this is only done while fsyncs are fast (a decaying maximum below ``inline_sync_limit``): one
-slow or stalled fsync sends every batch back to the thread until a run of fast ones follows.
-
-A failed write or fsync fails the writer for good: the batch's waiters and every later submit get
-``LogWriteError``. A failed fsync is never retried: the kernel may have dropped the dirty pages,
-so a later success would prove nothing.
+A small batch on a local store goes to a thread of the writer's own, and the event loop waits
+for it there, blocked, for at most ``inline_sync_limit``. Few events in a batch means few callers
+waiting on the loop, so it has little to overlap with the fsync, while the round trip through
+``anyio.to_thread`` (a pool hand-off, then a wake-up of the loop through its own poll) costs
+about as much again as one fsync on a fast disk; a blocked wait is woken straight by the writing
+thread. A fsync that outlasts the limit is then awaited like any other, so a hung disk stalls the
+loop for the limit, never longer. A decaying maximum of recent sync times keeps batches off that
+path altogether once fsyncs are slow, until a run of fast ones follows.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -106,8 +105,10 @@ class LogWriter:
         self._inline_sync_limit = inline_sync_limit
         #: Write-and-sync time of recent batches, seconds: the slowest, decaying by 1/8 a batch.
         self.sync_estimate = 0.0
-        #: Batches written on the event loop's thread (the rest went to a worker thread).
+        #: Small batches the loop waited for blocked, and those of them it stopped waiting for.
         self.inline_batches = 0
+        self.inline_overruns = 0
+        self._inline_thread: _WritingThread | None = None
         #: Called from the writing thread with each sync's duration in seconds (metrics).
         self._on_sync = on_sync
         self._encode = encode
@@ -218,6 +219,12 @@ class LogWriter:
     ) -> None:
         """Write batches until closed. Cancelling it abandons unwritten batches (unacknowledged)."""
         task_status.started()
+        try:
+            await self._write_batches()
+        finally:
+            self._stop_inline_thread()
+
+    async def _write_batches(self) -> None:
         while True:
             if not self._queue and not self._open.events:
                 if self._closing or self.failure is not None:
@@ -230,14 +237,12 @@ class LogWriter:
             else:
                 batch, self._open = self._open, _Batch()
             self._in_flight = batch
-            inline = (
-                len(batch.records) <= self._inline_events
-                and self.sync_estimate <= self._inline_sync_limit
-            )
             try:
-                if inline:
-                    positions = self._write(batch.records)
-                    self.inline_batches += 1
+                if (
+                    len(batch.records) <= self._inline_events
+                    and self.sync_estimate <= self._inline_sync_limit
+                ):
+                    positions = await self._write_waiting(batch.records)
                 else:
                     positions = await anyio.to_thread.run_sync(self._write, batch.records)
             except BaseException as exc:
@@ -257,9 +262,27 @@ class LogWriter:
                 self._on_durable(batch.events)
             except Exception:  # a routing bug must not stop the log; the events are safe
                 logger.exception("routing durable events failed")
-            if inline:
-                # The write did not yield: let the tasks just woken run before the next batch.
+            if self._queue or self._open.events:
+                # A blocked wait does not yield: let the callers just woken run first.
                 await anyio.lowlevel.checkpoint()
+
+    async def _write_waiting(self, records: list[bytes]) -> list[Position]:
+        """Write in the writer's own thread; wait for it blocked, up to the limit, then awaiting."""
+        thread = self._inline_thread
+        if thread is None:
+            thread = self._inline_thread = _WritingThread(self._write)
+        thread.hand(records)
+        self.inline_batches += 1
+        if not thread.finished(self._inline_sync_limit):
+            self.inline_overruns += 1
+            await anyio.to_thread.run_sync(thread.finished, None)
+        return thread.outcome()
+
+    def _stop_inline_thread(self) -> None:
+        if self._inline_thread is not None:
+            # Idle: ``run`` waits for every write it hands over, so it stops at once.
+            self._inline_thread.stop()
+            self._inline_thread = None
 
     def _write(self, records: list[bytes]) -> list[Position]:
         began = time.perf_counter()
@@ -300,3 +323,57 @@ class LogWriter:
         self._queue.clear()
         self._open = _Batch()
         self._wakeup.set()
+
+
+class _WritingThread:
+    """One thread that writes one batch at a time, handed over and back with a lock each way.
+
+    Two plain locks are the cheapest hand-over the interpreter offers between two threads (one
+    futex wake-up each way, no queue, no condition variable), and blocking on a lock releases the
+    GIL, so the thread runs the moment the loop starts waiting.
+    """
+
+    __slots__ = ("_done", "_error", "_go", "_records", "_result", "_stopping", "_write")
+
+    def __init__(self, write: Callable[[list[bytes]], list[Position]]) -> None:
+        self._write = write
+        self._go = threading.Lock()
+        self._go.acquire()
+        self._done = threading.Lock()
+        self._done.acquire()
+        self._records: list[bytes] = []
+        self._result: list[Position] = []
+        self._error: BaseException | None = None
+        self._stopping = False
+        threading.Thread(target=self._serve, name="actorflow-log-writer", daemon=True).start()
+
+    def hand(self, records: list[bytes]) -> None:
+        self._records = records
+        self._go.release()
+
+    def finished(self, timeout: float | None) -> bool:
+        """Wait, blocked, up to ``timeout`` seconds (``None``: for good) for the handed batch."""
+        return self._done.acquire(timeout=-1 if timeout is None else timeout)
+
+    def outcome(self) -> list[Position]:
+        """The positions of the finished batch, or its error raised."""
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+        return self._result
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._go.release()
+
+    def _serve(self) -> None:
+        while True:
+            self._go.acquire()
+            if self._stopping:
+                return
+            try:
+                self._result = self._write(self._records)
+            except BaseException as exc:  # handed back to the loop, which fails the log
+                self._error = exc
+            self._records = []
+            self._done.release()
