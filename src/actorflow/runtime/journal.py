@@ -177,6 +177,11 @@ class Journal:
     def healthy(self) -> bool:
         return self._writer is not None and self._writer.healthy
 
+    @property
+    def sync_overruns(self) -> int:
+        """Small batches the loop stopped waiting for blocked (see ``LogWriter``)."""
+        return 0 if self._writer is None else self._writer.inline_overruns
+
     def health(self) -> LogHealth:
         """The log's state, for health checks: opened, failed (and why), events waiting."""
         writer = self._writer

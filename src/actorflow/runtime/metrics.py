@@ -268,6 +268,12 @@ class _StateCollector(Collector):
             "actorflow_log_events", "Events in the log (recovered at start, and written since).",
             value=state.events,
         )  # fmt: skip
+        yield CounterMetricFamily(
+            "actorflow_log_sync_overruns",
+            "Small batches whose write and fsync outlasted the event loop's blocked wait for "
+            "them (1 ms): a slow or stalled disk.",
+            value=self._journal.sync_overruns,
+        )
         store = self._journal.store
         if isinstance(store, FileLog):
             yield GaugeMetricFamily(
