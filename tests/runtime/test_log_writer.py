@@ -98,6 +98,8 @@ async def test_small_batches_are_waited_for_blocked_large_ones_awaited(
     log.close()
     assert waited_blocked(disk.threads) == [True, True, False, True, False]
     assert writer.inline_batches == 3
+    # The writer's own thread ended with its run.
+    assert not any(waited_blocked([t.name for t in threading.enumerate()]))
     ids = [e.event_id for e in written]
     assert durable == ids
     assert read_back(tmp_path / "log") == [i.encode() for i in ids]

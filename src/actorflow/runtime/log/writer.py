@@ -14,6 +14,10 @@ about as much again as one fsync on a fast disk; a blocked wait is woken straigh
 thread. A fsync that outlasts the limit is then awaited like any other, so a hung disk stalls the
 loop for the limit, never longer. A decaying maximum of recent sync times keeps batches off that
 path altogether once fsyncs are slow, until a run of fast ones follows.
+
+A failed write or fsync fails the writer for good: the batch's waiters and every later submit get
+``LogWriteError``. A failed fsync is never retried: the kernel may have dropped the dirty pages,
+so a later success would prove nothing.
 """
 
 from __future__ import annotations
@@ -333,7 +337,7 @@ class _WritingThread:
     GIL, so the thread runs the moment the loop starts waiting.
     """
 
-    __slots__ = ("_done", "_error", "_go", "_records", "_result", "_stopping", "_write")
+    __slots__ = ("_done", "_error", "_go", "_records", "_result", "_stopping", "_thread", "_write")
 
     def __init__(self, write: Callable[[list[bytes]], list[Position]]) -> None:
         self._write = write
@@ -345,7 +349,11 @@ class _WritingThread:
         self._result: list[Position] = []
         self._error: BaseException | None = None
         self._stopping = False
-        threading.Thread(target=self._serve, name="actorflow-log-writer", daemon=True).start()
+        # A daemon only so that a write hung on a dead disk cannot keep the process from exiting.
+        self._thread = threading.Thread(
+            target=self._serve, name="actorflow-log-writer", daemon=True
+        )
+        self._thread.start()
 
     def hand(self, records: list[bytes]) -> None:
         self._records = records
@@ -363,8 +371,11 @@ class _WritingThread:
         return self._result
 
     def stop(self) -> None:
+        """Let the thread end; wait a moment for it (idle, it ends at once)."""
         self._stopping = True
-        self._go.release()
+        if self._go.locked():  # else it has a batch still to take, and ends after writing it
+            self._go.release()
+        self._thread.join(1.0)
 
     def _serve(self) -> None:
         while True:
@@ -377,3 +388,5 @@ class _WritingThread:
                 self._error = exc
             self._records = []
             self._done.release()
+            if self._stopping:
+                return
