@@ -7,7 +7,8 @@ through the ``anyio_backend`` fixture below. Tests that need virtual time use py
 Helpers importable by test modules (``from tests.conftest import ...``):
 
 - :class:`RecordingStore` wraps a real store and records every call, so a test can see what was
-  appended and synced before an API call returned.
+  appended and synced before an API call returned. :class:`HangingFsync`: a ``FileLog`` fsync
+  seam that, once ``hang`` is set, holds every fsync until ``release`` is set.
 - :func:`wait_until`, :func:`wait_for_hook`, :func:`resume_when_ready`: poll the runtime's state
   at scheduler checkpoints, never with real sleeps. A spinning task keeps the autojump clock
   still, so under it they wait for work, not for timers (sleep past a deadline first).
@@ -21,6 +22,8 @@ Helpers importable by test modules (``from tests.conftest import ...``):
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -112,6 +115,24 @@ class RecordingStore:
                 durable.extend(pending)
                 pending = []
         return durable
+
+
+class HangingFsync:
+    """Real fsyncs, each held after ``hang`` is set until ``release`` is (a disk that stalls).
+
+    ``syncing`` is set once an fsync has started hanging; a hang ends by itself after 30 s.
+    """
+
+    def __init__(self) -> None:
+        self.hang = False
+        self.syncing = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, fd: int) -> None:
+        if self.hang:
+            self.syncing.set()
+            self.release.wait(30)
+        os.fsync(fd)
 
 
 def _record_type(record: bytes) -> str:

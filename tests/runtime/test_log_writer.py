@@ -19,7 +19,7 @@ from typing import Any
 
 import anyio
 import pytest
-from tests.conftest import wait_until
+from tests.conftest import HangingFsync, wait_until
 
 from actorflow.errors import LogWriteError
 from actorflow.runtime.core.events import Event
@@ -193,20 +193,11 @@ async def test_a_failed_fsync_waited_for_blocked_fails_the_batch_and_every_later
 
 
 async def test_a_hung_fsync_stalls_the_loop_for_the_limit_then_is_awaited(tmp_path: Path) -> None:
-    release = threading.Event()
-    syncing = threading.Event()
-    hang = False
-
-    def fsync(fd: int) -> None:
-        if hang:
-            syncing.set()
-            release.wait(30)
-        os.fsync(fd)
-
+    fsync = HangingFsync()
     log = FileLog(tmp_path / "log", fsync=fsync)
     for _ in log.scan():
         pass
-    hang = True
+    fsync.hang = True
     durable: list[str] = []
     writer = LogWriter(log, encode, lambda events: durable.extend(e.event_id for e in events))
     ticks = 0
@@ -221,13 +212,13 @@ async def test_a_hung_fsync_stalls_the_loop_for_the_limit_then_is_awaited(tmp_pa
         await tg.start(writer.run)
         tg.start_soon(tick)
         ticket = writer.submit(event(1))
-        await wait_until(syncing.is_set)
+        await wait_until(fsync.syncing.is_set)
         # The fsync hangs, and the loop runs on: other tasks keep ticking meanwhile.
         seen = ticks
         await wait_until(lambda: ticks >= seen + 20)
         assert not ticket.done and durable == []
         assert writer.inline_overruns == 1
-        release.set()
+        fsync.release.set()
         with anyio.fail_after(10):
             await ticket.wait()
         assert durable == ["evnt_1"]

@@ -6,7 +6,6 @@ own parser), from a real Hypercorn, on both workers.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ import httpx
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from tests.conftest import wait_for_hook, wait_until
+from tests.conftest import HangingFsync, wait_for_hook, wait_until
 from tests.web.conftest import wait_for_hooks
 
 import actorflow as af
@@ -184,15 +183,7 @@ async def test_the_log_backlog_shows_events_waiting_for_their_fsync(
     data_dir: Path, served: Any
 ) -> None:
     """While an fsync hangs, the resume is not acknowledged and the backlog says so."""
-    release = threading.Event()
-    syncing = threading.Event()
-    hang = False
-
-    def fsync(fd: int) -> None:
-        if hang:
-            syncing.set()
-            release.wait(30)
-
+    fsync = HangingFsync()
     store = FileLog(data_dir / "log", fsync=fsync)
     async with af.Runtime(data_dir, WORKFLOWS, store=store) as rt:
         slow = await rt.start(approval, "slow")
@@ -202,7 +193,7 @@ async def test_the_log_backlog_shows_events_waiting_for_their_fsync(
             # A one-event batch is waited for blocked unless recent syncs were slow, which a
             # loaded machine can make them even here: start from a known-fast disk.
             rt.journal.writer.sync_estimate = 0.0
-            hang = True
+            fsync.hang = True
             acknowledged = anyio.Event()
 
             async def resume() -> None:
@@ -210,10 +201,10 @@ async def test_the_log_backlog_shows_events_waiting_for_their_fsync(
                 acknowledged.set()
 
             tg.start_soon(resume)
-            await wait_until(syncing.is_set)
+            await wait_until(fsync.syncing.is_set)
             stuck = await scrape(client)
-            hang = False
-            release.set()
+            fsync.hang = False
+            fsync.release.set()
             await acknowledged.wait()
             await slow.wait()  # its run_completed is durable too: nothing left waiting
             after = await scrape(client)

@@ -149,7 +149,7 @@ class FileLog:
         ValueError: ``durability`` or ``segment_bytes`` is out of range.
     """
 
-    #: Appends and syncs are local file calls: the writer may make small ones on the loop thread.
+    #: Appends and syncs are local file calls: the loop may wait for small ones blocked, briefly.
     writes_locally = True
 
     def __init__(

@@ -18,7 +18,7 @@ class MemoryLog:
     code under test takes its default path.
     """
 
-    #: Appends cost a list append: the writer may make small ones on the loop thread.
+    #: Appends cost a list append: the loop may wait for small ones blocked, briefly.
     writes_locally = True
 
     def __init__(self, *, durability: Durability = "fsync") -> None:

@@ -4,8 +4,8 @@ A store holds opaque records (bytes, one event each) in one total order. It know
 events: framing, checksums, segments and durability are its business; meaning is the runtime's.
 Calls are blocking; the group-commit writer (``writer.py``) runs them in a worker thread, one
 call at a time, so a store needs no locking of its own. A store whose class sets
-``writes_locally = True`` (local files, memory) also lets the writer make a small batch's append
-and sync on the event loop's thread while its syncs are fast.
+``writes_locally = True`` (local files, memory) also lets the writer hand a small batch's append
+and sync to a thread of its own while the event loop waits for it, blocked, for a moment.
 
 Life cycle: ``scan()`` once at open (it verifies every record, truncates a torn tail, and raises
 :class:`~actorflow.errors.LogCorruptedError` for damage before the tail), then any number of
