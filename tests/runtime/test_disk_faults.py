@@ -48,8 +48,10 @@ class Disk:
 
     def __init__(self) -> None:
         self.fsyncs = 0
-        #: inode -> size of the file when an fsync of it last succeeded: its durable prefix.
+        #: inode -> where its written bytes ended when an fsync of it last succeeded: its
+        #: durable prefix. Not the file's size, which counts space reserved ahead of the records.
         self.durable: dict[int, int] = {}
+        self._written: dict[int, int] = {}  # inode -> the end of the bytes written to it
         self.writes = 0
         self.calls_after_failure = 0
         self.failed: int | None = None
@@ -76,7 +78,8 @@ class Disk:
         os.fsync(fd)
         self.fsyncs += 1
         if stat.S_ISREG(status.st_mode):
-            self.durable[status.st_ino] = status.st_size
+            written = self._written.get(status.st_ino, status.st_size)
+            self.durable[status.st_ino] = min(written, status.st_size)
 
     def write(self, fd: int, data: bytes) -> int:
         if self.failed is not None:
@@ -89,9 +92,15 @@ class Disk:
             # A disk filling up: a short write, then the error on the next call.
             self._write_fault = (code, None)
             self.writes += 1
-            return os.write(fd, data[:partial])
+            return self._written_to(fd, os.write(fd, data[:partial]))
         self.writes += 1
-        return os.write(fd, data)
+        return self._written_to(fd, os.write(fd, data))
+
+    def _written_to(self, fd: int, count: int) -> int:
+        inode = os.fstat(fd).st_ino
+        end = os.lseek(fd, 0, os.SEEK_CUR)
+        self._written[inode] = max(self._written.get(inode, 0), end)
+        return count
 
 
 def faulty_runtime(data_dir: Path, disk: Disk, *workflows: Any) -> af.Runtime:

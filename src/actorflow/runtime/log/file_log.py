@@ -32,6 +32,12 @@ rewritten one (a lost original first segment is still detected).
 Only the end of the last segment can be torn by a crash: such a tail (bad frames with nothing
 valid after them) is truncated at open, logged and reported. Damage anywhere else is corruption
 and stops the open, because the records after it were acknowledged and must not vanish silently.
+
+With ``durability="fsync"`` the segment appends go to is reserved ahead of its records
+(``reserve.py``: an fsync then has no size change to journal). A tail of zeros that reaches a
+multiple of ``RESERVE_ALIGN`` is that space, not a torn write, and is neither reported nor
+truncated; a clean close and the seal of a full segment give it back, so a log at rest holds
+records only.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, cast, overload
 
 from actorflow.errors import LogCorruptedError, LogFormatError, LogWriteError, StorageError
+from actorflow.runtime.log.reserve import Reserve, is_reserved, torn_bytes
 from actorflow.runtime.log.store import Durability, Position, ScanReport
 
 __all__ = [
@@ -140,9 +147,10 @@ class _Stop:
 class FileLog:
     """An :class:`~actorflow.runtime.log.store.EventStore` in a directory of segment files.
 
-    ``durability="none"`` never fsyncs (tests and benchmarks only). ``write`` and ``fsync`` are
-    the only calls that put data on disk; they are parameters so that tests can inject disk
-    faults (EIO, ENOSPC) at exactly that boundary. The constructor touches no file: ``scan()``
+    ``durability="none"`` never fsyncs (tests and benchmarks only); ``reserve=False`` appends
+    without reserving space ahead. ``write`` and ``fsync`` are the only calls that put data on
+    disk; they are parameters so that tests can inject disk faults (EIO, ENOSPC) at exactly that
+    boundary. The constructor touches no file: ``scan()``
     opens (or creates) and locks the directory.
 
     Raises:
@@ -158,6 +166,7 @@ class FileLog:
         *,
         durability: Durability = "fsync",
         segment_bytes: int = 64 * 1024 * 1024,
+        reserve: bool = True,
         write: Callable[[int, bytes], int] = os.write,
         fsync: Callable[[int], None] = os.fsync,
     ) -> None:
@@ -174,9 +183,10 @@ class FileLog:
         self._write = write
         self._fsync = fsync
         self._lock_fd: int | None = None
-        self._fd: int | None = None  # O_APPEND fd of the segment appends go to
+        self._fd: int | None = None  # fd of the segment appends go to, at the offset of _size
         self._segment = 0  # its number
-        self._size = 0  # its size: where the next frame goes
+        self._size = 0  # the end of its last record: where the next frame goes
+        self._reserve = Reserve(self.directory, segment_bytes, reserve and durability == "fsync")
         self._dirty = False  # appended since the last fsync
         self._ends: dict[int, int] = {}  # segment number -> end of its last record
         self._reader = _SegmentReader(self.directory, self._ends)
@@ -255,23 +265,25 @@ class FileLog:
             count += stop.records
             self._ends[number] = stop.offset
             if stop.kind == "seal":
-                if stop.offset + _FRAME_BYTES != len(data):
+                after_seal = stop.offset + _FRAME_BYTES
+                if after_seal != len(data) and not is_reserved(data, after_seal):
                     raise LogCorruptedError(
                         str(path), stop.offset + _FRAME_BYTES, "bytes follow the segment's seal"
                     )
                 sealed = last
             elif not last:
-                detail = stop.detail if stop.kind == "bad" else "segment ends without its seal"
+                damaged = stop.kind == "bad" and not is_reserved(data, stop.offset)
+                detail = stop.detail if damaged else "segment ends without its seal"
                 raise LogCorruptedError(
                     str(path), stop.offset, f"{detail}; a non-last segment was cut short or damaged"
                 )
-            elif stop.kind == "bad":
+            elif stop.kind == "bad" and not is_reserved(data, stop.offset):
                 after = _next_valid_frame(data, stop.offset)
                 if after is not None:
                     raise LogCorruptedError(
                         str(path), stop.offset, f"{stop.detail}; a valid record follows at {after}"
                     )
-                torn = self._truncate(path, stop.offset, len(data) - stop.offset, stop.detail)
+                torn = self._truncate(path, stop.offset, torn_bytes(data, stop.offset), stop.detail)
         self._open_for_append(segments, sealed)
         self._report = ScanReport(
             records=count,
@@ -329,9 +341,12 @@ class FileLog:
                 self._create_segment(number)
                 return
             number, path = segments[-1]
-            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            self._fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
             self._segment = number
             self._size = self._ends[number]
+            # Records go on where the last one ends, over any space reserved after it.
+            os.lseek(self._fd, self._size, os.SEEK_SET)
+            self._reserve.file_size = os.fstat(self._fd).st_size
             if self._size == 0:
                 # Created just before a crash: its header (and directory entry) may be missing.
                 self._write_all(_SEGMENT_HEADER)
@@ -378,7 +393,9 @@ class FileLog:
             offset += _FRAME_BYTES + length
         if offset > _OFFSET_MASK:
             raise ValueError("this batch is too large for one segment; append it in parts")
+        assert self._fd is not None
         try:
+            self._reserve.ensure(self._fd, offset)
             self._write_all(b"".join(parts))
         except OSError as exc:
             raise self._fail("write", exc) from exc
@@ -407,6 +424,8 @@ class FileLog:
     def _roll(self) -> None:
         """Seal the full segment, make it durable, then start the next one."""
         assert self._fd is not None
+        # Before the seal, which must be the last bytes of a full segment.
+        self._reserve.cut(self._fd, self._size)
         self._write_all(_SEAL)
         if self.durability == "fsync":
             # Records of the old segment may not be synced yet, and sync() only sees the new one.
@@ -418,12 +437,14 @@ class FileLog:
 
     def _create_segment(self, number: int) -> None:
         path = self.directory / _segment_name(number)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC)
         self._segment = number
         self._size = 0
         self._write_all(_SEGMENT_HEADER)
-        self._size = _HEADER_BYTES
+        self._size = self._reserve.file_size = _HEADER_BYTES
         self._ends[number] = _HEADER_BYTES
+        # Synced with the header, so the first records find the space there.
+        self._reserve.ensure(self._fd, _HEADER_BYTES + _FRAME_BYTES)
         if self.durability == "fsync":
             self._fsync(self._fd)
             self._fsync_directory(self.directory)
@@ -527,6 +548,8 @@ class FileLog:
         self._closed = True
         try:
             if self._failure is None:
+                if self._fd is not None:
+                    self._reserve.give_back(self._fd, self._size)
                 self.sync()
         finally:
             self._release_files()
@@ -645,16 +668,23 @@ def _verify_segment(path: Path, data: bytes, last: bool) -> list[LogProblem]:
             return problems
         if stop.kind == "seal":
             # A sealed last segment is fine: the crash came before the next one was created.
-            if stop.offset + _FRAME_BYTES != len(data):
+            after_seal = stop.offset + _FRAME_BYTES
+            if after_seal != len(data) and not is_reserved(data, after_seal):
                 problems.append(
                     LogProblem(
                         str(path), stop.offset + _FRAME_BYTES, "corrupted", "bytes follow the seal"
                     )
                 )
             return problems
+        if is_reserved(data, stop.offset):
+            if not last:
+                problems.append(
+                    LogProblem(str(path), stop.offset, "corrupted", "segment ends without its seal")
+                )
+            return problems
         after = _next_valid_frame(data, stop.offset)
         if after is None:
-            dropped = len(data) - stop.offset
+            dropped = torn_bytes(data, stop.offset)
             if last:
                 problems.append(
                     LogProblem(
