@@ -14,6 +14,7 @@ __all__ = [
     "default_work_dir",
     "filesystem_of",
     "fsync_latencies",
+    "log_sync_latencies",
     "require_disk",
 ]
 
@@ -126,3 +127,37 @@ class FsyncProbe:
 def fsync_p50(directory: Path, count: int) -> float:
     """The median of ``fsync_latencies`` in seconds."""
     return percentile(fsync_latencies(directory, count), 50)
+
+
+def log_sync_latencies(directory: Path, count: int, size: int = 250) -> dict[str, list[float]]:
+    """Seconds per ``FileLog.append([one record]) + sync()``, space reserved ahead and not.
+
+    Two logs side by side, one call to each in turn, so that both see the same disk and load:
+    the reserved one is what the runtime writes to; the other appends as the log did before
+    it reserved space (each write grows the file, so each fsync also journals the new size).
+    """
+    from actorflow.runtime.log.file_log import FileLog
+
+    out: dict[str, list[float]] = {"reserved": [], "appended": []}
+    record = b"r" * size
+    logs = {
+        name: FileLog(directory / f"log-sync-{name}-{os.getpid()}", reserve=name == "reserved")
+        for name in out
+    }
+    try:
+        for log in logs.values():
+            for _ in log.scan():
+                pass
+        for _ in range(count):
+            for name, log in logs.items():
+                began = time.perf_counter()
+                log.append([record])
+                log.sync()
+                out[name].append(time.perf_counter() - began)
+    finally:
+        for log in logs.values():
+            log.close()
+            for path in log.directory.glob("*"):
+                path.unlink()
+            log.directory.rmdir()
+    return out

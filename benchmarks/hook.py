@@ -3,6 +3,10 @@
 Baseline: the median of ``write(128 bytes) + fsync`` on an ``O_APPEND`` file in the same folder
 as the log, sampled once before each serial resume (interleaved, so a disk or CPU that gets
 busier hits both alike), plus a set just before and just after the runtime part.
+
+Beside it, the log's own append and sync of one record, with space reserved ahead as the
+runtime writes and appending as it did before (``log_sync_latencies``): what reserving saves
+per fsync on this disk, in the same run.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import anyio
 
 import actorflow as af
 
-from .disk import FsyncProbe, fsync_latencies
+from .disk import FsyncProbe, fsync_latencies, log_sync_latencies
 from .roundtrip import RoundTrip, hook_round_trip
 from .scenario import Config, ScenarioResult
 from .stats import percentile, sketch, summary
@@ -51,9 +55,14 @@ def run(cfg: Config) -> ScenarioResult:
     before = fsync_latencies(base_dir, fsyncs)
     rt = anyio.run(_measure, cfg, n, serial, backend=cfg.backend)
     after = fsync_latencies(base_dir, fsyncs)
+    log_syncs = log_sync_latencies(base_dir, fsyncs)
     fs = before + rt.serial_probe + after
     f50 = percentile(fs, 50)
     add_round_trip_rows(res, rt, f50, fs)
+    for name, label in (("reserved", "space reserved ahead"), ("appended", "appending")):
+        v = percentile(log_syncs[name], 50)
+        res.add(f"log append+fsync p50, {label}", v * 1000.0, "ms", v / f50, "fsync p50",
+                durability="fsync")  # fmt: skip
     res.samples_ms = {
         "fsync (baseline)": sketch(fs),
         "resume->observed, 1 resumer": sketch(rt.serial_observed),
@@ -63,6 +72,8 @@ def run(cfg: Config) -> ScenarioResult:
         "fsync_ms": summary(fs),
         "fsync_interleaved_ms": summary(rt.serial_probe),
         "fsync_before_after_ms": summary(before + after),
+        "log_sync_reserved_ms": summary(log_syncs["reserved"]),
+        "log_sync_appended_ms": summary(log_syncs["appended"]),
         "serial_observed_ms": summary(rt.serial_observed),
         "serial_ack_ms": summary(rt.serial_ack),
         "serial_complete_ms": summary(rt.serial_complete),
