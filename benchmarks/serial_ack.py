@@ -1,0 +1,89 @@
+"""One resumer's acknowledgement, on a log that reserves space ahead and on one that appends.
+
+Usage::
+
+    python -m benchmarks.serial_ack                 # 6 rounds of each, asyncio
+    python -m benchmarks.serial_ack --rounds 4 --backend trio
+
+Each round opens a fresh runtime per variant, in turn (appending, then reserved), starts
+``--runs`` runs of ``hook_once``, waits until the log is idle, then resumes them one at a time,
+each after its predecessor's run ended, timing ``resume_hook`` until it returns (its
+``hook_received`` fsynced). Before each resume one ``write(128 bytes)`` + ``fsync`` on an
+``O_APPEND`` file beside the log is timed: the baseline of the ``hook`` scenario, sampled under
+the same conditions. Per round and variant it prints the acknowledgement's p50 and its ratio
+to that round's fsync p50; then the median ratio of each variant. Alternating variants round
+by round keeps a disk or a machine that gets busier from favouring either. Not part of the
+test suite, nor of ``python -m benchmarks``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+import anyio
+
+import actorflow as af
+from actorflow.runtime.log.file_log import FileLog
+
+from .disk import FsyncProbe, default_work_dir, require_disk
+from .roundtrip import wait_for_hook
+from .workflows import hook_once
+
+VARIANTS = {"appending": False, "reserved": True}
+
+
+async def _round(directory: Path, runs: int, reserve: bool) -> tuple[float, float]:
+    """(acknowledgement p50, fsync p50) of one runtime, in seconds."""
+    shutil.rmtree(directory, ignore_errors=True)
+    acks: list[float] = []
+    fsyncs: list[float] = []
+    store = FileLog(directory / "log", reserve=reserve)
+    with FsyncProbe(directory / "probe") as probe:
+        async with af.Runtime(directory, workflows=[hook_once], store=store) as rt:
+            handles = [await rt.start(hook_once, f"ack:{i}") for i in range(runs)]
+            for i in range(runs):
+                await wait_for_hook(rt, f"ack:{i}")
+            await rt.wait_idle()
+            for i, handle in enumerate(handles):
+                fsyncs.append(probe())
+                began = time.perf_counter()
+                await rt.resume_hook(f"ack:{i}", {"i": i})
+                acks.append(time.perf_counter() - began)
+                await handle.wait(timeout=30)
+    shutil.rmtree(directory, ignore_errors=True)
+    return statistics.median(acks), statistics.median(fsyncs)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.serial_ack", description=__doc__)
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--runs", type=int, default=300, help="serial resumes per runtime")
+    p.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
+    p.add_argument("--work-dir", type=Path, default=default_work_dir())
+    args = p.parse_args(argv)
+    directory = args.work_dir / "serial-ack"
+    require_disk(args.work_dir)
+    ratios: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    rows = []
+    for n in range(args.rounds):
+        for name, reserve in VARIANTS.items():
+            ack, fsync = anyio.run(_round, directory, args.runs, reserve, backend=args.backend)
+            ratios[name].append(ack / fsync)
+            rows.append({"round": n, "variant": name, "ack_p50_ms": ack * 1e3,
+                         "fsync_p50_ms": fsync * 1e3, "ratio": ack / fsync})  # fmt: skip
+            print(f"round {n}  {name:10s} ack p50 {ack * 1e3:.3f} ms  fsync p50 "
+                  f"{fsync * 1e3:.3f} ms  {ack / fsync:.2f}x", flush=True)  # fmt: skip
+    for name, values in ratios.items():
+        print(
+            f"{name:10s} median of {len(values)} rounds: {statistics.median(values):.2f}x fsync p50"
+        )
+    print(json.dumps({"backend": args.backend, "runs": args.runs, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
