@@ -175,6 +175,8 @@ async def test_an_owner_that_stops_mid_forward_loses_and_doubles_nothing(
     assert sorted(p["id"] for p in result) == list(range(total))
     assert inbox_rows(nodes) == 0
     assert forwarded(b)[0] > 0 and forwarded(c)[0] > 0
+    adopted = survivor.metrics.registry.get_sample_value("actorflow_runs_adopted_total")
+    assert adopted is not None and adopted >= 1
 
 
 async def test_unauthenticated_or_malformed_peers_are_refused(nodes: Nodes) -> None:
@@ -216,6 +218,7 @@ async def test_unauthenticated_or_malformed_peers_are_refused(nodes: Nodes) -> N
     assert await attempt(b"GET / HTTP/1.1\r\n\r\n") == b""
     assert await attempt(struct.pack(">II", 2**31, 4)) == b""
     assert server.refused == 4
+    assert a.metrics.registry.get_sample_value("actorflow_peer_links_refused_total") == 4
     assert nodes.count_events(run.run_id, "hook_received") == 0
     # The node still serves its real peers.
     b = await nodes.node()
@@ -310,3 +313,45 @@ async def test_a_forward_to_a_node_that_does_not_own_the_run_goes_by_the_inbox(
     assert await run.result(timeout=10) == ["first", "second"]
     assert nodes.count_events(run.run_id, "hook_received") == 2
     assert forwarded(c) == (0, 0)
+
+
+async def test_routing_between_nodes_is_counted_in_metrics(nodes: Nodes, tmp_path: Path) -> None:
+    """Each node's /metrics registry counts what it routed: forwards answered by the owner,
+    deliveries that went by the inbox (after a failed forward, or keyed), and what the owner
+    took; a runtime alone exposes none of these."""
+    a = await nodes.node()
+    b = await nodes.node()
+    c = await nodes.node()
+    run = await a.start(collect, "counted", 5)
+    await hook_of(b, "collect:counted")
+    for i in range(3):
+        await b.resume_hook("collect:counted", {"id": i})
+    # A stale view of the owner: node3 answers that the run is not its own.
+    entry = await shared(b).lookup("collect:counted")
+    assert entry is not None and entry.remote is not None
+    c_peer = nodes.db.query(
+        sql.SQL("SELECT peer FROM {} WHERE node_id = 'node3'").format(
+            sql.Identifier(nodes.schema, "nodes")
+        )
+    )[0][0]
+    entry.remote = dataclasses.replace(entry.remote, owner="node3", peer=c_peer)
+    await b.resume_hook("collect:counted", {"id": 3})
+    await b.resume_hook("collect:counted", {"id": 4}, idempotency_key="k4")  # by the inbox
+    assert await run.result(timeout=10) == [{"id": i} for i in range(5)]
+
+    def value(rt: af.Runtime, name: str, **labels: str) -> float | None:
+        return rt.metrics.registry.get_sample_value(name, labels)
+
+    assert value(b, "actorflow_routed_deliveries_total", path="forwarded") == 3
+    assert value(b, "actorflow_routed_deliveries_total", path="inbox") == 2
+    assert value(b, "actorflow_routed_forward_fallbacks_total") == 1
+    assert value(a, "actorflow_taken_deliveries_total", path="forwarded") == 3
+    assert value(a, "actorflow_taken_deliveries_total", path="inbox") == 2
+    assert value(a, "actorflow_routed_deliveries_total", path="forwarded") == 0
+    assert value(c, "actorflow_taken_deliveries_total", path="forwarded") == 0
+    for rt in (a, b, c):
+        assert value(rt, "actorflow_peer_links_refused_total") == 0
+        assert value(rt, "actorflow_runs_adopted_total") == 0
+    async with af.Runtime(tmp_path / "alone", workflows=WORKFLOWS) as alone:
+        assert value(alone, "actorflow_routed_deliveries_total", path="forwarded") is None
+        assert value(alone, "actorflow_runs_started_total") == 0

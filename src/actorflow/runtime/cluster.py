@@ -55,7 +55,7 @@ from .peer_server import PeerServer
 from .response_waiters import WebhookResponses
 from .state import HookEntry, RunState, State
 
-__all__ = ["SharedOwnership", "StaleHookError"]
+__all__ = ["SharedOwnership", "StaleHookError", "routing_counts"]
 
 logger = logging.getLogger("actorflow.cluster")
 
@@ -473,9 +473,33 @@ class SharedOwnership:
     async def stream_namespaces(self, run_id: str) -> list[str] | None:
         return await anyio.to_thread.run_sync(self._stream_reads.namespaces, run_id)
 
+    def routing_counts(self) -> dict[str, int]:
+        return routing_counts(self)
+
     def close(self) -> None:
         if self.forwarder is not None:
             logger.info("node %s forwarded %d deliveries to their owners; %d went by the inbox "
                         "after a failed forward", self.node_id, self.forwarder.forwarded,
                         self.forwarder.fell_back)  # fmt: skip
         self.directory.close()
+
+
+def routing_counts(node: SharedOwnership) -> dict[str, int]:
+    """What ``node`` routed since it started, for its metrics.
+
+    ``sent_forwarded``: deliveries to other nodes' runs forwarded and answered by the owner;
+    ``sent_inbox``: deliveries committed to the shared inbox, ``sent_fell_back`` of them after a
+    forward failed; ``taken_forwarded`` / ``taken_inbox``: forwarded deliveries and inbox records
+    this node took as their run's owner; ``links_refused``: peer links that failed
+    authentication or broke the protocol; ``adopted``: runs taken over from expired nodes.
+    """
+    forwarder, server = node.forwarder, node.peer_server
+    return {
+        "sent_forwarded": forwarder.forwarded if forwarder is not None else 0,
+        "sent_fell_back": forwarder.fell_back if forwarder is not None else 0,
+        "sent_inbox": node.inbox.sent,
+        "taken_forwarded": forwarder.taken if forwarder is not None else 0,
+        "taken_inbox": node.inbox.ingested,
+        "links_refused": server.refused if server is not None else 0,
+        "adopted": node.adopted,
+    }

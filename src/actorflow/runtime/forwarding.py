@@ -59,6 +59,8 @@ class Forwarder:
         #: Deliveries forwarded and answered by their owner / sent through the inbox instead.
         self.forwarded = 0
         self.fell_back = 0
+        #: Forwarded deliveries this node, their run's owner, took and answered.
+        self.taken = 0
 
     # -- sender ------------------------------------------------------------------------------
 
@@ -120,7 +122,7 @@ class Forwarder:
         if event.type != ev.HOOK_RECEIVED:
             return None, {"e": "failed", "m": f"a forwarded {event.type} is not a delivery"}
         try:
-            return self.inbox.take_forwarded(event, body), {}
+            ticket = self.inbox.take_forwarded(event, body)
         except NotOwnedHereError:
             return None, {"e": "elsewhere"}
         except HookNotFoundError:
@@ -129,3 +131,5 @@ class Forwarder:
             return None, {"e": "full", "m": str(exc), "ra": exc.retry_after}
         except WorkflowError as exc:  # the log failed: the sender uses the inbox
             return None, {"e": "failed", "m": str(exc)}
+        self.taken += 1
+        return ticket, {}

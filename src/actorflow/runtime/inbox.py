@@ -100,7 +100,9 @@ class Inbox:
         # Inbox records submitted to the writer and not yet durable, by event id: a sender at
         # this node waits on their tickets.
         self._inflight: dict[str, Ticket] = {}
+        #: Inbox records this node appended as their run's owner / deliveries it committed.
         self.ingested = 0
+        self.sent = 0
         #: Deliveries this node committed for another node's runs, awaiting their verdict.
         self.verdicts = Verdicts(
             directory, lease_seconds=lease_seconds, poll_interval=poll_interval
@@ -327,10 +329,12 @@ class Inbox:
         # Listen for the owner's answer before it can be sent.
         self.verdicts.listen(event.event_id)
         try:
-            return await self._deliver(entry, event, record, remote, data, idempotency_key,
-                                       forwarded is not None)  # fmt: skip
+            outcome = await self._deliver(entry, event, record, remote, data, idempotency_key,
+                                          forwarded is not None)  # fmt: skip
         finally:
             self.verdicts.forget(event.event_id)
+        self.sent += 1
+        return outcome
 
     async def _deliver(
         self,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 
 from prometheus_client import CollectorRegistry, Histogram
@@ -151,7 +151,13 @@ class _Timed:
 class RuntimeMetrics:
     """The metrics of one runtime; ``registry`` is what ``GET /metrics`` exposes."""
 
-    def __init__(self, state: State, journal: Journal, mailbox_backlog: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        state: State,
+        journal: Journal,
+        mailbox_backlog: Callable[[], int],
+        routing: Callable[[], Mapping[str, int]] = dict,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._durable: dict[str, int] = {}
         self._resumes = _Deliveries(RESUME_OUTCOMES, _RESUME_BUCKETS)
@@ -164,6 +170,7 @@ class RuntimeMetrics:
             registry=self.registry,
         )
         self.registry.register(_StateCollector(state, journal, self._durable, mailbox_backlog))
+        self.registry.register(_RoutingCollector(routing))
         journal.on_durable_batch = self._count_durable
         journal.on_sync = self._sync_latency.observe
 
@@ -280,3 +287,52 @@ class _StateCollector(Collector):
                 "actorflow_log_bytes", "Bytes of the file log's segments.",
                 value=store.size_bytes,
             )  # fmt: skip
+
+
+class _RoutingCollector(Collector):
+    """Deliveries between the nodes of a shared PostgreSQL log (nothing for a lone runtime)."""
+
+    def __init__(self, routing: Callable[[], Mapping[str, int]]) -> None:
+        self._routing = routing  # read when scraped: the ownership is chosen at open
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self._routing()
+        if not counts:
+            return
+        sent = CounterMetricFamily(
+            "actorflow_routed_deliveries",
+            "Deliveries to runs other nodes own (and keyed ones, checked by the shared inbox), "
+            "by path: forwarded to the owner and answered, or committed to the inbox.",
+            labels=["path"],
+        )
+        sent.add_metric(["forwarded"], counts["sent_forwarded"])
+        sent.add_metric(["inbox"], counts["sent_inbox"])
+        yield sent
+        yield CounterMetricFamily(
+            "actorflow_routed_forward_fallbacks",
+            "Forwards the owner did not answer (no link, a broken link, no reply in time, the "
+            "run moved), sent through the inbox instead (also counted there).",
+            value=counts["sent_fell_back"],
+        )
+        taken = CounterMetricFamily(
+            "actorflow_taken_deliveries",
+            "What other nodes sent to runs owned here, by path: forwarded deliveries taken "
+            "and answered, inbox records appended.",
+            labels=["path"],
+        )
+        taken.add_metric(["forwarded"], counts["taken_forwarded"])
+        taken.add_metric(["inbox"], counts["taken_inbox"])
+        yield taken
+        yield CounterMetricFamily(
+            "actorflow_peer_links_refused",
+            "Peer links refused: a failed handshake (wrong key) or a broken protocol.",
+            value=counts["links_refused"],
+        )
+        yield CounterMetricFamily(
+            "actorflow_runs_adopted",
+            "Runs this node took over from nodes whose lease expired.",
+            value=counts["adopted"],
+        )

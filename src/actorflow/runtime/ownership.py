@@ -123,6 +123,10 @@ class Ownership(Protocol):
     async def stream_namespaces(self, run_id: str) -> list[str] | None:
         """The stream namespaces of a run owned elsewhere (``None``: no such run)."""
 
+    def routing_counts(self) -> dict[str, int]:
+        """What this node routed to and from other nodes since it started (for metrics; empty
+        when every run is local). Keys: see ``cluster.routing_counts``."""
+
 
 class LocalOwnership:
     """This process owns every run: everything is answered from memory and the local log."""
@@ -141,6 +145,9 @@ class LocalOwnership:
 
     def close(self) -> None:
         pass
+
+    def routing_counts(self) -> dict[str, int]:
+        return {}
 
     def stops_on_log_failure(self, exc: BaseException) -> bool:
         return False

@@ -216,7 +216,8 @@ class Runtime(OutsideAPI, Inspection):
         self.retention = Retention(_retention_seconds(retention), self.state, self.clock)
         self.journal.on_run_ended = self._run_ended
         self.front = self._make_front()
-        self.metrics = RuntimeMetrics(self.state, self.journal, self.supervisor.mailbox_backlog)
+        self.metrics = RuntimeMetrics(self.state, self.journal, self.supervisor.mailbox_backlog,
+                                      lambda: self.ownership.routing_counts())  # fmt: skip
         self.catalog: Catalog = MemoryCatalog(self.state, self._read, self.payloads)
         self.store: EventStore
         self.torn_tail: str | None = None
