@@ -197,3 +197,36 @@ def test_a_filesystem_that_cannot_reserve_falls_back_to_appending(
     assert log.read(positions) == RECORDS
     log.close()
     assert scanned(tmp_path) == RECORDS
+
+
+@needs_fallocate
+def test_a_full_disk_stops_reserving_until_the_next_segment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A disk with too little room to reserve a megabyte ahead, but enough for the records: the
+    # refusal is made at that one call, as no test can fill a real disk safely.
+    real = reserve._fallocate
+    assert real is not None
+    full = {"refusals": 0}
+
+    def once_full(fd: int, offset: int, length: int) -> None:
+        if full["refusals"] == 0:
+            full["refusals"] += 1
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(fd, offset, length)
+
+    caplog.set_level(logging.WARNING, logger="actorflow.log")
+    log = opened(tmp_path, segment_bytes=4096)
+    monkeypatch.setattr(reserve, "_fallocate", once_full)
+    first = log.append([b"a" * 70_000])  # past the first 64 KiB reserved: refused, written
+    log.sync()
+    assert any("until the next segment" in r.getMessage() for r in caplog.records)
+    end = (first[0] & OFFSET_MASK) + FRAME + 70_000
+    assert (tmp_path / SEGMENT_1).stat().st_size == end
+    second = log.append([b"b" * 10])  # the segment is full: a new one, reserved again
+    log.sync()
+    assert second[0] >> 52 == 2
+    size = (tmp_path / SEGMENT_2).stat().st_size
+    assert size % RESERVE_ALIGN == 0 and size > (second[0] & OFFSET_MASK) + FRAME + 10
+    log.close()
+    assert scanned(tmp_path) == [b"a" * 70_000, b"b" * 10]

@@ -441,10 +441,9 @@ class FileLog:
         self._segment = number
         self._size = 0
         self._write_all(_SEGMENT_HEADER)
-        self._size = self._reserve.file_size = _HEADER_BYTES
+        self._size = _HEADER_BYTES
         self._ends[number] = _HEADER_BYTES
-        # Synced with the header, so the first records find the space there.
-        self._reserve.ensure(self._fd, _HEADER_BYTES + _FRAME_BYTES)
+        self._reserve.new_segment(self._fd, _HEADER_BYTES)  # synced with the header
         if self.durability == "fsync":
             self._fsync(self._fd)
             self._fsync_directory(self.directory)

@@ -11,6 +11,7 @@ one ending anywhere else is what a filesystem leaves of a torn append.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from collections.abc import Callable
@@ -30,20 +31,22 @@ _fallocate: Callable[[int, int, int], None] | None = getattr(os, "posix_fallocat
 class Reserve:
     """The length on disk of the segment appends go to, kept ahead of its records."""
 
-    __slots__ = ("_ahead", "_directory", "enabled", "file_size")
+    __slots__ = ("_ahead", "_directory", "_full", "enabled", "file_size")
 
     def __init__(self, directory: Path, segment_bytes: int, enabled: bool) -> None:
         self._directory = directory
         self._ahead = min(_AHEAD, segment_bytes)
         self.enabled = enabled and _fallocate is not None
+        self._full = False  # reserving stopped for a full disk: tried again at the next segment
         #: The file's length: the end of its last record, or more while space is reserved.
         self.file_size = 0
 
     def ensure(self, fd: int, end: int) -> None:
         """Make the file at least ``end`` bytes long, reserving ahead if enabled.
 
-        A filesystem that cannot allocate ahead (or a full disk) turns reserving off for this
-        log: appends then extend the file as they go, and the write reports a full disk.
+        A filesystem that cannot allocate ahead turns reserving off for this log, a full disk
+        until the next segment: appends then extend the file as they go, and the write itself
+        reports a disk that is still full.
         """
         if end <= self.file_size:
             return
@@ -53,12 +56,22 @@ class Reserve:
                 _fallocate(fd, self.file_size, target - self.file_size)
             except OSError as exc:
                 self.enabled = False
+                self._full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                until = "until the next segment" if self._full else "from now on"
                 logger.warning("event log %s: cannot reserve space ahead of the records (%s); "
-                               "appending without it", self._directory, exc)  # fmt: skip
+                               "appending without it %s", self._directory, exc, until)  # fmt: skip
             else:
                 self.file_size = target
                 return
         self.file_size = end  # the write about to happen extends the file itself
+
+    def new_segment(self, fd: int, header: int) -> None:
+        """A segment was just created holding ``header`` bytes: reserve the space its first
+        records go to (a disk that was full may have room again)."""
+        self.file_size = header
+        if self._full:
+            self._full, self.enabled = False, True
+        self.ensure(fd, header + 1)
 
     def cut(self, fd: int, end: int) -> None:
         """Give back the space reserved after ``end``: the file ends at its last record again."""
