@@ -60,10 +60,12 @@ class Reserve:
                 until = "until the next segment" if self._full else "from now on"
                 logger.warning("event log %s: cannot reserve space ahead of the records (%s); "
                                "appending without it %s", self._directory, exc, until)  # fmt: skip
+                # A refusal may still have grown the file: a close cuts what it added.
+                self.file_size = max(self.file_size, os.fstat(fd).st_size)
             else:
                 self.file_size = target
                 return
-        self.file_size = end  # the write about to happen extends the file itself
+        self.file_size = max(self.file_size, end)  # the write about to happen extends the file
 
     def new_segment(self, fd: int, header: int) -> None:
         """A segment was just created holding ``header`` bytes: reserve the space its first
@@ -71,7 +73,8 @@ class Reserve:
         self.file_size = header
         if self._full:
             self._full, self.enabled = False, True
-        self.ensure(fd, header + 1)
+        if self.enabled:
+            self.ensure(fd, header + 1)
 
     def cut(self, fd: int, end: int) -> None:
         """Give back the space reserved after ``end``: the file ends at its last record again."""
