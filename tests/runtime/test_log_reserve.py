@@ -230,3 +230,26 @@ def test_a_full_disk_stops_reserving_until_the_next_segment(
     assert size % RESERVE_ALIGN == 0 and size > (second[0] & OFFSET_MASK) + FRAME + 10
     log.close()
     assert scanned(tmp_path) == [b"a" * 70_000, b"b" * 10]
+
+
+@needs_fallocate
+def test_a_refusal_that_grew_the_file_is_cut_at_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """posix_fallocate may extend a file part of the way before it fails for lack of room."""
+
+    def part_then_full(fd: int, offset: int, length: int) -> None:
+        os.ftruncate(fd, offset + length // 2)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    log = opened(tmp_path)  # reserved a megabyte ahead: the record goes past it
+    monkeypatch.setattr(reserve, "_fallocate", part_then_full)
+    positions = log.append([b"c" * 1_200_000])
+    log.sync()
+    log.close()
+    end = (positions[0] & OFFSET_MASK) + FRAME + 1_200_000
+    assert (tmp_path / SEGMENT_1).stat().st_size == end
+    again = FileLog(tmp_path)
+    assert [record for _, record in again.scan()] == [b"c" * 1_200_000]
+    assert again.last_scan is not None and again.last_scan.torn_tail_path is None
+    again.close()
