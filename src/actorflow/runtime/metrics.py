@@ -284,7 +284,9 @@ class _StateCollector(Collector):
         store = self._journal.store
         if isinstance(store, FileLog):
             yield GaugeMetricFamily(
-                "actorflow_log_bytes", "Bytes of the file log's segments.",
+                "actorflow_log_bytes",
+                "Bytes of the file log's segments up to their last record (the space reserved "
+                "ahead of the records, up to about a megabyte, is not counted).",
                 value=store.size_bytes,
             )  # fmt: skip
 
