@@ -287,6 +287,18 @@ async def test_http_answers_are_the_same_through_a_forward(nodes: Nodes) -> None
     assert nodes.count_events(full.run_id, "hook_received") == 1
 
 
+async def point_at_node3(nodes: Nodes, rt: af.Runtime, token: str) -> None:
+    """Make ``rt`` remember node3 as the owner of ``token``'s run: a stale view of the owner."""
+    entry = await shared(rt).lookup(token)
+    assert entry is not None and entry.remote is not None
+    peer = nodes.db.query(
+        sql.SQL("SELECT peer FROM {} WHERE node_id = 'node3'").format(
+            sql.Identifier(nodes.schema, "nodes")
+        )
+    )[0][0]
+    entry.remote = dataclasses.replace(entry.remote, owner="node3", peer=peer)
+
+
 async def test_a_forward_to_a_node_that_does_not_own_the_run_goes_by_the_inbox(
     nodes: Nodes,
 ) -> None:
@@ -297,14 +309,7 @@ async def test_a_forward_to_a_node_that_does_not_own_the_run_goes_by_the_inbox(
     c = await nodes.node()
     run = await a.start(collect, "moved", 2)
     await hook_of(b, "collect:moved")
-    entry = await shared(b).lookup("collect:moved")
-    assert entry is not None and entry.remote is not None
-    c_peer = nodes.db.query(
-        sql.SQL("SELECT peer FROM {} WHERE node_id = 'node3'").format(
-            sql.Identifier(nodes.schema, "nodes")
-        )
-    )[0][0]
-    entry.remote = dataclasses.replace(entry.remote, owner="node3", peer=c_peer)
+    await point_at_node3(nodes, b, "collect:moved")
     await b.resume_hook("collect:moved", "first")
     assert forwarded(b) == (0, 1)
     assert shared(b)._hook_cache.get("collect:moved") is None  # looked up afresh next time
@@ -326,15 +331,7 @@ async def test_routing_between_nodes_is_counted_in_metrics(nodes: Nodes, tmp_pat
     await hook_of(b, "collect:counted")
     for i in range(3):
         await b.resume_hook("collect:counted", {"id": i})
-    # A stale view of the owner: node3 answers that the run is not its own.
-    entry = await shared(b).lookup("collect:counted")
-    assert entry is not None and entry.remote is not None
-    c_peer = nodes.db.query(
-        sql.SQL("SELECT peer FROM {} WHERE node_id = 'node3'").format(
-            sql.Identifier(nodes.schema, "nodes")
-        )
-    )[0][0]
-    entry.remote = dataclasses.replace(entry.remote, owner="node3", peer=c_peer)
+    await point_at_node3(nodes, b, "collect:counted")  # which answers it is not the owner
     await b.resume_hook("collect:counted", {"id": 3})
     await b.resume_hook("collect:counted", {"id": 4}, idempotency_key="k4")  # by the inbox
     assert await run.result(timeout=10) == [{"id": i} for i in range(5)]

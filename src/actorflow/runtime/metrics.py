@@ -304,30 +304,26 @@ class _RoutingCollector(Collector):
         counts = self._routing()
         if not counts:
             return
-        sent = CounterMetricFamily(
+        yield _by_path(
             "actorflow_routed_deliveries",
             "Deliveries to runs other nodes own (and keyed ones, checked by the shared inbox), "
             "by path: forwarded to the owner and answered, or committed to the inbox.",
-            labels=["path"],
+            counts["sent_forwarded"],
+            counts["sent_inbox"],
         )
-        sent.add_metric(["forwarded"], counts["sent_forwarded"])
-        sent.add_metric(["inbox"], counts["sent_inbox"])
-        yield sent
         yield CounterMetricFamily(
             "actorflow_routed_forward_fallbacks",
             "Forwards the owner did not answer (no link, a broken link, no reply in time, the "
             "run moved), sent through the inbox instead (also counted there).",
             value=counts["sent_fell_back"],
         )
-        taken = CounterMetricFamily(
+        yield _by_path(
             "actorflow_taken_deliveries",
             "What other nodes sent to runs owned here, by path: forwarded deliveries taken "
             "and answered, inbox records appended.",
-            labels=["path"],
+            counts["taken_forwarded"],
+            counts["taken_inbox"],
         )
-        taken.add_metric(["forwarded"], counts["taken_forwarded"])
-        taken.add_metric(["inbox"], counts["taken_inbox"])
-        yield taken
         yield CounterMetricFamily(
             "actorflow_peer_links_refused",
             "Peer links refused: a failed handshake (wrong key) or a broken protocol.",
@@ -338,3 +334,10 @@ class _RoutingCollector(Collector):
             "Runs this node took over from nodes whose lease expired.",
             value=counts["adopted"],
         )
+
+
+def _by_path(name: str, doc: str, forwarded: int, inbox: int) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=["path"])
+    family.add_metric(["forwarded"], forwarded)
+    family.add_metric(["inbox"], inbox)
+    return family
