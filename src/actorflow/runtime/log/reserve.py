@@ -3,7 +3,7 @@
 The segment appends go to is extended with ``posix_fallocate`` ahead of its records, to a
 multiple of ``RESERVE_ALIGN`` bytes, and records are written into that space at the log's own
 offset. An fsync after a write that leaves the file's size alone has no size change to journal;
-on ext4 it costs about a third less than one after an append (``benchmarks/README.md``).
+on ext4 it costs about 30% less than one after an append (``benchmarks/README.md``).
 Reserved space reads as zeros, which never parse as a record (the CRC of a zero length field is
 not zero), so a tail of zeros reaching a multiple of ``RESERVE_ALIGN`` is reserved space, while
 one ending anywhere else is what a filesystem leaves of a torn append.
