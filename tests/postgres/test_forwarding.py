@@ -335,6 +335,7 @@ async def test_routing_between_nodes_is_counted_in_metrics(nodes: Nodes, tmp_pat
     await b.resume_hook("collect:counted", {"id": 3})
     await b.resume_hook("collect:counted", {"id": 4}, idempotency_key="k4")  # by the inbox
     assert await run.result(timeout=10) == [{"id": i} for i in range(5)]
+    await b.resume_hook("collect:counted", {"id": 4}, idempotency_key="k4")  # answered, not sent
 
     def value(rt: af.Runtime, name: str, **labels: str) -> float | None:
         return rt.metrics.registry.get_sample_value(name, labels)

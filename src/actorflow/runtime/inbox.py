@@ -333,7 +333,8 @@ class Inbox:
                                           forwarded is not None)  # fmt: skip
         finally:
             self.verdicts.forget(event.event_id)
-        self.sent += 1
+        if outcome[1]:  # not a keyed retry answered by its first delivery
+            self.sent += 1
         return outcome
 
     async def _deliver(
