@@ -23,7 +23,6 @@ import argparse
 import json
 import shutil
 import statistics
-import time
 from pathlib import Path
 
 import anyio
@@ -32,7 +31,7 @@ import actorflow as af
 from actorflow.runtime.log.file_log import FileLog
 
 from .disk import FsyncProbe, default_work_dir, require_disk
-from .roundtrip import wait_for_hook
+from .roundtrip import hook_round_trip
 from .workflows import hook_once, observations
 
 VARIANTS = {"appending": False, "reserved": True}
@@ -42,25 +41,19 @@ async def _round(directory: Path, runs: int, reserve: bool) -> tuple[float, floa
     """(acknowledgement p50, workflow-sees-it p50, fsync p50) of one runtime, in seconds."""
     shutil.rmtree(directory, ignore_errors=True)
     observations.clear()
-    acks: list[float] = []
-    seen: list[float] = []
-    fsyncs: list[float] = []
     store = FileLog(directory / "log", reserve=reserve)
     with FsyncProbe(directory / "probe") as probe:
         async with af.Runtime(directory, workflows=[hook_once], store=store) as rt:
-            handles = [await rt.start(hook_once, f"ack:{i}") for i in range(runs)]
-            for i in range(runs):
-                await wait_for_hook(rt, f"ack:{i}")
-            await rt.wait_idle()
-            for i, handle in enumerate(handles):
-                fsyncs.append(probe())
-                began = time.perf_counter()
-                await rt.resume_hook(f"ack:{i}", {"k": f"ack:{i}"})
-                acks.append(time.perf_counter() - began)
-                seen.append(await observations.wait_for(f"ack:{i}") - began)
-                await handle.wait(timeout=30)
+            # The hook scenario's own serial phase: every run resumed one at a time.
+            trip = await hook_round_trip(
+                rt, n=runs, serial=runs, concurrency=1, tag="ack", probe=probe
+            )
     shutil.rmtree(directory, ignore_errors=True)
-    return statistics.median(acks), statistics.median(seen), statistics.median(fsyncs)
+    return (
+        statistics.median(trip.serial_ack),
+        statistics.median(trip.serial_observed),
+        statistics.median(trip.serial_probe),
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
