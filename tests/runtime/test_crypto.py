@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
 import traceback
-from types import SimpleNamespace
 
 import orjson
 import pytest
@@ -319,6 +319,25 @@ def test_small_cache_still_correct() -> None:
         KeyRing([KEY1], cache_size=0)
 
 
+def test_the_primary_keys_recent_ciphers_stay_within_the_cache_size() -> None:
+    # Values sealed under the primary key find their run's cipher in a dict of recent runs; it
+    # must stay bounded by cache_size like the LRU behind it, and evicting must not change a byte.
+    ring = KeyRing([KEY1], cache_size=3)
+    sealed = []
+    for round_ in range(2):
+        for i in range(10):
+            run = f"wrun_{i}"
+            sealed.append((run, ring.seal(b"v%d" % i, run, "hook_received", f"hook_{round_}")))
+            assert len(ring._recent) <= 3
+    for run, value in sealed:
+        envelope = orjson.loads(value)
+        corr = "hook_0" if sealed.index((run, value)) < 10 else "hook_1"
+        plain = ring.decrypt(
+            envelope, run_id=run, event_type="hook_received", correlation_id=corr, event_id="e"
+        )
+        assert plain == b"v" + run.removeprefix("wrun_").encode()
+
+
 def test_pinned_envelope_still_decrypts() -> None:
     # Known answer: the envelope layout, HKDF parameters and associated data are a storage format;
     # a change that breaks this test makes existing logs unreadable.
@@ -362,6 +381,11 @@ def test_records_written_by_earlier_code_still_decode() -> None:
         assert payloads.decode(record).data == values
 
 
+def pin_nonce(monkeypatch: pytest.MonkeyPatch, nonce: bytes) -> None:
+    """Make this thread's nonce pool hand out ``nonce`` until the test ends."""
+    monkeypatch.setattr(crypto._nonces.local, "pool", itertools.repeat(nonce), raising=False)
+
+
 def test_envelopes_are_byte_for_byte_those_of_earlier_code(monkeypatch: pytest.MonkeyPatch) -> None:
     # Given the nonce the earlier code drew, today's code must write the very same record: the
     # cheaper envelope is the same storage format, not a new one.
@@ -371,7 +395,7 @@ def test_envelopes_are_byte_for_byte_those_of_earlier_code(monkeypatch: pytest.M
         (envelope,) = (v for v in stored.data.values() if KeyRing.is_envelope(v))
         data = envelope["$enc"].split(".")[2]
         nonce = base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))[:12]
-        monkeypatch.setattr(crypto, "_nonces", SimpleNamespace(take=lambda nonce=nonce: nonce))
+        pin_nonce(monkeypatch, nonce)
         event = Event(stored.event_id, stored.run_id, stored.type, stored.correlation_id,
                       stored.created_at, values)  # fmt: skip
         override = bytes(range(1, 33)) if stored.type == "hook_received" else None
@@ -435,7 +459,7 @@ def test_values_serialized_once_give_the_same_record(
     # A caller that already serialized a value (the size check's bytes) hands them on; the
     # record is byte for byte the one made by serializing the tree again.
     nonce = bytes(range(12))
-    monkeypatch.setattr(crypto, "_nonces", SimpleNamespace(take=lambda: nonce))
+    pin_nonce(monkeypatch, nonce)
     payloads = Payloads(KeyRing([bytes(range(32))]) if encrypted else None)
     tree = {"amount": 12.5, "items": ["a", "é", None], "nested": {"z": 1, "a": [True]}}
     data = {"payload": tree, "token": "order:1", "external": True}
