@@ -23,6 +23,20 @@ PLAINTEXT = b'{"order": "ord_secret_4711", "amount": 1234}'
 WHERE = {"run_id": "wrun_1", "event_type": "hook_received", "correlation_id": "hook_1"}
 
 
+@pytest.fixture(autouse=True, params=["native", "python"])
+def sealer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs with the compiled sealer and with the Python one: rings made in the
+    test seal with the one named (the envelopes must be the same bytes either way)."""
+    if request.param == "native":
+        if not crypto.NATIVE_SEALER:
+            if os.environ.get("CI") == "true":
+                pytest.fail("the compiled sealer (actorflow.runtime._sealer) was not built")
+            pytest.skip("the compiled sealer is not built here (no compiler or OpenSSL headers)")
+    else:
+        monkeypatch.setattr(crypto, "NATIVE_SEALER", False)
+    return str(request.param)
+
+
 def kid(key: str) -> str:
     return key_id(parse_key(key))
 

@@ -41,6 +41,15 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from actorflow.errors import DecryptionError, SerializationError, WorkflowDefinitionError
 
+try:  # the compiled sealer (setup.py); without it, values are sealed in Python, to the same bytes
+    from actorflow.runtime._sealer import RunSealer as _Compiled
+except ImportError:  # pragma: no cover - a build without a compiler or OpenSSL's headers
+    _Compiled = None  # type: ignore[assignment,misc]
+_RunSealer: type[_Compiled] | None = _Compiled
+
+#: Whether this install seals with the compiled sealer (``KeyRing(native=False)`` never does).
+NATIVE_SEALER = _RunSealer is not None
+
 __all__ = ["ENV_VAR", "KeyRing", "generate_key", "key_id", "parse_key"]
 
 ENV_VAR = "ACTORFLOW_ENCRYPTION_KEY"
@@ -89,14 +98,19 @@ class KeyRing:
     """The master keys a runtime can decrypt with; the first one encrypts new values.
 
     ``cache_size`` bounds the cache of per-run derived keys (one entry per key id and run).
+    ``native=False`` seals in Python even where the compiled sealer is built (tests and
+    benchmarks compare the two; the envelopes are the same bytes).
 
     Raises:
         WorkflowDefinitionError: no key given, or a key is malformed.
     """
 
-    __slots__ = ("_cipher", "_keys", "_primary", "_prks", "_recent", "_recent_size")
+    __slots__ = ("_cipher", "_keys", "_native", "_primary", "_prks", "_recent", "_recent_size")
 
-    def __init__(self, keys: Sequence[str | bytes], *, cache_size: int = 131_072) -> None:
+    def __init__(
+        self, keys: Sequence[str | bytes], *, cache_size: int = 131_072, native: bool = True
+    ) -> None:
+        self._native = native and NATIVE_SEALER
         if isinstance(keys, str | bytes):
             keys = [keys]
         if not keys:
@@ -216,9 +230,9 @@ class KeyRing:
             WorkflowDefinitionError: ``key`` is malformed or not in the ring.
             SerializationError: the plaintext is too large for AES-GCM.
         """
-        # Two values of every resume come through here (its payload, the run's result), so it
-        # is one flat function: each helper it called (the nonce, the associated data, the data
-        # part) cost a few hundred instructions of call overhead under callgrind.
+        # Two values of every resume come through here (its payload, the run's result): the
+        # compiled sealer does the rest in one call where it is built; the Python path is one
+        # flat function, as each helper it called cost a few hundred instructions of overhead.
         if key is None:
             cipher = self._recent.get(run_id)
             if cipher is None:
@@ -228,6 +242,18 @@ class KeyRing:
         head = _TYPE_PARTS.get(event_type)
         if head is None:
             head = _type_part(event_type)
+        try:
+            nonce = next(_nonces.local.pool)
+        except (AttributeError, StopIteration):
+            nonce = _nonces.draw()
+        sealer = cipher.sealer
+        if sealer is not None:
+            try:
+                return sealer.seal(nonce, plaintext, head, correlation_id)
+            except OverflowError as exc:
+                raise SerializationError(
+                    f"a {event_type} payload of {len(plaintext)} bytes is too large to encrypt"
+                ) from exc
         if correlation_id is None:
             aad = cipher.aad_prefix + head + b"-"
         else:
@@ -236,10 +262,6 @@ class KeyRing:
                 + head
                 + f"{len(correlation_id)}:{correlation_id}".encode("utf-8", "surrogatepass")
             )
-        try:
-            nonce = next(_nonces.local.pool)
-        except (AttributeError, StopIteration):
-            nonce = _nonces.draw()
         try:
             sealed = cipher.encrypt(nonce, plaintext, aad)
         except OverflowError as exc:
@@ -338,7 +360,8 @@ class KeyRing:
         return kid
 
     def _derive_cipher(self, kid: str, run_id: str) -> _RunCipher:
-        return _RunCipher(AESGCM(self._run_key(kid, run_id)), kid, run_id)
+        key = self._run_key(kid, run_id)
+        return _RunCipher(AESGCM(key), kid, run_id, key if self._native else None)
 
     def _run_key(self, kid: str, run_id: str) -> bytes:
         # HKDF-SHA256 (RFC 5869) with the extract step done once per master key: for a 32-byte
@@ -350,14 +373,20 @@ class KeyRing:
 class _RunCipher:
     """What encrypting for one run under one master key needs, computed once per (key, run)."""
 
-    __slots__ = ("aad_prefix", "aead", "encrypt", "json_prefix")
+    __slots__ = ("aad_prefix", "aead", "encrypt", "json_prefix", "sealer")
 
-    def __init__(self, aead: AESGCM, kid: str, run_id: str) -> None:
+    def __init__(self, aead: AESGCM, kid: str, run_id: str, native_key: bytes | None) -> None:
         self.aead = aead
         self.encrypt = aead.encrypt
         self.aad_prefix = _associated_data_prefix(kid, run_id)
         # The key id is hex and the data base64url: nothing in the envelope needs escaping.
         self.json_prefix = f'{{"{_ENVELOPE_FIELD}":"{_VERSION}.{kid}.'.encode("ascii")
+        #: The compiled sealer with this run's key (``None``: seal through ``aead``).
+        self.sealer = (
+            None
+            if native_key is None or _RunSealer is None
+            else _RunSealer(native_key, self.json_prefix, self.aad_prefix)
+        )
 
 
 class _Nonces:
