@@ -4,17 +4,21 @@
  * `cryptography` binding each AES-GCM call copies and wipes an OpenSSL context, and the Python
  * around it (associated data, base64url, joining the envelope) cost as much again: about 17,000
  * instructions a value, against a budget of about 15,000 for both values of a resume. Here one
- * call per value seals with the run's own context (its key schedule set once, a new nonce per
- * value), feeds the associated data to GCM in its parts, and writes the envelope's JSON bytes
- * straight into the result.
+ * call per value keys one shared context with the run's key and the value's nonce, feeds the
+ * associated data to GCM in one update, and writes the envelope's JSON bytes straight into the
+ * result. One shared context, not one per run: a run's context (about a kilobyte with its key
+ * schedule and GHASH tables) is cold by the time the run is resumed, and re-keying a warm one
+ * measured cheaper than reading a cold one (0.93 against 1.1 us a value over 20,000 runs), with
+ * no kilobyte per cached run.
  *
  * The bytes are those crypto.py defines (format 1): {"$enc":"1.<kid>.<base64url(nonce || ciphertext
  * || tag)>"}, with the associated data prefix || type part || ("-" or "<len>:<correlation id>").
  * Decryption stays with `cryptography`; the tests check this module against the Python path byte
  * for byte and against `cryptography`'s decryption. Nonces come from the caller (crypto.py's pool).
  *
- * Thread safety: a RunSealer's context is mutable; every call holds the GIL from start to end
- * (nothing here releases it), so two threads never use one context at once. Built without the
+ * Thread safety: the shared context is mutable; every call holds the GIL from start to end
+ * (nothing here releases it, and no Python code runs once the context is touched), so two
+ * threads never use it at once. Built without the
  * GIL-free ABI in mind: on a free-threaded CPython the interpreter re-enables the GIL for a module
  * that does not declare otherwise.
  */
@@ -29,9 +33,13 @@
 #define TAG_SIZE 16
 #define KEY_SIZE 32
 
+/* The one context every RunSealer keys per value (see above); made at import. */
+static EVP_CIPHER_CTX *shared_ctx = NULL;
+
 typedef struct {
     PyObject_HEAD
-    EVP_CIPHER_CTX *ctx;
+    unsigned char key[KEY_SIZE];
+    int keyed;
     PyObject *json_prefix; /* bytes: {"$enc":"1.<kid>. */
     PyObject *aad_prefix;  /* bytes: actorflow/1|16:<kid>|<len>:<run id>| */
 } RunSealer;
@@ -81,21 +89,9 @@ static int RunSealer_init(RunSealer *self, PyObject *args, PyObject *kwds) {
         PyErr_Format(PyExc_ValueError, "the key must be %d bytes, not %zd", KEY_SIZE, key.len);
         return -1;
     }
-    if (self->ctx == NULL) {
-        self->ctx = EVP_CIPHER_CTX_new();
-        if (self->ctx == NULL) {
-            PyBuffer_Release(&key);
-            openssl_error("allocate a cipher context");
-            return -1;
-        }
-    }
-    int ok = EVP_EncryptInit_ex(self->ctx, EVP_aes_256_gcm(), NULL,
-                                (const unsigned char *)key.buf, NULL);
+    memcpy(self->key, key.buf, KEY_SIZE);
+    self->keyed = 1;
     PyBuffer_Release(&key);
-    if (ok != 1) {
-        openssl_error("set up AES-256-GCM");
-        return -1;
-    }
     Py_INCREF(json_prefix);
     Py_XSETREF(self->json_prefix, json_prefix);
     Py_INCREF(aad_prefix);
@@ -104,7 +100,7 @@ static int RunSealer_init(RunSealer *self, PyObject *args, PyObject *kwds) {
 }
 
 static void RunSealer_dealloc(RunSealer *self) {
-    if (self->ctx != NULL) EVP_CIPHER_CTX_free(self->ctx); /* wipes the key schedule */
+    OPENSSL_cleanse(self->key, KEY_SIZE);
     Py_XDECREF(self->json_prefix);
     Py_XDECREF(self->aad_prefix);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -128,7 +124,7 @@ static PyObject *RunSealer_seal(RunSealer *self, PyObject *const *args, Py_ssize
         PyErr_SetString(PyExc_TypeError, "seal(nonce, plaintext, type_part, correlation_id)");
         return NULL;
     }
-    if (self->ctx == NULL || self->json_prefix == NULL) {
+    if (!self->keyed || self->json_prefix == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "RunSealer was not initialised");
         return NULL;
     }
@@ -152,7 +148,7 @@ static PyObject *RunSealer_seal(RunSealer *self, PyObject *const *args, Py_ssize
     unsigned char small[512];
     char aad_small[256];
     char *aad = NULL;
-    EVP_CIPHER_CTX *ctx = self->ctx;
+    EVP_CIPHER_CTX *ctx = shared_ctx;
     Py_ssize_t sealed_len, prefix_len;
     int outl = 0, final_len = 0;
     char *out;
@@ -213,8 +209,8 @@ static PyObject *RunSealer_seal(RunSealer *self, PyObject *const *args, Py_ssize
         at += head_len;
         memcpy(at, text, text_len);
         /* Everything Python is done: from here on only OpenSSL touches the context. */
-        if (EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, sealed) != 1) {
-            openssl_error("set the nonce");
+        if (EVP_EncryptInit_ex(ctx, NULL, NULL, self->key, sealed) != 1) {
+            openssl_error("set the key and nonce");
             goto done;
         }
         if (EVP_EncryptUpdate(ctx, NULL, &outl, (const unsigned char *)aad, (int)aad_len) != 1) {
@@ -278,6 +274,13 @@ static struct PyModuleDef sealer_module = {
 };
 
 PyMODINIT_FUNC PyInit__sealer(void) {
+    if (shared_ctx == NULL) {
+        shared_ctx = EVP_CIPHER_CTX_new();
+        if (shared_ctx == NULL ||
+            EVP_EncryptInit_ex(shared_ctx, EVP_aes_256_gcm(), NULL, NULL, NULL) != 1) {
+            return openssl_error("set up AES-256-GCM");
+        }
+    }
     if (PyType_Ready(&RunSealerType) < 0) return NULL;
     PyObject *module = PyModule_Create(&sealer_module);
     if (module == NULL) return NULL;
