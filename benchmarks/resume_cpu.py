@@ -8,6 +8,7 @@ Usage::
     python -m benchmarks.resume_cpu --profile out.prof   # cProfile of the phase (slows it 3-4x)
     python -m benchmarks.resume_cpu --only on --floor    # encrypted only; the event loop's floor
     python -m benchmarks.resume_cpu --instructions --runs 2000   # under valgrind: see below
+    python -m benchmarks.resume_cpu --only on --python-sealer    # without the compiled sealer
 
 Each repetition starts ``--runs`` runs of ``hook_once`` on a fresh runtime (fsync on), waits
 until every hook is registered and the log is idle, then resumes them all from ``--concurrency``
@@ -55,6 +56,7 @@ import anyio
 import anyio.to_thread
 
 import actorflow as af
+from actorflow.runtime import crypto as crypto_module
 from actorflow.runtime import journal as journal_module
 from actorflow.runtime import supervisor as supervisor_module
 
@@ -179,6 +181,8 @@ def _instructions(args: argparse.Namespace, label: str) -> int:
                    sys.executable, "-m", "benchmarks.resume_cpu", "--child", phase,
                    "--only", label, "--runs", str(args.runs),
                    "--concurrency", str(args.concurrency), "--work-dir", str(args.work_dir)]  # fmt: skip
+        if args.python_sealer:
+            command.append("--python-sealer")
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         found = re.search(r"Collected : (\d+)", done.stderr)
         assert found is not None, done.stderr[-2000:]
@@ -199,8 +203,13 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, default=default_work_dir())
     parser.add_argument("--instructions", action="store_true",
                         help="count instructions per resume under valgrind instead of timing")  # fmt: skip
+    parser.add_argument("--python-sealer", action="store_true",
+                        help="seal encrypted values in Python, as an install without the "
+                        "compiled sealer does")  # fmt: skip
     parser.add_argument("--child", choices=["setup", "all"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.python_sealer:
+        crypto_module.NATIVE_SEALER = False  # read as each KeyRing is made
     if args.child is not None:
         # One run under valgrind: a fixed master key, so both phases do the same work.
         data = args.work_dir / f"resume-cpu-{os.getpid()}"
