@@ -275,7 +275,7 @@ class KeyRing:
                 + f"{len(correlation_id)}:{correlation_id}".encode("utf-8", "surrogatepass")
             )
         try:
-            sealed = cipher.encrypt(nonce, plaintext, aad)
+            sealed = cipher.aead.encrypt(nonce, plaintext, aad)
         except OverflowError as exc:
             raise SerializationError(
                 f"a {event_type} payload of {len(plaintext)} bytes is too large to encrypt"
@@ -372,8 +372,7 @@ class KeyRing:
         return kid
 
     def _derive_cipher(self, kid: str, run_id: str) -> _RunCipher:
-        key = self._run_key(kid, run_id)
-        return _RunCipher(AESGCM(key), kid, run_id, key if self._native else None)
+        return _RunCipher(self._run_key(kid, run_id), kid, run_id, self._native)
 
     def _run_key(self, kid: str, run_id: str) -> bytes:
         # HKDF-SHA256 (RFC 5869) with the extract step done once per master key: for a 32-byte
@@ -385,20 +384,29 @@ class KeyRing:
 class _RunCipher:
     """What encrypting for one run under one master key needs, computed once per (key, run)."""
 
-    __slots__ = ("aad_prefix", "aead", "encrypt", "json_prefix", "sealer")
+    __slots__ = ("_aead", "_key", "aad_prefix", "json_prefix", "sealer")
 
-    def __init__(self, aead: AESGCM, kid: str, run_id: str, native_key: bytes | None) -> None:
-        self.aead = aead
-        self.encrypt = aead.encrypt
+    def __init__(self, key: bytes, kid: str, run_id: str, native: bool) -> None:
         self.aad_prefix = _associated_data_prefix(kid, run_id)
         # The key id is hex and the data base64url: nothing in the envelope needs escaping.
         self.json_prefix = f'{{"{_ENVELOPE_FIELD}":"{_VERSION}.{kid}.'.encode("ascii")
         #: The compiled sealer with this run's key (``None``: seal through ``aead``).
         self.sealer = (
-            None
-            if native_key is None or _RunSealer is None
-            else _RunSealer(native_key, self.json_prefix, self.aad_prefix)
+            _RunSealer(key, self.json_prefix, self.aad_prefix)
+            if native and _RunSealer is not None
+            else None
         )
+        # With the compiled sealer, AESGCM only decrypts (a run rebuilt from its log): made on
+        # first use, as its OpenSSL context is about 1.4 KB for every run in the cache.
+        self._key = key
+        self._aead = None if self.sealer is not None else AESGCM(key)
+
+    @property
+    def aead(self) -> AESGCM:
+        aead = self._aead
+        if aead is None:
+            aead = self._aead = AESGCM(self._key)
+        return aead
 
 
 class _Nonces:
