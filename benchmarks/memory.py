@@ -8,6 +8,8 @@ until each is suspended on its hook with everything written; then read RSS again
 - *resident*: ``passivate_after=inf``; every run keeps its live machine (its coroutine frame).
 - *passivated*: ``passivate_after=0``; machines are dropped once idle, leaving the run's state,
   its hook in the token index and its log positions.
+- *passivated, encrypted*: the same with encryption at rest on, which adds each run's cached
+  cipher (its derived key, the envelope's prefixes, the compiled sealer).
 
 RSS is read twice: as is, and after ``gc.collect()`` + glibc ``malloc_trim(0)``, which returns
 memory freed after the start-up burst (transient batches, buffers) to the OS. The trimmed figure
@@ -18,6 +20,7 @@ is the headline: it is what the suspended runs hold. The log is written with
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import anyio
@@ -31,7 +34,7 @@ from .stats import malloc_trim, rss_bytes
 NAME = "memory"
 TITLE = "memory per suspended run"
 
-_TARGETS = {"resident": 16 * 1024, "passivated": 2 * 1024}
+_TARGETS = {"resident": 16 * 1024, "passivated": 2 * 1024, "passivated, encrypted": 2 * 1024}
 
 
 def measure(variant: str, n: int, work_dir: str, backend: str, concurrency: int) -> dict[str, Any]:
@@ -46,10 +49,13 @@ async def _measure(variant: str, n: int, work_dir: str, concurrency: int) -> dic
     from .roundtrip import wait_for_hook
     from .workflows import hook_once
 
-    passivate = 0.0 if variant == "passivated" else math.inf
+    passivated = variant.startswith("passivated")
+    passivate = 0.0 if passivated else math.inf
+    key = os.urandom(32) if variant.endswith("encrypted") else None
     out: dict[str, Any] = {"variant": variant, "runs": n}
-    async with af.Runtime(Path(work_dir) / variant, workflows=[hook_once], durability="none",
-                          passivate_after=passivate, max_resident=max(n + 1, 100_000)) as rt:  # fmt: skip
+    async with af.Runtime(Path(work_dir) / variant.replace(", ", "-"), workflows=[hook_once],
+                          durability="none", passivate_after=passivate,
+                          max_resident=max(n + 1, 100_000), encryption_key=key) as rt:  # fmt: skip
         await rt.wait_idle()
         malloc_trim()
         out["empty_rss"] = rss_bytes()
@@ -68,7 +74,7 @@ async def _measure(variant: str, n: int, work_dir: str, concurrency: int) -> dic
         for i in range(n):
             await wait_for_hook(rt, f"mem:{i}")
         await rt.wait_idle()
-        if variant == "passivated":
+        if passivated:
             with anyio.fail_after(60):
                 while rt.supervisor.resident:  # noqa: ASYNC110 (no event to wait on)
                     await anyio.sleep(0.05)
@@ -88,7 +94,7 @@ def run(cfg: Config) -> ScenarioResult:
     res = ScenarioResult(NAME, TITLE)
     res.params = {"runs": n, "durability": "none (log built fast; memory does not depend on it)"}
     work = cfg.scratch("memory")
-    for variant in ("resident", "passivated"):
+    for variant in _TARGETS:
         out = run_child("memory", "measure", 900.0, variant=variant, n=n, work_dir=str(work),
                         backend=cfg.backend, concurrency=cfg.concurrency)  # fmt: skip
         res.extra[variant] = out
