@@ -287,11 +287,12 @@ class KeyRing:
     def _primary_cipher(self, run_id: str) -> _RunCipher:
         # Two values a resume are sealed under the primary key: a plain dict finds its cipher in
         # a fifth of the instructions of the LRU's lookup (a key tuple, then a relinking). It
-        # holds a bounded number of the LRU's own objects, the oldest dropped first.
+        # holds a bounded number of the LRU's own objects, the oldest dropped first (popped with
+        # a default: a thread sealing at the same moment may have dropped it already).
         cipher = self._cipher(self._primary, run_id)
         recent = self._recent
         if len(recent) >= self._recent_size:
-            del recent[next(iter(recent))]
+            recent.pop(next(iter(recent)), None)
         recent[run_id] = cipher
         return cipher
 
