@@ -110,6 +110,9 @@ class KeyRing:
     """The master keys a runtime can decrypt with; the first one encrypts new values.
 
     ``cache_size`` bounds the cache of per-run derived keys (one entry per key id and run).
+    Sealing under the primary key also keeps up to ``cache_size`` of those ciphers in a plain
+    dict of its own, which may outlive their eviction from the cache: at most twice
+    ``cache_size`` ciphers are held.
     ``native=False`` seals in Python even where the compiled sealer is built (tests and
     benchmarks compare the two; the envelopes are the same bytes).
 
