@@ -16,8 +16,10 @@ payload delivered exactly once.
 from __future__ import annotations
 
 import base64
+import gc
 import os
 import sys
+import types
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -555,3 +557,50 @@ async def test_a_run_that_cannot_be_rebuilt_exhausts_the_budget_and_fails(
         assert rt.supervisor.crashes == 4
     assert isinstance(info.value.cause, af.SerializationError)
     assert "unknown order o-1" in str(info.value.cause)
+
+
+# -- shutdown with runs suspended -----------------------------------------------------------------
+
+
+@af.workflow
+async def held_in_with(token: str) -> Any:
+    with af.create_hook(token=token) as hook:
+        return await hook
+
+
+held_in_with_code = held_in_with.fn.__code__
+
+
+async def test_a_run_suspended_in_a_with_block_keeps_its_hook_across_a_shutdown(
+    tmp_path: Path,
+) -> None:
+    """Closing the runtime closes its suspended workflows, without logging anything for them.
+
+    Left open, a workflow's coroutine outlives its runtime, and its ``with`` block runs
+    ``dispose`` whenever the collector or the interpreter's exit closes it, with no event loop
+    (an exception in ``__del__``); a dispose logged at shutdown would instead take the hook
+    away from the next process.
+    """
+
+    async def first_process() -> str:
+        async with af.Runtime(tmp_path, workflows=[held_in_with]) as rt:
+            run = await rt.start(held_in_with, "held")
+            await wait_for_hook(rt, "held")
+            return run.run_id
+
+    run_id = await first_process()
+    gc.collect()
+    suspended = [
+        o
+        for o in gc.get_objects()
+        if isinstance(o, types.CoroutineType) and o.cr_code is held_in_with_code
+    ]
+    assert [c for c in suspended if c.cr_frame is not None] == []
+    kinds = [e.type for e in read_events(tmp_path / "log") if e.run_id == run_id]
+    assert kinds == ["run_created", "run_started", "hook_created"]
+    async with af.Runtime(tmp_path, workflows=[held_in_with]) as rt:
+        await rt.resume_hook("held", {"id": "p-1"})
+        with anyio.fail_after(10):
+            assert await rt.get_run(run_id).result() == {"id": "p-1"}
+    kinds = [e.type for e in read_events(tmp_path / "log") if e.run_id == run_id]
+    assert kinds.count("hook_received") == 1 and kinds[-1] == "run_completed"
