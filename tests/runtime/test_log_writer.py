@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
-from tests.conftest import HangingFsync, wait_until
+from tests.conftest import HangingFsync, read_events, wait_until
 
+import actorflow as af
 from actorflow.errors import LogWriteError
 from actorflow.runtime.core.events import Event
 from actorflow.runtime.log.file_log import FileLog
@@ -226,3 +228,69 @@ async def test_a_hung_fsync_stalls_the_loop_for_the_limit_then_is_awaited(tmp_pa
         tg.cancel_scope.cancel()
     log.close()
     assert read_back(tmp_path / "log") == [b"evnt_1"]
+
+
+# -- lingering for what follows at once ----------------------------------------------------------
+
+
+async def test_a_lingering_batch_waits_its_turns_for_what_follows_and_no_longer(
+    tmp_path: Path,
+) -> None:
+    """``linger(2)``: an event submitted within two loop turns shares the batch's one fsync;
+    one submitted later is written in a batch of its own."""
+    disk = Disk()
+    log = open_log(tmp_path / "log", disk)
+    batches: list[list[str]] = []
+    writer = LogWriter(
+        log,
+        encode,
+        lambda events: batches.append([e.event_id for e in events]),
+        inline_sync_limit=60.0,
+    )
+
+    async def submit_after(turns: int, n: int) -> None:
+        for _ in range(turns):
+            await anyio.lowlevel.checkpoint()
+        await writer.submit(event(n)).wait()
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(writer.run)
+        syncs = writer.syncs
+        first = writer.submit(event(0))
+        writer.linger(2)
+        async with anyio.create_task_group() as senders:
+            senders.start_soon(submit_after, 1, 1)
+            senders.start_soon(submit_after, 8, 2)
+            await first.wait()
+        writer.close()
+    log.close()
+    assert batches == [["evnt_0", "evnt_1"], ["evnt_2"]]
+    assert writer.syncs - syncs == 2
+    assert read_back(tmp_path / "log") == [b"evnt_0", b"evnt_1", b"evnt_2"]
+
+
+@af.step
+async def instant(i: int) -> int:
+    return i
+
+
+@af.workflow
+async def instant_steps(n: int) -> list[int]:
+    return [await instant(i) for i in range(n)]
+
+
+async def test_a_step_that_returns_at_once_shares_the_fsync_of_its_start(tmp_path: Path) -> None:
+    """Each step is two events (started, completed); an instant one costs one fsync, not two."""
+    steps = 40
+    async with af.Runtime(tmp_path, workflows=[instant_steps]) as rt:
+        writer = rt.journal.writer
+        run = await rt.start(instant_steps, 0)
+        await run.result()
+        syncs = writer.syncs
+        run = await rt.start(instant_steps, steps)
+        assert await run.result() == list(range(steps))
+        taken = writer.syncs - syncs
+    # The run's start and end take a few of their own; two per step would be 80 and more.
+    assert steps <= taken <= steps + 4, taken
+    kinds = [e.type for e in read_events(tmp_path / "log") if e.run_id == run.run_id]
+    assert kinds.count("step_started") == kinds.count("step_completed") == steps

@@ -33,6 +33,9 @@ __all__ = ["StepExecutor", "backoff"]
 
 logger = logging.getLogger("actorflow.runtime")
 
+#: Loop turns the log waits after a step starts, for the step's own outcome (see ``start``).
+_INSTANT_STEP_TURNS = 2
+
 
 def backoff(attempt: int) -> float:
     """Seconds to wait after failed attempt ``attempt`` (1, 2, 4, ... capped at 60)."""
@@ -79,6 +82,9 @@ class StepExecutor:
         """Run the started step ``step_id`` in the supervisor's task group."""
         assert self._task_group is not None, "the runtime is not running"
         self._task_group.start_soon(self._run, step_id)
+        # The step's task reaches its function two turns from now (its start, the limiter's
+        # checkpoint): one that returns at once then shares its step_started's fsync.
+        self._journal.writer.linger(_INSTANT_STEP_TURNS)
 
     def cancel(self, step_ids: list[str]) -> None:
         """Stop the attempts of steps whose run ended, recording each as ``step_cancelled``.
