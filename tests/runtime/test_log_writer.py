@@ -292,5 +292,10 @@ async def test_a_step_that_returns_at_once_shares_the_fsync_of_its_start(tmp_pat
         taken = writer.syncs - syncs
     # The run's start and end take a few of their own; two per step would be 80 and more.
     assert steps <= taken <= steps + 4, taken
-    kinds = [e.type for e in read_events(tmp_path / "log") if e.run_id == run.run_id]
-    assert kinds.count("step_started") == kinds.count("step_completed") == steps
+    events = [e for e in read_events(tmp_path / "log") if e.run_id == run.run_id]
+    started = [e.correlation_id for e in events if e.type == "step_started"]
+    completed = [e.correlation_id for e in events if e.type == "step_completed"]
+    # Every step once, by id: each started step completed exactly once, and no other.
+    assert len(set(started)) == steps
+    assert sorted(completed) == sorted(started)
+    assert [e.data["result"] for e in events if e.type == "step_completed"] == list(range(steps))
